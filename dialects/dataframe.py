@@ -1,0 +1,1152 @@
+"""The ``df`` dialect: relational operators on schema-typed tables.
+
+Tables have the type ``!df.table<[names], [element types], [nullable flags]>``. Column
+expressions (filter predicates, assigned columns) are regions of upstream ``arith``/``math``
+ops plus ``df.col`` (read a column of the current row) and a few ``df`` scalar ops for what
+``arith`` lacks (strings, nulls, membership). IRDL cannot declare terminators, so expression
+regions end in upstream ``llvm.return`` (see CONVENTIONS: it verifies under any parent).
+
+Each table op computes its result schema with an ``infer_*`` function; the verifier compares
+the declared result type against it and the tracer builds result types with the same
+function, so there is one source of truth for schemas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from xdsl.dialects import llvm
+from xdsl.dialects.builtin import (
+    ArrayAttr,
+    BoolAttr,
+    FileLineColLoc,
+    Float32Type,
+    Float64Type,
+    IntAttr,
+    IntegerAttr,
+    IntegerType,
+    StringAttr,
+    i1,
+    i64,
+)
+from xdsl.ir import (
+    Attribute,
+    Block,
+    Dialect,
+    Operation,
+    ParametrizedAttribute,
+    Region,
+    SSAValue,
+    TypeAttribute,
+)
+from xdsl.irdl import (
+    IRDLOperation,
+    attr_def,
+    irdl_attr_definition,
+    irdl_op_definition,
+    operand_def,
+    opt_attr_def,
+    param_def,
+    region_def,
+    result_def,
+    traits_def,
+    var_operand_def,
+    var_region_def,
+)
+from xdsl.traits import Pure, RecursiveMemoryEffect
+from xdsl.utils.exceptions import VerifyException
+
+# ----------------------------------------------------------------------------- types
+
+
+@irdl_attr_definition
+class StringType(ParametrizedAttribute, TypeAttribute):
+    """UTF-8 string element type of a column."""
+
+    name = "df.string"
+
+
+@irdl_attr_definition
+class TableType(ParametrizedAttribute, TypeAttribute):
+    """A table: ordered column names, element types and nullability flags."""
+
+    name = "df.table"
+
+    names: ArrayAttr[StringAttr] = param_def()
+    types: ArrayAttr[Attribute] = param_def()
+    nullable: ArrayAttr[IntegerAttr] = param_def()
+
+    def __init__(self, columns: Sequence[tuple[str, Attribute, bool]]):
+        super().__init__(
+            ArrayAttr([StringAttr(n) for n, _, _ in columns]),
+            ArrayAttr([t for _, t, _ in columns]),
+            ArrayAttr([BoolAttr.from_bool(nl) for _, _, nl in columns]),
+        )
+
+    def verify(self) -> None:
+        if not (len(self.names) == len(self.types) == len(self.nullable)):
+            raise VerifyException("df.table: names, types and nullable flags differ in length")
+        seen: set[str] = set()
+        for n, t in zip(self.names, self.types):
+            if n.data in seen:
+                raise VerifyException(f"df.table: duplicate column name '{n.data}'")
+            seen.add(n.data)
+            if not is_element_type(t):
+                raise VerifyException(f"df.table: column '{n.data}' has unsupported type {t}")
+
+    @property
+    def columns(self) -> list[tuple[str, Attribute, bool]]:
+        return [
+            (n.data, t, bool(f.value.data))
+            for n, t, f in zip(self.names, self.types, self.nullable)
+        ]
+
+    @property
+    def column_names(self) -> list[str]:
+        return [n.data for n in self.names]
+
+    def column(self, name: str) -> tuple[Attribute, bool] | None:
+        for n, t, nl in self.columns:
+            if n == name:
+                return t, nl
+        return None
+
+
+def is_element_type(t: Attribute) -> bool:
+    if isinstance(t, IntegerType):
+        return t.width.data in (1, 8, 16, 32, 64)
+    return isinstance(t, Float32Type | Float64Type | StringType)
+
+
+def is_numeric(t: Attribute) -> bool:
+    return isinstance(t, IntegerType | Float32Type | Float64Type)
+
+
+def is_integer(t: Attribute) -> bool:
+    return isinstance(t, IntegerType) and t.width.data > 1
+
+
+def is_bool(t: Attribute) -> bool:
+    return isinstance(t, IntegerType) and t.width.data == 1
+
+
+def is_float(t: Attribute) -> bool:
+    return isinstance(t, Float32Type | Float64Type)
+
+
+def type_str(t: Attribute) -> str:
+    if isinstance(t, StringType):
+        return "string"
+    if is_bool(t):
+        return "bool"
+    if isinstance(t, IntegerType):
+        return f"int{t.width.data}"
+    if isinstance(t, Float32Type):
+        return "float32"
+    if isinstance(t, Float64Type):
+        return "float64"
+    return str(t)
+
+
+def where(op: Operation) -> str:
+    """The op's source location as ``file:line:col`` for error messages."""
+    loc = op.location
+    if isinstance(loc, FileLineColLoc):
+        return f"{loc.filename.data}:{loc.line.data}:{loc.column.data}"
+    return "unknown location"
+
+
+def fail(op: Operation, message: str) -> VerifyException:
+    return VerifyException(f"'{op.name}' at {where(op)}: {message}")
+
+
+def _strs(attr: ArrayAttr) -> list[str]:
+    return [a.data for a in attr]
+
+
+def _bools(attr: ArrayAttr) -> list[bool]:
+    return [bool(a.value.data) for a in attr]
+
+
+def str_array(values: Sequence[str]) -> ArrayAttr[StringAttr]:
+    return ArrayAttr([StringAttr(v) for v in values])
+
+
+def bool_array(values: Sequence[bool]) -> ArrayAttr[IntegerAttr]:
+    return ArrayAttr([BoolAttr.from_bool(v) for v in values])
+
+
+class SchemaError(Exception):
+    """Raised by ``infer_*`` functions; verifiers and the tracer turn it into their errors."""
+
+
+def _require_columns(schema: TableType, names: Sequence[str], what: str) -> None:
+    for n in names:
+        if schema.column(n) is None:
+            raise SchemaError(
+                f"unknown column '{n}' in {what} (columns: {', '.join(schema.column_names)})"
+            )
+
+
+# ------------------------------------------------------------------ schema inference
+
+
+def infer_project(schema: TableType, columns: Sequence[str]) -> TableType:
+    _require_columns(schema, columns, "projection")
+    if len(set(columns)) != len(columns):
+        raise SchemaError("projection lists a column twice")
+    cols = dict((n, (t, nl)) for n, t, nl in schema.columns)
+    return TableType([(n, *cols[n]) for n in columns])
+
+
+def infer_drop(schema: TableType, columns: Sequence[str]) -> TableType:
+    _require_columns(schema, columns, "drop")
+    return TableType([c for c in schema.columns if c[0] not in set(columns)])
+
+
+def infer_rename(schema: TableType, old: Sequence[str], new: Sequence[str]) -> TableType:
+    _require_columns(schema, old, "rename")
+    mapping = dict(zip(old, new))
+    result = [(mapping.get(n, n), t, nl) for n, t, nl in schema.columns]
+    names = [c[0] for c in result]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise SchemaError(f"rename produces duplicate column '{sorted(dup)[0]}'")
+    return TableType(result)
+
+
+def infer_assign(schema: TableType, names: Sequence[str], values: Sequence[tuple[Attribute, bool]]) -> TableType:
+    """pandas ``assign``: an existing name is replaced in place, a new one is appended."""
+    cols = list(schema.columns)
+    for name, (t, nl) in zip(names, values):
+        idx = next((i for i, c in enumerate(cols) if c[0] == name), None)
+        if idx is None:
+            cols.append((name, t, nl))
+        else:
+            cols[idx] = (name, t, nl)
+    return TableType(cols)
+
+
+def same_key_kind(a: Attribute, b: Attribute) -> bool:
+    if isinstance(a, StringType) or isinstance(b, StringType):
+        return isinstance(a, StringType) and isinstance(b, StringType)
+    if is_bool(a) or is_bool(b):
+        return is_bool(a) and is_bool(b)
+    return is_numeric(a) and is_numeric(b)
+
+
+def promote(a: Attribute, b: Attribute) -> Attribute:
+    """numpy-style promotion of two numeric types (bool < int < float, wider wins)."""
+    if a == b:
+        return a
+    if is_float(a) or is_float(b):
+        if isinstance(a, Float64Type) or isinstance(b, Float64Type):
+            return Float64Type()
+        # float32 with an integer wider than 16 bits loses precision: numpy gives float64
+        other = b if is_float(a) else a
+        if isinstance(other, IntegerType) and other.width.data > 16:
+            return Float64Type()
+        return Float32Type()
+    wa = a.width.data if isinstance(a, IntegerType) else 64
+    wb = b.width.data if isinstance(b, IntegerType) else 64
+    return IntegerType(max(wa, wb, 8) if min(wa, wb) == 1 and max(wa, wb) == 1 else max(wa, wb))
+
+
+JOIN_KINDS = ("inner", "left", "right", "outer")
+
+
+def infer_join(
+    left: TableType,
+    right: TableType,
+    how: str,
+    left_on: Sequence[str],
+    right_on: Sequence[str],
+    suffixes: tuple[str, str] = ("_x", "_y"),
+) -> TableType:
+    """pandas ``merge`` output: left columns, then right non-key columns.
+
+    A right key is dropped when it has the same name as its paired left key (``on=``);
+    its values are coalesced into the left key for right/outer joins. Other clashing
+    names get the suffixes.
+    """
+    if how not in JOIN_KINDS:
+        raise SchemaError(f"unknown join kind '{how}' (expected one of {', '.join(JOIN_KINDS)})")
+    if len(left_on) != len(right_on) or not left_on:
+        raise SchemaError("join needs the same non-zero number of left and right keys")
+    _require_columns(left, left_on, "left join keys")
+    _require_columns(right, right_on, "right join keys")
+    merged_keys: dict[str, Attribute] = {}
+    for lk, rk in zip(left_on, right_on):
+        lt, _ = left.column(lk)  # type: ignore[misc]
+        rt, _ = right.column(rk)  # type: ignore[misc]
+        if not same_key_kind(lt, rt):
+            raise SchemaError(
+                f"join keys '{lk}' ({type_str(lt)}) and '{rk}' ({type_str(rt)}) have different types"
+            )
+        if lk == rk:
+            merged_keys[lk] = promote(lt, rt) if is_numeric(lt) else lt
+    left_nullable = how in ("right", "outer")
+    right_nullable = how in ("left", "outer")
+    right_cols = [c for c in right.columns if c[0] not in merged_keys]
+    right_names = {c[0] for c in right_cols}
+    left_names = set(left.column_names)
+    out: list[tuple[str, Attribute, bool]] = []
+    for n, t, nl in left.columns:
+        if n in merged_keys:
+            rnl = right.column(n)[1]  # type: ignore[index]
+            key_null = nl or rnl if how in ("right", "outer") else (rnl if how == "right" else nl)
+            out.append((n, merged_keys[n], key_null))
+            continue
+        name = n + suffixes[0] if n in right_names else n
+        out.append((name, t, nl or left_nullable))
+    for n, t, nl in right_cols:
+        name = n + suffixes[1] if n in left_names else n
+        out.append((name, t, nl or right_nullable))
+    names = [c[0] for c in out]
+    if len(set(names)) != len(names):
+        raise SchemaError("join output has duplicate column names after applying suffixes")
+    return TableType(out)
+
+
+def infer_set_op(what: str, inputs: Sequence[TableType]) -> TableType:
+    """concat/union/intersect/difference: same names and element types, nullability ORed
+    (intersect/difference keep the left input's nullability but OR is a safe superset)."""
+    first = inputs[0]
+    for other in inputs[1:]:
+        if other.column_names != first.column_names:
+            raise SchemaError(
+                f"{what} inputs have different columns: {first.column_names} vs {other.column_names}"
+            )
+        for (n, t1, _), (_, t2, _) in zip(first.columns, other.columns):
+            if t1 != t2:
+                raise SchemaError(
+                    f"{what} inputs disagree on the type of column '{n}': {type_str(t1)} vs {type_str(t2)}"
+                )
+    return TableType(
+        [
+            (n, t, any(tab.columns[i][2] for tab in inputs))
+            for i, (n, t, _) in enumerate(first.columns)
+        ]
+    )
+
+
+AGGREGATES = ("sum", "mean", "min", "max", "count", "size", "std", "var", "nunique", "median")
+
+
+def infer_aggregate_column(fn: str, t: Attribute | None, nullable: bool, column: str) -> tuple[Attribute, bool]:
+    if fn not in AGGREGATES:
+        raise SchemaError(f"unknown aggregate '{fn}' (expected one of {', '.join(AGGREGATES)})")
+    if fn in ("count", "size", "nunique"):
+        return i64, False
+    assert t is not None
+    if fn in ("min", "max"):
+        return t, True
+    if not is_numeric(t):
+        raise SchemaError(f"cannot aggregate {type_str(t)} column '{column}' with '{fn}'")
+    if fn == "sum":
+        return (Float64Type() if is_float(t) else i64), True
+    return Float64Type(), True  # mean, std, var, median: SQL gives NULL for all-null groups
+
+
+def infer_groupby(schema: TableType, keys: Sequence[str], aggs: Sequence[tuple[str, str, str]]) -> TableType:
+    if not keys:
+        raise SchemaError("groupby needs at least one key")
+    _require_columns(schema, keys, "groupby keys")
+    out = [(k, *schema.column(k)) for k in keys]  # type: ignore[misc]
+    out += _agg_columns(schema, aggs)
+    names = [c[0] for c in out]
+    if len(set(names)) != len(names):
+        raise SchemaError("aggregate output names clash with each other or with the keys")
+    return TableType(out)
+
+
+def infer_aggregate(schema: TableType, aggs: Sequence[tuple[str, str, str]]) -> TableType:
+    out = _agg_columns(schema, aggs)
+    names = [c[0] for c in out]
+    if len(set(names)) != len(names):
+        raise SchemaError("aggregate output names clash")
+    return TableType(out)
+
+
+def _agg_columns(schema: TableType, aggs: Sequence[tuple[str, str, str]]) -> list[tuple[str, Attribute, bool]]:
+    if not aggs:
+        raise SchemaError("aggregation needs at least one aggregate")
+    out = []
+    for name, col, fn in aggs:
+        if fn == "size" and col == "":
+            out.append((name, i64, False))
+            continue
+        _require_columns(schema, [col], f"aggregate '{name}'")
+        t, nl = schema.column(col)  # type: ignore[misc]
+        out.append((name, *infer_aggregate_column(fn, t, nl, col)))
+    return out
+
+
+WINDOW_FUNCS = ("rolling_sum", "rolling_mean", "rolling_min", "rolling_max", "shift", "diff")
+
+
+def infer_window(schema: TableType, func: str, column: str, param: int, output: str) -> TableType:
+    if func not in WINDOW_FUNCS:
+        raise SchemaError(f"unknown window function '{func}'")
+    _require_columns(schema, [column], f"window {func}")
+    t, _ = schema.column(column)  # type: ignore[misc]
+    if func.startswith("rolling_") and param < 1:
+        raise SchemaError(f"rolling window size must be >= 1, got {param}")
+    if func != "shift" and not is_numeric(t):
+        raise SchemaError(f"cannot compute {func} of {type_str(t)} column '{column}'")
+    if func == "rolling_mean":
+        rt: Attribute = Float64Type()
+    elif func == "rolling_sum":
+        rt = Float64Type() if is_float(t) else i64
+    elif func == "diff":
+        rt = t if is_float(t) else Float64Type()  # pandas: diff of ints is float64 (NaN first)
+    else:
+        rt = t
+    return infer_assign(schema, [output], [(rt, True)])
+
+
+def infer_sort(schema: TableType, by: Sequence[str], ascending: Sequence[bool]) -> TableType:
+    if not by:
+        raise SchemaError("sort needs at least one column")
+    if len(ascending) != len(by):
+        raise SchemaError("sort: 'ascending' must have one flag per sort column")
+    _require_columns(schema, by, "sort keys")
+    return schema
+
+
+# --------------------------------------------------------------- expression regions
+
+
+def region_result(region: Region) -> SSAValue | None:
+    block = region.blocks.first
+    if block is None or not isinstance(block.last_op, llvm.ReturnOp) or block.last_op.arg is None:
+        return None
+    return block.last_op.arg
+
+
+def _check_expression_region(op: Operation, region: Region, schema: TableType, what: str) -> Attribute:
+    """Checks the region's column reads against ``schema``; returns the result type."""
+    if len(region.blocks) != 1:
+        raise fail(op, f"{what} must have exactly one block")
+    block = region.blocks.first
+    assert block is not None
+    if block.args:
+        raise fail(op, f"{what} takes no block arguments (read columns with df.col)")
+    for inner in block.walk():
+        if isinstance(inner, ColumnOp):
+            found = schema.column(inner.column.data)
+            if found is None:
+                raise fail(
+                    inner,
+                    f"unknown column '{inner.column.data}' (columns: {', '.join(schema.column_names)})",
+                )
+            if found[0] != inner.result.type:
+                raise fail(
+                    inner,
+                    f"column '{inner.column.data}' has type {type_str(found[0])}, read as {type_str(inner.result.type)}",
+                )
+    value = region_result(region)
+    if value is None:
+        raise fail(op, f"{what} must end with 'llvm.return' of one value")
+    return value.type
+
+
+def expression_nullable(value: SSAValue, schema: TableType) -> bool:
+    """Whether an expression value can be null: nulls propagate through every op except
+    the null tests and ``df.fill_null`` (SQL semantics)."""
+    owner = value.owner
+    if isinstance(owner, Block):
+        return False
+    if isinstance(owner, ColumnOp):
+        found = schema.column(owner.column.data)
+        return bool(found and found[1])
+    if isinstance(owner, IsNullOp):
+        return False
+    if isinstance(owner, FillNullOp):
+        return expression_nullable(owner.fill, schema)
+    return any(expression_nullable(o, schema) for o in owner.operands)
+
+
+# ---------------------------------------------------------------------- table ops
+
+
+class _TableOp(IRDLOperation):
+    """Shared verifier plumbing: subclasses implement ``expected_type``."""
+
+    def expected_type(self) -> TableType:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def verify_(self) -> None:
+        try:
+            expected = self.expected_type()
+        except SchemaError as e:
+            raise fail(self, str(e)) from None
+        actual = self.results[0].type
+        if actual != expected:
+            raise fail(self, f"result type {actual} does not match the inferred schema {expected}")
+
+
+def _table(value: SSAValue) -> TableType:
+    assert isinstance(value.type, TableType)
+    return value.type
+
+
+class _ReadOp(IRDLOperation):
+    path = attr_def(StringAttr)
+    columns = opt_attr_def(ArrayAttr[StringAttr])
+    result = result_def(TableType)
+
+    def __init__(self, path: str, schema: TableType, columns: Sequence[str] | None = None):
+        attrs: dict[str, Attribute] = {"path": StringAttr(path)}
+        if columns is not None:
+            attrs["columns"] = str_array(columns)
+        super().__init__(attributes=attrs, result_types=[schema])
+
+    def verify_(self) -> None:
+        if self.columns is not None and _strs(self.columns) != self.result.type.column_names:
+            raise fail(self, "the result schema must list exactly the requested columns, in order")
+
+
+@irdl_op_definition
+class ReadParquetOp(_ReadOp):
+    """Reads a Parquet file, directory or glob; the schema comes from the footer."""
+
+    name = "df.read_parquet"
+
+
+@irdl_op_definition
+class ReadCsvOp(_ReadOp):
+    """Reads CSV; the schema was inferred from a sample at trace time."""
+
+    name = "df.read_csv"
+
+
+@irdl_op_definition
+class ReadIpcOp(_ReadOp):
+    """Reads Arrow IPC (Feather v2) files."""
+
+    name = "df.read_ipc"
+
+
+@irdl_op_definition
+class InputOp(IRDLOperation):
+    """A table passed as a pipeline argument (pyarrow.Table / pandas.DataFrame)."""
+
+    name = "df.input"
+    index = attr_def(IntegerAttr)
+    arg_name = attr_def(StringAttr)
+    result = result_def(TableType)
+
+    def __init__(self, index: int, arg_name: str, schema: TableType):
+        super().__init__(
+            attributes={"index": IntegerAttr(index, i64), "arg_name": StringAttr(arg_name)},
+            result_types=[schema],
+        )
+
+
+class _WriteOp(IRDLOperation):
+    """Sinks: write a directory of part files, committed atomically."""
+
+    input = operand_def(TableType)
+    path = attr_def(StringAttr)
+
+    def __init__(self, table: SSAValue, path: str):
+        super().__init__(operands=[table], attributes={"path": StringAttr(path)})
+
+
+@irdl_op_definition
+class WriteParquetOp(_WriteOp):
+    name = "df.write_parquet"
+
+
+@irdl_op_definition
+class WriteCsvOp(_WriteOp):
+    name = "df.write_csv"
+
+
+@irdl_op_definition
+class WriteIpcOp(_WriteOp):
+    name = "df.write_ipc"
+
+
+@irdl_op_definition
+class FilterOp(_TableOp):
+    """Keeps rows whose predicate region returns true (null counts as false)."""
+
+    name = "df.filter"
+    input = operand_def(TableType)
+    predicate = region_def("single_block")
+    result = result_def(TableType)
+    traits = traits_def(Pure(), RecursiveMemoryEffect())
+
+    def __init__(self, table: SSAValue, predicate: Region):
+        super().__init__(operands=[table], regions=[predicate], result_types=[table.type])
+
+    def expected_type(self) -> TableType:
+        t = _check_expression_region(self, self.predicate, _table(self.input), "predicate")
+        if not is_bool(t):
+            raise fail(self, f"predicate must be boolean (i1), got {type_str(t)}")
+        return _table(self.input)
+
+
+@irdl_op_definition
+class ProjectOp(_TableOp):
+    name = "df.project"
+    input = operand_def(TableType)
+    columns = attr_def(ArrayAttr[StringAttr])
+    result = result_def(TableType)
+    traits = traits_def(Pure())
+
+    def __init__(self, table: SSAValue, columns: Sequence[str]):
+        super().__init__(
+            operands=[table],
+            attributes={"columns": str_array(columns)},
+            result_types=[infer_project(_table(table), columns)],
+        )
+
+    def expected_type(self) -> TableType:
+        return infer_project(_table(self.input), _strs(self.columns))
+
+
+@irdl_op_definition
+class MapOp(_TableOp):
+    """pandas ``assign``: one expression region per assigned column, in ``names`` order."""
+
+    name = "df.map"
+    input = operand_def(TableType)
+    names = attr_def(ArrayAttr[StringAttr])
+    exprs = var_region_def("single_block")
+    result = result_def(TableType)
+    traits = traits_def(Pure(), RecursiveMemoryEffect())
+
+    def __init__(self, table: SSAValue, names: Sequence[str], exprs: Sequence[Region], result: TableType):
+        super().__init__(
+            operands=[table], attributes={"names": str_array(names)}, regions=[list(exprs)], result_types=[result]
+        )
+
+    def expected_type(self) -> TableType:
+        names = _strs(self.names)
+        if len(names) != len(self.exprs):
+            raise fail(self, f"{len(names)} names but {len(self.exprs)} expression regions")
+        if len(set(names)) != len(names):
+            raise fail(self, "a column is assigned twice")
+        schema = _table(self.input)
+        values = []
+        for name, region in zip(names, self.exprs):
+            t = _check_expression_region(self, region, schema, f"expression for '{name}'")
+            if not is_element_type(t):
+                raise fail(self, f"expression for '{name}' has non-column type {t}")
+            values.append((t, expression_nullable(region_result(region), schema)))  # type: ignore[arg-type]
+        return infer_assign(schema, names, values)
+
+
+@irdl_op_definition
+class RenameOp(_TableOp):
+    name = "df.rename"
+    input = operand_def(TableType)
+    old_names = attr_def(ArrayAttr[StringAttr])
+    new_names = attr_def(ArrayAttr[StringAttr])
+    result = result_def(TableType)
+    traits = traits_def(Pure())
+
+    def __init__(self, table: SSAValue, mapping: dict[str, str]):
+        old, new = list(mapping), list(mapping.values())
+        super().__init__(
+            operands=[table],
+            attributes={"old_names": str_array(old), "new_names": str_array(new)},
+            result_types=[infer_rename(_table(table), old, new)],
+        )
+
+    def expected_type(self) -> TableType:
+        if len(self.old_names) != len(self.new_names):
+            raise SchemaError("old_names and new_names differ in length")
+        return infer_rename(_table(self.input), _strs(self.old_names), _strs(self.new_names))
+
+
+@irdl_op_definition
+class DropOp(_TableOp):
+    name = "df.drop"
+    input = operand_def(TableType)
+    columns = attr_def(ArrayAttr[StringAttr])
+    result = result_def(TableType)
+    traits = traits_def(Pure())
+
+    def __init__(self, table: SSAValue, columns: Sequence[str]):
+        super().__init__(
+            operands=[table],
+            attributes={"columns": str_array(columns)},
+            result_types=[infer_drop(_table(table), columns)],
+        )
+
+    def expected_type(self) -> TableType:
+        return infer_drop(_table(self.input), _strs(self.columns))
+
+
+@irdl_op_definition
+class JoinOp(_TableOp):
+    """Equi-join with pandas ``merge`` semantics; null keys never match."""
+
+    name = "df.join"
+    left = operand_def(TableType)
+    right = operand_def(TableType)
+    how = attr_def(StringAttr)
+    left_on = attr_def(ArrayAttr[StringAttr])
+    right_on = attr_def(ArrayAttr[StringAttr])
+    suffixes = attr_def(ArrayAttr[StringAttr])
+    result = result_def(TableType)
+    traits = traits_def(Pure())
+
+    def __init__(
+        self,
+        left: SSAValue,
+        right: SSAValue,
+        how: str,
+        left_on: Sequence[str],
+        right_on: Sequence[str],
+        suffixes: tuple[str, str] = ("_x", "_y"),
+    ):
+        super().__init__(
+            operands=[left, right],
+            attributes={
+                "how": StringAttr(how),
+                "left_on": str_array(left_on),
+                "right_on": str_array(right_on),
+                "suffixes": str_array(suffixes),
+            },
+            result_types=[infer_join(_table(left), _table(right), how, left_on, right_on, suffixes)],
+        )
+
+    def expected_type(self) -> TableType:
+        sfx = _strs(self.suffixes)
+        if len(sfx) != 2:
+            raise SchemaError("suffixes must hold two strings")
+        return infer_join(
+            _table(self.left), _table(self.right), self.how.data, _strs(self.left_on), _strs(self.right_on), (sfx[0], sfx[1])
+        )
+
+
+@irdl_op_definition
+class ConcatOp(_TableOp):
+    """Union all of any number of tables with the same columns."""
+
+    name = "df.concat"
+    inputs = var_operand_def(TableType)
+    result = result_def(TableType)
+    traits = traits_def(Pure())
+
+    def __init__(self, tables: Sequence[SSAValue]):
+        super().__init__(operands=[list(tables)], result_types=[infer_set_op("concat", [_table(t) for t in tables])])
+
+    def expected_type(self) -> TableType:
+        if not self.inputs:
+            raise SchemaError("concat needs at least one input")
+        return infer_set_op("concat", [_table(t) for t in self.inputs])
+
+
+class _SetOp(_TableOp):
+    """Set semantics: the result holds distinct rows."""
+
+    left = operand_def(TableType)
+    right = operand_def(TableType)
+    result = result_def(TableType)
+    traits = traits_def(Pure())
+
+    def __init__(self, left: SSAValue, right: SSAValue):
+        super().__init__(operands=[left, right], result_types=[infer_set_op(self.name[3:], [_table(left), _table(right)])])
+
+    def expected_type(self) -> TableType:
+        return infer_set_op(self.name[3:], [_table(self.left), _table(self.right)])
+
+
+@irdl_op_definition
+class UnionOp(_SetOp):
+    name = "df.union"
+
+
+@irdl_op_definition
+class IntersectOp(_SetOp):
+    name = "df.intersect"
+
+
+@irdl_op_definition
+class DifferenceOp(_SetOp):
+    name = "df.difference"
+
+
+@irdl_op_definition
+class DistinctOp(_TableOp):
+    """``drop_duplicates(subset)``: one row per distinct value of ``subset`` (all columns if absent)."""
+
+    name = "df.distinct"
+    input = operand_def(TableType)
+    subset = opt_attr_def(ArrayAttr[StringAttr])
+    result = result_def(TableType)
+    traits = traits_def(Pure())
+
+    def __init__(self, table: SSAValue, subset: Sequence[str] | None = None):
+        attrs = {} if subset is None else {"subset": str_array(subset)}
+        if subset is not None:
+            _require_columns(_table(table), subset, "drop_duplicates subset")
+        super().__init__(operands=[table], attributes=attrs, result_types=[table.type])
+
+    def expected_type(self) -> TableType:
+        if self.subset is not None:
+            _require_columns(_table(self.input), _strs(self.subset), "drop_duplicates subset")
+        return _table(self.input)
+
+
+@irdl_op_definition
+class SortOp(_TableOp):
+    """Stable sort; nulls last in both directions."""
+
+    name = "df.sort"
+    input = operand_def(TableType)
+    by = attr_def(ArrayAttr[StringAttr])
+    ascending = attr_def(ArrayAttr[IntegerAttr])
+    result = result_def(TableType)
+    traits = traits_def(Pure())
+
+    def __init__(self, table: SSAValue, by: Sequence[str], ascending: Sequence[bool]):
+        super().__init__(
+            operands=[table],
+            attributes={"by": str_array(by), "ascending": bool_array(ascending)},
+            result_types=[infer_sort(_table(table), by, ascending)],
+        )
+
+    def expected_type(self) -> TableType:
+        return infer_sort(_table(self.input), _strs(self.by), _bools(self.ascending))
+
+
+@irdl_op_definition
+class HeadOp(_TableOp):
+    name = "df.head"
+    input = operand_def(TableType)
+    n = attr_def(IntegerAttr)
+    result = result_def(TableType)
+    traits = traits_def(Pure())
+
+    def __init__(self, table: SSAValue, n: int):
+        super().__init__(operands=[table], attributes={"n": IntegerAttr(n, i64)}, result_types=[table.type])
+
+    def expected_type(self) -> TableType:
+        if self.n.value.data < 0:
+            raise SchemaError(f"head(n) needs n >= 0, got {self.n.value.data}")
+        return _table(self.input)
+
+
+def agg_array(aggs: Sequence[tuple[str, str, str]]) -> ArrayAttr:
+    return ArrayAttr([str_array(a) for a in aggs])
+
+
+def agg_tuples(attr: ArrayAttr) -> list[tuple[str, str, str]]:
+    out = []
+    for entry in attr:
+        items = _strs(entry)
+        if len(items) != 3:
+            raise SchemaError("each aggregate is [output name, column, function]")
+        out.append((items[0], items[1], items[2]))
+    return out
+
+
+@irdl_op_definition
+class GroupByAggOp(_TableOp):
+    """``groupby(keys).agg(name=(col, fn))``; null keys form one group, aggregates skip nulls."""
+
+    name = "df.groupby_agg"
+    input = operand_def(TableType)
+    keys = attr_def(ArrayAttr[StringAttr])
+    aggs = attr_def(ArrayAttr)
+    result = result_def(TableType)
+    traits = traits_def(Pure())
+
+    def __init__(self, table: SSAValue, keys: Sequence[str], aggs: Sequence[tuple[str, str, str]]):
+        super().__init__(
+            operands=[table],
+            attributes={"keys": str_array(keys), "aggs": agg_array(aggs)},
+            result_types=[infer_groupby(_table(table), keys, aggs)],
+        )
+
+    def expected_type(self) -> TableType:
+        return infer_groupby(_table(self.input), _strs(self.keys), agg_tuples(self.aggs))
+
+
+@irdl_op_definition
+class AggregateOp(_TableOp):
+    """Whole-table aggregation ``t.agg(...)``: one row."""
+
+    name = "df.aggregate"
+    input = operand_def(TableType)
+    aggs = attr_def(ArrayAttr)
+    result = result_def(TableType)
+    traits = traits_def(Pure())
+
+    def __init__(self, table: SSAValue, aggs: Sequence[tuple[str, str, str]]):
+        super().__init__(
+            operands=[table],
+            attributes={"aggs": agg_array(aggs)},
+            result_types=[infer_aggregate(_table(table), aggs)],
+        )
+
+    def expected_type(self) -> TableType:
+        return infer_aggregate(_table(self.input), agg_tuples(self.aggs))
+
+
+@irdl_op_definition
+class WindowOp(_TableOp):
+    """Row-order window function (rolling k / shift n / diff n) over the input's current order,
+    appended (or replacing) as column ``output``; leading rows without a full window are null."""
+
+    name = "df.window"
+    input = operand_def(TableType)
+    func = attr_def(StringAttr)
+    column = attr_def(StringAttr)
+    param = attr_def(IntegerAttr)
+    output = attr_def(StringAttr)
+    result = result_def(TableType)
+    traits = traits_def(Pure())
+
+    def __init__(self, table: SSAValue, func: str, column: str, param: int, output: str):
+        super().__init__(
+            operands=[table],
+            attributes={
+                "func": StringAttr(func),
+                "column": StringAttr(column),
+                "param": IntegerAttr(param, i64),
+                "output": StringAttr(output),
+            },
+            result_types=[infer_window(_table(table), func, column, param, output)],
+        )
+
+    def expected_type(self) -> TableType:
+        return infer_window(
+            _table(self.input), self.func.data, self.column.data, self.param.value.data, self.output.data
+        )
+
+
+# --------------------------------------------------------------- expression ops
+
+
+def _check_in_expression(op: Operation) -> None:
+    parent = op.parent_op()
+    if not isinstance(parent, FilterOp | MapOp):
+        raise fail(op, "must be nested in an expression region of df.filter or df.map")
+
+
+@irdl_op_definition
+class ColumnOp(IRDLOperation):
+    """Reads column ``column`` of the current row."""
+
+    name = "df.col"
+    column = attr_def(StringAttr)
+    result = result_def()
+    traits = traits_def(Pure())
+
+    def __init__(self, column: str, element_type: Attribute):
+        super().__init__(attributes={"column": StringAttr(column)}, result_types=[element_type])
+
+    def verify_(self) -> None:
+        if not is_element_type(self.result.type):
+            raise fail(self, f"column read has non-column type {self.result.type}")
+        _check_in_expression(self)
+
+
+@irdl_op_definition
+class StringConstantOp(IRDLOperation):
+    """A string literal (``arith.constant`` has no string type)."""
+
+    name = "df.str_constant"
+    value = attr_def(StringAttr)
+    result = result_def(StringType)
+    traits = traits_def(Pure())
+
+    def __init__(self, value: str):
+        super().__init__(attributes={"value": StringAttr(value)}, result_types=[StringType()])
+
+
+@irdl_op_definition
+class IsNullOp(IRDLOperation):
+    name = "df.is_null"
+    operand = operand_def()
+    result = result_def(IntegerType(1))
+    traits = traits_def(Pure())
+
+    def __init__(self, value: SSAValue):
+        super().__init__(operands=[value], result_types=[i1])
+
+
+@irdl_op_definition
+class FillNullOp(IRDLOperation):
+    """``x.fillna(v)``: ``fill`` where ``operand`` is null."""
+
+    name = "df.fill_null"
+    operand = operand_def()
+    fill = operand_def()
+    result = result_def()
+    traits = traits_def(Pure())
+
+    def __init__(self, value: SSAValue, fill: SSAValue):
+        super().__init__(operands=[value, fill], result_types=[value.type])
+
+    def verify_(self) -> None:
+        if not (self.operand.type == self.fill.type == self.result.type):
+            raise fail(self, "operand, fill value and result must have the same type")
+
+
+@irdl_op_definition
+class IsInOp(IRDLOperation):
+    """``x.isin([...])`` against a literal list (null is never in the list)."""
+
+    name = "df.isin"
+    operand = operand_def()
+    values = attr_def(ArrayAttr)
+    result = result_def(IntegerType(1))
+    traits = traits_def(Pure())
+
+    def __init__(self, value: SSAValue, values: ArrayAttr):
+        super().__init__(operands=[value], attributes={"values": values}, result_types=[i1])
+
+
+@irdl_op_definition
+class CastOp(IRDLOperation):
+    """Casts that ``arith`` cannot express: to and from strings."""
+
+    name = "df.cast"
+    operand = operand_def()
+    result = result_def()
+    traits = traits_def(Pure())
+
+    def __init__(self, value: SSAValue, to: Attribute):
+        super().__init__(operands=[value], result_types=[to])
+
+    def verify_(self) -> None:
+        if not (isinstance(self.operand.type, StringType) or isinstance(self.result.type, StringType)):
+            raise fail(self, "df.cast converts to or from strings; use arith casts for numbers")
+
+
+STRING_COMPARISONS = ("eq", "ne", "lt", "le", "gt", "ge")
+
+
+@irdl_op_definition
+class StringCompareOp(IRDLOperation):
+    """Lexicographic (byte-wise UTF-8) comparison of two strings."""
+
+    name = "df.str_cmp"
+    predicate = attr_def(StringAttr)
+    lhs = operand_def(StringType)
+    rhs = operand_def(StringType)
+    result = result_def(IntegerType(1))
+    traits = traits_def(Pure())
+
+    def __init__(self, predicate: str, lhs: SSAValue, rhs: SSAValue):
+        super().__init__(operands=[lhs, rhs], attributes={"predicate": StringAttr(predicate)}, result_types=[i1])
+
+    def verify_(self) -> None:
+        if self.predicate.data not in STRING_COMPARISONS:
+            raise fail(self, f"unknown string comparison '{self.predicate.data}'")
+
+
+@irdl_op_definition
+class StringLengthOp(IRDLOperation):
+    """Length in characters (Unicode code points), like pandas ``str.len``."""
+
+    name = "df.str_len"
+    operand = operand_def(StringType)
+    result = result_def(IntegerType(64))
+    traits = traits_def(Pure())
+
+    def __init__(self, value: SSAValue):
+        super().__init__(operands=[value], result_types=[i64])
+
+
+@irdl_op_definition
+class StringLowerOp(IRDLOperation):
+    name = "df.str_lower"
+    operand = operand_def(StringType)
+    result = result_def(StringType)
+    traits = traits_def(Pure())
+
+    def __init__(self, value: SSAValue):
+        super().__init__(operands=[value], result_types=[StringType()])
+
+
+@irdl_op_definition
+class StringUpperOp(IRDLOperation):
+    name = "df.str_upper"
+    operand = operand_def(StringType)
+    result = result_def(StringType)
+    traits = traits_def(Pure())
+
+    def __init__(self, value: SSAValue):
+        super().__init__(operands=[value], result_types=[StringType()])
+
+
+@irdl_op_definition
+class StringStartsWithOp(IRDLOperation):
+    name = "df.str_startswith"
+    operand = operand_def(StringType)
+    pattern = attr_def(StringAttr)
+    result = result_def(IntegerType(1))
+    traits = traits_def(Pure())
+
+    def __init__(self, value: SSAValue, pattern: str):
+        super().__init__(operands=[value], attributes={"pattern": StringAttr(pattern)}, result_types=[i1])
+
+
+@irdl_op_definition
+class StringContainsOp(IRDLOperation):
+    """Literal substring test (no regular expressions)."""
+
+    name = "df.str_contains"
+    operand = operand_def(StringType)
+    pattern = attr_def(StringAttr)
+    result = result_def(IntegerType(1))
+    traits = traits_def(Pure())
+
+    def __init__(self, value: SSAValue, pattern: str):
+        super().__init__(operands=[value], attributes={"pattern": StringAttr(pattern)}, result_types=[i1])
+
+
+DataFrame = Dialect(
+    "df",
+    [
+        ReadParquetOp,
+        ReadCsvOp,
+        ReadIpcOp,
+        InputOp,
+        WriteParquetOp,
+        WriteCsvOp,
+        WriteIpcOp,
+        FilterOp,
+        ProjectOp,
+        MapOp,
+        RenameOp,
+        DropOp,
+        JoinOp,
+        ConcatOp,
+        UnionOp,
+        IntersectOp,
+        DifferenceOp,
+        DistinctOp,
+        SortOp,
+        HeadOp,
+        GroupByAggOp,
+        AggregateOp,
+        WindowOp,
+        ColumnOp,
+        StringConstantOp,
+        IsNullOp,
+        FillNullOp,
+        IsInOp,
+        CastOp,
+        StringCompareOp,
+        StringLengthOp,
+        StringLowerOp,
+        StringUpperOp,
+        StringStartsWithOp,
+        StringContainsOp,
+    ],
+    [StringType, TableType],
+)
+
+SOURCE_OPS = (ReadParquetOp, ReadCsvOp, ReadIpcOp, InputOp)
+SINK_OPS = (WriteParquetOp, WriteCsvOp, WriteIpcOp)

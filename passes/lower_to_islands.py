@@ -1,0 +1,385 @@
+"""``lower-to-islands``: every top-level dataflow op of a function becomes its own island.
+
+Before (``df`` ops on tables, each with the user's location)::
+
+    %0 = "df.read_parquet"() {path = "e.parquet"} : () -> !df.table<...>
+    %1 = "df.filter"(%0) ({ ... }) : (!df.table<...>) -> !df.table<...>
+    "df.write_parquet"(%1) {path = "out"} : (!df.table<...>) -> ()
+    "func.return"(%1) : (!df.table<...>) -> ()
+
+After (``async.execute`` islands linked by ``!async.value``/``!async.token``)::
+
+    %0, %1 = "async.execute"() <{operandSegmentSizes = array<i32: 0, 0>}> ({
+      %2 = "df.read_parquet"() {path = "e.parquet"} : () -> !df.table<...>
+      "async.yield"(%2) : (!df.table<...>) -> ()
+    }) {taskgraph.island = "i0_read_parquet", taskgraph.ranks = 1 : i64,
+        taskgraph.device = "cpu", taskgraph.pattern = "partitioned_io"}
+       : () -> (!async.token, !async.value<!df.table<...>>)
+    %3, %4 = "async.execute"(%1) <{operandSegmentSizes = array<i32: 0, 1>}> ({
+    ^bb0(%5 : !df.table<...>):
+      %6 = "df.filter"(%5) ({ ... }) : ...
+      "async.yield"(%6) : (!df.table<...>) -> ()
+    }) {taskgraph.island = "i1_filter", ...} : (!async.value<...>) -> (!async.token, !async.value<...>)
+    %7 = "async.execute"(%4) ... {taskgraph.island = "i2_write_parquet", ...}   // sink: token only
+    %8 = "async.await"(%4) : (!async.value<...>) -> !df.table<...>
+    "async.await"(%7) : (!async.token) -> ()
+    "func.return"(%8) : (!df.table<...>) -> ()
+
+Rules:
+
+* a *dataflow op* is a top-level op of a function body (not the terminator, not ``async``)
+  that belongs to ``df``/``dl``/``comm``/``taskgraph`` or has a table/tensor operand or
+  result. Expression ops nested in its regions move with it. Each op keeps its location; the
+  island, its ``async.yield`` take the op's location.
+* values produced by earlier islands are passed as ``!async.value<T>`` body operands (block
+  arguments of type ``T``); other captured values stay captured, except side-effect-free
+  scalar helper ops (e.g. a top-level ``arith.constant``) which are cloned into the island.
+* side effects are ordered with token dependencies: an island whose ops may write (unknown
+  effects count as writes) waits for every earlier island with effects, a read-only island
+  for every earlier writing island (only those not already reached through its data
+  inputs). Side-effect-free islands get no token dependencies.
+* uses outside islands (the function's return) get ``async.await`` of the value; islands
+  nobody consumes or awaits (sinks) are awaited by token before the terminator.
+
+``islands_of(module)`` describes the islands for ``plan.json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from xdsl.context import Context
+from xdsl.dialects import func
+from xdsl.dialects.builtin import ModuleOp, TensorType
+from xdsl.ir import Attribute, Block, Operation, Region, SSAValue
+from xdsl.passes import ModulePass
+from xdsl.traits import IsTerminator, MemoryEffectKind, get_effects, is_side_effect_free
+
+from opgraph.dialects.taskgraph import (
+    DEVICES,
+    ISLAND_ATTR,
+    PlanOp,
+    island_attributes,
+    island_info,
+    is_island,
+    where,
+)
+from opgraph.dialects.upstream.async_dialect import AwaitOp, ExecuteOp, YieldOp, unwrap
+from opgraph.errors import PassError
+from opgraph.passes.patterns import pattern_of
+from opgraph.passes.verify import op_location
+
+DATAFLOW_DIALECTS = frozenset({"df", "dl", "comm", "taskgraph"})
+
+
+def is_data_type(t: Attribute) -> bool:
+    """Tables (``!df.table``), tensors (builtin ``tensor<..>``) and other dataflow types."""
+    if isinstance(t, TensorType):
+        return True
+    name = getattr(t, "name", "")
+    return isinstance(name, str) and name.split(".", 1)[0] in DATAFLOW_DIALECTS
+
+
+def is_dataflow_op(op: Operation) -> bool:
+    if op.has_trait(IsTerminator, value_if_unregistered=False):
+        return False
+    if op.dialect_name() == "async" or isinstance(op, PlanOp):
+        return False
+    if op.dialect_name() in DATAFLOW_DIALECTS:
+        return True
+    return any(is_data_type(v.type) for v in (*op.operands, *op.results))
+
+
+def effect_class(op: Operation) -> str:
+    """``"pure"`` (no effects), ``"read"`` (only reads) or ``"write"`` (writes or unknown)."""
+    effects = get_effects(op)
+    if effects is None:
+        return "write"
+    if not effects:
+        return "pure"
+    if all(e.kind in (MemoryEffectKind.READ, MemoryEffectKind.ALLOC) for e in effects):
+        return "read"
+    return "write"
+
+
+def _short_name(op: Operation) -> str:
+    return op.name.split(".", 1)[-1].replace(".", "_")
+
+
+def _inside(op: Operation, ancestor: Operation) -> bool:
+    return ancestor.is_ancestor(op)
+
+
+def _top_level_in(block: Block, op: Operation) -> Operation | None:
+    cur: Operation | None = op
+    while cur is not None and cur.parent is not block:
+        cur = cur.parent_op()
+    return cur
+
+
+@dataclass
+class _FunctionLowering:
+    block: Block
+    ranks: int
+    device: str
+    used_names: set[str]
+    counter: list[int]
+
+    def __post_init__(self) -> None:
+        self.async_of: dict[SSAValue, SSAValue] = {}  # original result -> !async.value result
+        self.producer: dict[SSAValue, ExecuteOp] = {}  # !async.value -> its island
+        self.ancestors: dict[ExecuteOp, set[ExecuteOp]] = {}
+        self.effectful: list[tuple[ExecuteOp, str]] = []
+        self.islands: list[tuple[ExecuteOp, Operation]] = []
+        self.cloned_from: list[Operation] = []
+
+    def fresh_name(self, op: Operation) -> str:
+        while True:
+            name = f"i{self.counter[0]}_{_short_name(op)}"
+            self.counter[0] += 1
+            if name not in self.used_names:
+                self.used_names.add(name)
+                return name
+
+    def _clone_helper(self, value: SSAValue, into: Block, before: Operation, mapping: dict[SSAValue, SSAValue]) -> SSAValue | None:
+        """Clones the side-effect-free scalar op defining ``value`` (and its helpers) into
+        the island; None when ``value`` must stay captured."""
+        if value in mapping:
+            return mapping[value]
+        owner = value.owner
+        if (
+            not isinstance(owner, Operation)
+            or owner.parent is not self.block
+            or is_dataflow_op(owner)
+            or owner.regions
+            or not is_side_effect_free(owner)
+        ):
+            return None
+        for operand in owner.operands:
+            if operand not in mapping:
+                self._clone_helper(operand, into, before, mapping)
+        clone = owner.clone(value_mapper=dict(mapping))
+        into.insert_op_before(clone, before)
+        for old, new in zip(owner.results, clone.results):
+            mapping[old] = new
+        self.cloned_from.append(owner)
+        return mapping[value]
+
+    def lower_op(self, op: Operation) -> None:
+        # values used by op (or its nested ops) that are defined outside it
+        external: list[SSAValue] = []
+        for inner in op.walk():
+            for v in inner.operands:
+                owner = v.owner
+                defining = owner if isinstance(owner, Operation) else owner.parent_op()
+                if defining is not None and (defining is op or _inside(defining, op)):
+                    continue
+                if v not in external:
+                    external.append(v)
+
+        body_operands: list[SSAValue] = [self.async_of[v] for v in external if v in self.async_of]
+        body = ExecuteOp.body_block_for(body_operands)
+        mapping: dict[SSAValue, SSAValue] = {}
+        data_values = [v for v in external if v in self.async_of]
+        for v, arg in zip(data_values, body.args):
+            mapping[v] = arg
+            arg.location = op.location
+
+        inputs: list[ExecuteOp] = []
+        for av in body_operands:
+            p = self.producer[av]
+            if p not in inputs:
+                inputs.append(p)
+        ancestors: set[ExecuteOp] = set()
+        for p in inputs:
+            ancestors.add(p)
+            ancestors |= self.ancestors[p]
+
+        # side-effect ordering through tokens
+        kind = effect_class(op)
+        deps: list[ExecuteOp] = []
+        if kind != "pure":
+            candidates = [
+                isl for isl, k in self.effectful if (kind == "write" or k == "write") and isl not in ancestors
+            ]
+            deps = [c for c in candidates if not any(c in self.ancestors[d] for d in candidates if d is not c)]
+            for d in deps:
+                ancestors.add(d)
+                ancestors |= self.ancestors[d]
+
+        result_types = [r.type for r in op.results]
+        island = ExecuteOp(
+            [d.token for d in deps],
+            body_operands,
+            result_types,
+            Region(body),
+            island_attributes(self.fresh_name(op), self.ranks, self.device, pattern_of(op)),
+        )
+        island.location = op.location
+        self.block.insert_op_before(island, op)
+
+        op.detach()
+        yield_op = YieldOp(list(op.results))
+        yield_op.location = op.location
+        body.add_ops([op, yield_op])
+
+        # clone side-effect-free scalar helpers, then rewire captured values
+        for v in external:
+            if v not in mapping:
+                self._clone_helper(v, body, op, mapping)
+        for inner in op.walk():
+            for i, v in enumerate(inner.operands):
+                if v in mapping:
+                    inner.operands[i] = mapping[v]
+
+        for r, av in zip(op.results, island.body_results):
+            self.async_of[r] = av
+            self.producer[av] = island
+        self.ancestors[island] = ancestors
+        if kind != "pure":
+            self.effectful.append((island, kind))
+        self.islands.append((island, op))
+
+    def finish(self) -> None:
+        terminator = self.block.last_op
+        awaited: set[ExecuteOp] = set()
+        # uses of island results outside their island: await the async value
+        for island, op in self.islands:
+            for r, av in zip(op.results, island.body_results):
+                outside = [u for u in list(r.uses) if not _inside(u.operation, island)]
+                if not outside:
+                    continue
+                users = [_top_level_in(self.block, u.operation) for u in outside]
+                first = min(
+                    (u for u in users if u is not None),
+                    key=lambda o: self.block.get_operation_index(o),
+                )
+                wait = AwaitOp(av)
+                wait.location = first.location
+                self.block.insert_op_before(wait, first)
+                for u in outside:
+                    u.operation.operands[u.index] = wait.results[0]
+                awaited.add(island)
+        # sinks and other unconsumed islands: await their token before the terminator
+        for island, op in self.islands:
+            consumed = island.token.first_use is not None or any(
+                r.first_use is not None for r in island.body_results
+            )
+            if consumed or island in awaited:
+                continue
+            wait = AwaitOp(island.token)
+            wait.location = op.location
+            if terminator is not None and terminator.has_trait(IsTerminator):
+                self.block.insert_op_before(wait, terminator)
+            else:
+                self.block.add_op(wait)
+        # scalar helpers now cloned into every island that used them
+        for helper in reversed(self.cloned_from):
+            if helper.parent is not None and all(r.first_use is None for r in helper.results):
+                helper.detach()
+                helper.erase()
+
+
+def lower_function(fn: func.FuncOp, ranks: int = 1, device: str = "cpu", used_names: set[str] | None = None, counter: list[int] | None = None) -> None:
+    if fn.body.blocks and len(fn.body.blocks) != 1:
+        raise PassError(
+            f"lower-to-islands: function '@{fn.sym_name.data}' at {where(fn)} has "
+            f"{len(fn.body.blocks)} blocks; only single-block pipeline bodies are supported"
+        )
+    if not fn.body.blocks:
+        return
+    lowering = _FunctionLowering(
+        fn.body.block, ranks, device, used_names if used_names is not None else set(), counter or [0]
+    )
+    for op in list(fn.body.block.ops):
+        if is_dataflow_op(op):
+            lowering.lower_op(op)
+    lowering.finish()
+
+
+@dataclass(frozen=True)
+class LowerToIslands(ModulePass):
+    """Puts every top-level dataflow op of each function into its own island
+    (``async.execute`` with ``taskgraph.*`` attributes)."""
+
+    name = "lower-to-islands"
+
+    ranks: int = 1
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ranks, bool) or not isinstance(self.ranks, int) or self.ranks < 1:
+            raise ValueError(f"ranks must be an integer >= 1, got {self.ranks!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        used = {
+            o.attributes[ISLAND_ATTR].data  # type: ignore[union-attr]
+            for o in op.walk()
+            if is_island(o)
+        }
+        counter = [0]
+        for fn in [o for o in op.walk() if isinstance(o, func.FuncOp)]:
+            lower_function(fn, self.ranks, self.device, used, counter)
+
+
+# ------------------------------------------------------------------------------- plan
+
+
+def _loc_str(op: Operation) -> str | None:
+    loc = op_location(op)
+    return f"{loc[0]}:{loc[1]}:{loc[2]}" if loc else None
+
+
+def islands_of(module: Operation) -> list[dict[str, Any]]:
+    """One dict per island, in program order::
+
+        {"name": "i1_filter", "function": "etl", "ranks": 1, "device": "cpu",
+         "pattern": "embarrassingly_parallel", "ops": ["df.filter"],
+         "inputs": ["i0_read_parquet"],      # islands whose values it consumes (in order)
+         "after": [],                        # islands it waits for by token only
+         "output_types": ["!df.table<...>"], # yielded (unwrapped) types
+         "awaited": false,                   # a value is awaited in its function (returned)
+         "loc": "etl.py:7:10"}
+    """
+    result: list[dict[str, Any]] = []
+    for op in module.walk():
+        if not is_island(op):
+            continue
+        assert isinstance(op, ExecuteOp)
+        info = island_info(op)
+        fn = op.parent_op()
+        while fn is not None and not isinstance(fn, func.FuncOp):
+            fn = fn.parent_op()
+
+        def owner_name(v: SSAValue) -> str | None:
+            owner = v.owner
+            if isinstance(owner, ExecuteOp) and is_island(owner):
+                return island_info(owner).name
+            return None
+
+        inputs: list[str] = []
+        for v in op.body_operands:
+            n = owner_name(v)
+            if n is not None and n not in inputs:
+                inputs.append(n)
+        after = [n for v in op.dependencies if (n := owner_name(v)) is not None and n not in inputs]
+        awaited = any(isinstance(u.operation, AwaitOp) for r in op.body_results for u in r.uses)
+        result.append(
+            {
+                "name": info.name,
+                "function": fn.sym_name.data if isinstance(fn, func.FuncOp) else None,
+                "ranks": info.ranks,
+                "device": info.device,
+                "pattern": info.pattern,
+                "ops": [o.name for o in op.body.ops if not isinstance(o, YieldOp)],
+                "inputs": inputs,
+                "after": after,
+                "output_types": [str(unwrap(r.type)) for r in op.body_results],
+                "awaited": awaited,
+                "loc": _loc_str(op),
+            }
+        )
+    return result

@@ -1,0 +1,115 @@
+"""Hash partitioning of Arrow tables (the local half of a hash shuffle).
+
+Row hashes come from the compiled kernel ``opgraph.runtime.kernels.hashing`` (C++ via
+Cython; platform-independent "opgraph-hash-v1", see runtime/kernels/hash_kernels.hpp), so
+every process and machine sends a given key to the same partition. A C++ stable counting
+sort gives every row its position in partition order; C++ scatter kernels then move each
+column's Arrow buffers there in one sequential pass (types they do not cover fall back to
+one Arrow ``take``), and the result is cut into zero-copy slices, one per part. There is deliberately no pure-Python fallback: without the built extension this
+module does not import.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+try:
+    from opgraph.runtime.kernels import hashing as _hashing
+except ImportError as exc:  # pragma: no cover - exercised only on a broken install
+    raise ImportError(
+        "opgraph.runtime.partition needs the compiled C++ kernel "
+        "'opgraph.runtime.kernels.hashing', which is not built or failed to load "
+        f"({exc}). Build it by (re)installing opgraph: `pip install -e .` or "
+        "`pip install .` (needs a C++17 compiler; Cython is fetched as a build "
+        "dependency). There is no pure-Python fallback."
+    ) from exc
+
+__all__ = [
+    "HASH_VERSION",
+    "hash_columns",
+    "partition_ids",
+    "group_by_partition",
+    "partition_indices",
+    "partition_positions",
+    "invert_permutation",
+    "scatter_column",
+    "hash_partition",
+]
+
+HASH_VERSION: str = _hashing.HASH_VERSION
+hash_columns = _hashing.hash_columns
+partition_ids = _hashing.partition_ids
+group_by_partition = _hashing.group_by_partition
+partition_positions = _hashing.partition_positions
+invert_permutation = _hashing.invert_permutation
+scatter_column = _hashing.scatter_column
+
+_INT32_MAX = 2**31 - 1
+
+
+def _check_args(table: pa.Table, keys: list[str], nparts: int) -> list[str]:
+    if not isinstance(table, pa.Table):
+        raise TypeError(f"hash_partition: expected a pyarrow.Table, got {type(table).__name__}")
+    if isinstance(keys, str):
+        keys = [keys]
+    keys = list(keys)
+    if not keys:
+        raise ValueError("hash_partition: at least one key column is required")
+    names = table.column_names
+    for k in keys:
+        if not isinstance(k, str):
+            raise TypeError(f"hash_partition: key names must be str, got {k!r}")
+        if k not in names:
+            raise KeyError(f"hash_partition: key column {k!r} not in table columns {names}")
+    if isinstance(nparts, bool) or not isinstance(nparts, (int, np.integer)):
+        raise TypeError(f"hash_partition: nparts must be an int, got {type(nparts).__name__}")
+    if not 1 <= nparts <= _hashing.MAX_PARTS:
+        raise ValueError(f"hash_partition: nparts must be in [1, {_hashing.MAX_PARTS}], got {nparts}")
+    return keys
+
+
+def partition_indices(table: pa.Table, keys: list[str], nparts: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row order grouped by hash partition: (indices, offsets).
+
+    Part p consists of rows ``indices[offsets[p]:offsets[p+1]]`` of ``table`` (ascending).
+    indices is int32 when the table has fewer than 2^31 rows, else int64.
+    """
+    keys = _check_args(table, keys, nparts)
+    hashes = _hashing.hash_columns(table, keys)
+    pids = _hashing.partition_ids(hashes, nparts)
+    del hashes
+    idx_dtype = np.int32 if table.num_rows <= _INT32_MAX else np.int64
+    return _hashing.group_by_partition(pids, nparts, idx_dtype)
+
+
+def hash_partition(table: pa.Table, keys: list[str], nparts: int) -> list[pa.Table]:
+    """Split ``table`` into ``nparts`` tables by the hash of the ``keys`` columns.
+
+    Every row lands in exactly one part; all rows with equal keys (nulls included: null
+    keys hash to one fixed value) land in the same part, on every process and machine.
+    Within a part rows keep their input order. Parts share one gathered copy of the data
+    (zero-copy slices) and keep the input schema.
+    """
+    keys = _check_args(table, keys, nparts)
+    if nparts == 1:
+        return [table]
+    hashes = _hashing.hash_columns(table, keys)
+    pids = _hashing.partition_ids(hashes, nparts)
+    del hashes
+    idx_dtype = np.int32 if table.num_rows <= _INT32_MAX else np.int64
+    dest, offsets = _hashing.partition_positions(pids, nparts, idx_dtype)
+    del pids
+    perm = None
+    columns = []
+    for col in table.columns:
+        out = _hashing.scatter_column(col, dest)
+        if out is None:  # a type the scatter kernels do not cover: gather instead
+            if perm is None:
+                perm = pa.array(_hashing.invert_permutation(dest))
+            out = col.take(perm)
+        columns.append(out)
+    grouped = pa.Table.from_arrays(columns, schema=table.schema)
+    return [
+        grouped.slice(int(offsets[p]), int(offsets[p + 1] - offsets[p])) for p in range(nparts)
+    ]

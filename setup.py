@@ -1,0 +1,34 @@
+"""Build of opgraph's compiled kernels (C++ via Cython); the metadata lives in pyproject.toml.
+
+Used by `pip install .` and `pip install -e .` (setuptools' editable mode builds the
+extensions and copies them next to their sources, i.e. into runtime/kernels/, which the
+package-dir mapping exposes as opgraph.runtime.kernels).
+"""
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+CXX_FLAGS = ["-O3", "-std=c++17"]
+
+extensions = [
+    Extension(
+        "opgraph.runtime.kernels.hashing",
+        sources=["runtime/kernels/hashing.pyx"],
+        depends=["runtime/kernels/hash_kernels.hpp"],
+        include_dirs=["runtime/kernels"],
+        language="c++",
+        extra_compile_args=CXX_FLAGS,
+    ),
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        language_level=3,
+        compiler_directives={
+            "boundscheck": False,
+            "wraparound": False,
+            "initializedcheck": False,
+        },
+    ),
+)
