@@ -7,12 +7,14 @@ parses in upstream MLIR with our IRDL dialects loaded; parsing reads the same te
 from __future__ import annotations
 
 import importlib
+import re
 from io import StringIO
 
 from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Dialect, Operation
 from xdsl.parser import Parser
+from xdsl.utils.exceptions import ParseError
 from xdsl.printer import Printer
 
 from opgraph.errors import IRError
@@ -27,6 +29,7 @@ _DIALECTS: tuple[tuple[str, str, str], ...] = (
     ("dlti", "xdsl.dialects.dlti", "DLTI"),
     ("mpi", "xdsl.dialects.mpi", "MPI"),
     ("async", "opgraph.dialects.upstream.async_dialect", "Async"),
+    ("vector", "opgraph.dialects.upstream.vector_yield", "Vector"),
     ("df", "opgraph.dialects.dataframe", "DataFrame"),
     ("dl", "opgraph.dialects.dl", "DL"),
     ("comm", "opgraph.dialects.comm", "Comm"),
@@ -59,15 +62,19 @@ def print_module(op: Operation) -> str:
 
 
 def parse_module(text: str, file_name: str = "<input>", ctx: Context | None = None) -> ModuleOp:
-    """Parses MLIR text (generic or custom syntax) into a module; errors become IRError."""
+    """Parses MLIR text (generic or custom syntax) into a module; errors become IRError
+    located at the offending line."""
     try:
-        module = Parser(ctx or make_context(), text, file_name).parse_module()
-    except Exception as e:  # xDSL raises ParseError / VerifyException with a located message
-        first = str(e).strip().splitlines()
-        raise IRError(_located_message(first, file_name), file=file_name) from None
-    return module
+        return Parser(ctx or make_context(), text, file_name).parse_module()
+    except ParseError as e:
+        raise _located_error(str(e), file_name) from None
 
 
-def _located_message(lines: list[str], file_name: str) -> str:
-    # xDSL parse errors start with "file:line:col" then show the source line; keep it short
-    return lines[0] if lines else "cannot parse IR"
+def _located_error(text: str, file_name: str) -> IRError:
+    # xDSL parse errors read "file:line:col", the source line, a caret line, then the message
+    lines = [line for line in text.splitlines() if line.strip()]
+    match = re.match(r"^(.*):(\d+):(\d+)$", lines[0].strip()) if lines else None
+    message = lines[-1].strip() if len(lines) > 1 else "cannot parse IR"
+    if match:
+        return IRError(message, file=match.group(1), line=int(match.group(2)))
+    return IRError(message, file=file_name)

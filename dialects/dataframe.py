@@ -4,7 +4,7 @@ Tables have the type ``!df.table<[names], [element types], [nullable flags]>``. 
 expressions (filter predicates, assigned columns) are regions of upstream ``arith``/``math``
 ops plus ``df.col`` (read a column of the current row) and a few ``df`` scalar ops for what
 ``arith`` lacks (strings, nulls, membership). IRDL cannot declare terminators, so expression
-regions end in upstream ``llvm.return`` (see CONVENTIONS: it verifies under any parent).
+regions end in upstream ``vector.yield`` (see dialects/upstream/vector_yield.py for why).
 
 Each table op computes its result schema with an ``infer_*`` function; the verifier compares
 the declared result type against it and the tracer builds result types with the same
@@ -14,8 +14,8 @@ function, so there is one source of truth for schemas.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
-from xdsl.dialects import llvm
 from xdsl.dialects.builtin import (
     ArrayAttr,
     BoolAttr,
@@ -50,11 +50,11 @@ from xdsl.irdl import (
     region_def,
     result_def,
     traits_def,
-    var_operand_def,
-    var_region_def,
 )
-from xdsl.traits import Pure, RecursiveMemoryEffect
+from xdsl.traits import MemoryReadEffect, MemoryWriteEffect, Pure, RecursiveMemoryEffect
 from xdsl.utils.exceptions import VerifyException
+
+from opgraph.dialects.upstream.vector_yield import YieldOp
 
 # ----------------------------------------------------------------------------- types
 
@@ -95,21 +95,55 @@ class TableType(ParametrizedAttribute, TypeAttribute):
                 raise VerifyException(f"df.table: column '{n.data}' has unsupported type {t}")
 
     @property
-    def columns(self) -> list[tuple[str, Attribute, bool]]:
-        return [
-            (n.data, t, bool(f.value.data))
-            for n, t, f in zip(self.names, self.types, self.nullable)
-        ]
+    def columns(self) -> tuple[tuple[str, Attribute, bool], ...]:
+        return _columns_of(self)
 
     @property
     def column_names(self) -> list[str]:
-        return [n.data for n in self.names]
+        return [c[0] for c in _columns_of(self)]
 
     def column(self, name: str) -> tuple[Attribute, bool] | None:
-        for n, t, nl in self.columns:
-            if n == name:
-                return t, nl
-        return None
+        return _column_index(self).get(name)
+
+    def __hash__(self) -> int:
+        # The generated dataclass hash rehashes every nested attribute on each call, and
+        # schemas are hashed constantly (cache keys); the type is immutable, so hash once.
+        cache = self.__dict__
+        h = cache.get("_hash")
+        if h is None:
+            h = cache["_hash"] = hash((self.names, self.types, self.nullable))
+        return h
+
+
+# Schemas are immutable and shared by many ops; their decoded forms are cached on the type
+# object itself, and identical types are constructed once, which keeps tracing and
+# verification linear in pipeline size.
+def _columns_of(t: TableType) -> tuple[tuple[str, Attribute, bool], ...]:
+    cache = t.__dict__
+    cols = cache.get("_columns")
+    if cols is None:
+        cols = cache["_columns"] = tuple(
+            (n.data, ty, bool(f.value.data)) for n, ty, f in zip(t.names, t.types, t.nullable)
+        )
+    return cols
+
+
+def _column_index(t: TableType) -> dict[str, tuple[Attribute, bool]]:
+    cache = t.__dict__
+    index = cache.get("_index")
+    if index is None:
+        index = cache["_index"] = {n: (ty, nl) for n, ty, nl in _columns_of(t)}
+    return index
+
+
+@lru_cache(maxsize=1 << 16)
+def _table_of(columns: tuple[tuple[str, Attribute, bool], ...]) -> TableType:
+    return TableType(columns)
+
+
+def table_of(columns: Sequence[tuple[str, Attribute, bool]]) -> TableType:
+    """A (cached) table type with these columns."""
+    return _table_of(tuple(columns))
 
 
 def is_element_type(t: Attribute) -> bool:
@@ -196,12 +230,12 @@ def infer_project(schema: TableType, columns: Sequence[str]) -> TableType:
     if len(set(columns)) != len(columns):
         raise SchemaError("projection lists a column twice")
     cols = dict((n, (t, nl)) for n, t, nl in schema.columns)
-    return TableType([(n, *cols[n]) for n in columns])
+    return table_of([(n, *cols[n]) for n in columns])
 
 
 def infer_drop(schema: TableType, columns: Sequence[str]) -> TableType:
     _require_columns(schema, columns, "drop")
-    return TableType([c for c in schema.columns if c[0] not in set(columns)])
+    return table_of([c for c in schema.columns if c[0] not in set(columns)])
 
 
 def infer_rename(schema: TableType, old: Sequence[str], new: Sequence[str]) -> TableType:
@@ -212,7 +246,7 @@ def infer_rename(schema: TableType, old: Sequence[str], new: Sequence[str]) -> T
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise SchemaError(f"rename produces duplicate column '{sorted(dup)[0]}'")
-    return TableType(result)
+    return table_of(result)
 
 
 def infer_assign(schema: TableType, names: Sequence[str], values: Sequence[tuple[Attribute, bool]]) -> TableType:
@@ -224,7 +258,7 @@ def infer_assign(schema: TableType, names: Sequence[str], values: Sequence[tuple
             cols.append((name, t, nl))
         else:
             cols[idx] = (name, t, nl)
-    return TableType(cols)
+    return table_of(cols)
 
 
 def same_key_kind(a: Attribute, b: Attribute) -> bool:
@@ -305,7 +339,7 @@ def infer_join(
     names = [c[0] for c in out]
     if len(set(names)) != len(names):
         raise SchemaError("join output has duplicate column names after applying suffixes")
-    return TableType(out)
+    return table_of(out)
 
 
 def infer_set_op(what: str, inputs: Sequence[TableType]) -> TableType:
@@ -322,7 +356,7 @@ def infer_set_op(what: str, inputs: Sequence[TableType]) -> TableType:
                 raise SchemaError(
                     f"{what} inputs disagree on the type of column '{n}': {type_str(t1)} vs {type_str(t2)}"
                 )
-    return TableType(
+    return table_of(
         [
             (n, t, any(tab.columns[i][2] for tab in inputs))
             for i, (n, t, _) in enumerate(first.columns)
@@ -357,7 +391,7 @@ def infer_groupby(schema: TableType, keys: Sequence[str], aggs: Sequence[tuple[s
     names = [c[0] for c in out]
     if len(set(names)) != len(names):
         raise SchemaError("aggregate output names clash with each other or with the keys")
-    return TableType(out)
+    return table_of(out)
 
 
 def infer_aggregate(schema: TableType, aggs: Sequence[tuple[str, str, str]]) -> TableType:
@@ -365,7 +399,7 @@ def infer_aggregate(schema: TableType, aggs: Sequence[tuple[str, str, str]]) -> 
     names = [c[0] for c in out]
     if len(set(names)) != len(names):
         raise SchemaError("aggregate output names clash")
-    return TableType(out)
+    return table_of(out)
 
 
 def _agg_columns(schema: TableType, aggs: Sequence[tuple[str, str, str]]) -> list[tuple[str, Attribute, bool]]:
@@ -417,15 +451,17 @@ def infer_sort(schema: TableType, by: Sequence[str], ascending: Sequence[bool]) 
 # --------------------------------------------------------------- expression regions
 
 
-def region_result(region: Region) -> SSAValue | None:
+def region_results(region: Region) -> list[SSAValue] | None:
+    """The values yielded by an expression region (None if it does not end in a yield)."""
     block = region.blocks.first
-    if block is None or not isinstance(block.last_op, llvm.ReturnOp) or block.last_op.arg is None:
+    if block is None or not isinstance(block.last_op, YieldOp):
         return None
-    return block.last_op.arg
+    return list(block.last_op.values)
 
 
-def _check_expression_region(op: Operation, region: Region, schema: TableType, what: str) -> Attribute:
-    """Checks the region's column reads against ``schema``; returns the result type."""
+def _check_expression_region(op: Operation, region: Region, schema: TableType, what: str, count: int) -> list[Attribute]:
+    """Checks the region's column reads against ``schema`` and that it yields ``count``
+    values; returns their types."""
     if len(region.blocks) != 1:
         raise fail(op, f"{what} must have exactly one block")
     block = region.blocks.first
@@ -445,26 +481,28 @@ def _check_expression_region(op: Operation, region: Region, schema: TableType, w
                     inner,
                     f"column '{inner.column.data}' has type {type_str(found[0])}, read as {type_str(inner.result.type)}",
                 )
-    value = region_result(region)
-    if value is None:
-        raise fail(op, f"{what} must end with 'llvm.return' of one value")
-    return value.type
+    values = region_results(region)
+    if values is None or len(values) != count:
+        raise fail(op, f"{what} must end with 'vector.yield' of {count} value{'s' if count != 1 else ''}")
+    return [v.type for v in values]
 
 
 def expression_nullable(value: SSAValue, schema: TableType) -> bool:
-    """Whether an expression value can be null: nulls propagate through every op except
-    the null tests and ``df.fill_null`` (SQL semantics)."""
+    """Whether an expression value can be null (SQL semantics): nulls propagate through
+    every op except the null test and ``isin`` (never null), ``df.fill_null`` (null only if
+    the fill value is) and ``arith.select`` (a null condition picks the false branch)."""
     owner = value.owner
     if isinstance(owner, Block):
         return False
     if isinstance(owner, ColumnOp):
         found = schema.column(owner.column.data)
         return bool(found and found[1])
-    if isinstance(owner, IsNullOp):
+    if isinstance(owner, IsNullOp | IsInOp):
         return False
     if isinstance(owner, FillNullOp):
         return expression_nullable(owner.fill, schema)
-    return any(expression_nullable(o, schema) for o in owner.operands)
+    operands = owner.operands[1:] if owner.name == "arith.select" else owner.operands
+    return any(expression_nullable(o, schema) for o in operands)
 
 
 # ---------------------------------------------------------------------- table ops
@@ -495,6 +533,8 @@ class _ReadOp(IRDLOperation):
     path = attr_def(StringAttr)
     columns = opt_attr_def(ArrayAttr[StringAttr])
     result = result_def(TableType)
+    # reads may be merged (CSE) or dropped when unused (DCE), never reordered past a write
+    traits = traits_def(MemoryReadEffect())
 
     def __init__(self, path: str, schema: TableType, columns: Sequence[str] | None = None):
         attrs: dict[str, Attribute] = {"path": StringAttr(path)}
@@ -536,6 +576,7 @@ class InputOp(IRDLOperation):
     index = attr_def(IntegerAttr)
     arg_name = attr_def(StringAttr)
     result = result_def(TableType)
+    traits = traits_def(MemoryReadEffect())
 
     def __init__(self, index: int, arg_name: str, schema: TableType):
         super().__init__(
@@ -549,6 +590,7 @@ class _WriteOp(IRDLOperation):
 
     input = operand_def(TableType)
     path = attr_def(StringAttr)
+    traits = traits_def(MemoryWriteEffect())
 
     def __init__(self, table: SSAValue, path: str):
         super().__init__(operands=[table], attributes={"path": StringAttr(path)})
@@ -583,7 +625,7 @@ class FilterOp(_TableOp):
         super().__init__(operands=[table], regions=[predicate], result_types=[table.type])
 
     def expected_type(self) -> TableType:
-        t = _check_expression_region(self, self.predicate, _table(self.input), "predicate")
+        (t,) = _check_expression_region(self, self.predicate, _table(self.input), "predicate", 1)
         if not is_bool(t):
             raise fail(self, f"predicate must be boolean (i1), got {type_str(t)}")
         return _table(self.input)
@@ -610,34 +652,30 @@ class ProjectOp(_TableOp):
 
 @irdl_op_definition
 class MapOp(_TableOp):
-    """pandas ``assign``: one expression region per assigned column, in ``names`` order."""
+    """pandas ``assign``: one expression region yielding the assigned columns in ``names``
+    order (one region, not one per column: upstream IRDL has no variadic regions)."""
 
     name = "df.map"
     input = operand_def(TableType)
     names = attr_def(ArrayAttr[StringAttr])
-    exprs = var_region_def("single_block")
+    expr = region_def("single_block")
     result = result_def(TableType)
     traits = traits_def(Pure(), RecursiveMemoryEffect())
 
-    def __init__(self, table: SSAValue, names: Sequence[str], exprs: Sequence[Region], result: TableType):
-        super().__init__(
-            operands=[table], attributes={"names": str_array(names)}, regions=[list(exprs)], result_types=[result]
-        )
+    def __init__(self, table: SSAValue, names: Sequence[str], expr: Region, result: TableType):
+        super().__init__(operands=[table], attributes={"names": str_array(names)}, regions=[expr], result_types=[result])
 
     def expected_type(self) -> TableType:
         names = _strs(self.names)
-        if len(names) != len(self.exprs):
-            raise fail(self, f"{len(names)} names but {len(self.exprs)} expression regions")
         if len(set(names)) != len(names):
             raise fail(self, "a column is assigned twice")
         schema = _table(self.input)
-        values = []
-        for name, region in zip(names, self.exprs):
-            t = _check_expression_region(self, region, schema, f"expression for '{name}'")
+        types = _check_expression_region(self, self.expr, schema, "expression region", len(names))
+        values = region_results(self.expr) or []
+        for name, t in zip(names, types):
             if not is_element_type(t):
                 raise fail(self, f"expression for '{name}' has non-column type {t}")
-            values.append((t, expression_nullable(region_result(region), schema)))  # type: ignore[arg-type]
-        return infer_assign(schema, names, values)
+        return infer_assign(schema, names, [(t, expression_nullable(v, schema)) for t, v in zip(types, values)])
 
 
 @irdl_op_definition
@@ -725,26 +763,10 @@ class JoinOp(_TableOp):
         )
 
 
-@irdl_op_definition
-class ConcatOp(_TableOp):
-    """Union all of any number of tables with the same columns."""
-
-    name = "df.concat"
-    inputs = var_operand_def(TableType)
-    result = result_def(TableType)
-    traits = traits_def(Pure())
-
-    def __init__(self, tables: Sequence[SSAValue]):
-        super().__init__(operands=[list(tables)], result_types=[infer_set_op("concat", [_table(t) for t in tables])])
-
-    def expected_type(self) -> TableType:
-        if not self.inputs:
-            raise SchemaError("concat needs at least one input")
-        return infer_set_op("concat", [_table(t) for t in self.inputs])
-
-
-class _SetOp(_TableOp):
-    """Set semantics: the result holds distinct rows."""
+class _TwoTableOp(_TableOp):
+    """Two tables with the same column names and types; nullability is ORed. Binary rather
+    than variadic: upstream IRDL forces all operands of a variadic group to one type, and
+    inputs may differ in nullability."""
 
     left = operand_def(TableType)
     right = operand_def(TableType)
@@ -756,6 +778,17 @@ class _SetOp(_TableOp):
 
     def expected_type(self) -> TableType:
         return infer_set_op(self.name[3:], [_table(self.left), _table(self.right)])
+
+
+@irdl_op_definition
+class ConcatOp(_TwoTableOp):
+    """Union all: every row of both inputs (``og.concat`` of n tables is a chain)."""
+
+    name = "df.concat"
+
+
+class _SetOp(_TwoTableOp):
+    """Set semantics: the result holds distinct rows."""
 
 
 @irdl_op_definition

@@ -10,11 +10,14 @@ symbol::
                   input_types = [tensor<5x8xf32>, ..., tensor<?x5xf32>],
                   output_types = [tensor<?x1xf32>], param_tree = "PyTreeDef({...})"} : () -> ()
     %x = "dl.to_tensor"(%t) {columns = ["a", "b"], dtype = f32} : (!df.table<...>) -> tensor<?x2xf32>
-    %p:2 = "dl.params"() {values = [dense<...> : tensor<2x1xf32>, ...], ...} : () -> (...)
-    %r:3 = "dl.train"(%x, %y, %p#0, %p#1) {model = @mlp, loss = "mse", ...}
+    %p = "dl.params"() {values = [dense<...> : tensor<2x1xf32>, ...], ...} : () -> tuple<tensor<2x1xf32>, ...>
+    %w, %l = "dl.train"(%x, %y, %p) {model = @mlp, loss = "mse", ...}
 
-Parameters travel as their flattened leaves (``jax.tree_util`` order) in variadic operand /
-result groups; the model's ``input_types`` are the leaf types followed by the type of ``x``.
+Parameters travel as **one** SSA value of builtin type ``tuple<tensor<...>, ...>``: the leaves
+of the parameter pytree in ``jax.tree_util`` flattening order. (Not a variadic group of
+tensors: upstream IRDL binds every element of a variadic group to one constraint variable, so
+leaves of different shapes would not verify upstream.) The model's ``input_types`` are the
+leaf types followed by the type of ``x``, as in the StableHLO ``@main`` signature.
 
 As in the ``df`` dialect, every check that both the tracer and a verifier need lives in an
 ``infer_*``/``check_*`` function raising ``SchemaError``: the tracer turns it into a
@@ -41,6 +44,7 @@ from xdsl.dialects.builtin import (
     StringAttr,
     SymbolRefAttr,
     TensorType,
+    TupleType,
     i64,
 )
 from xdsl.ir import Attribute, Dialect, Operation, SSAValue
@@ -51,11 +55,8 @@ from xdsl.irdl import (
     operand_def,
     result_def,
     traits_def,
-    var_operand_def,
-    var_result_def,
 )
 from xdsl.traits import HasParent, Pure, SymbolOpInterface
-from xdsl.utils.exceptions import VerifyException
 
 from opgraph.dialects.dataframe import (
     SchemaError,
@@ -125,6 +126,26 @@ def _tensor(value: SSAValue | Attribute) -> TensorType:
     if not isinstance(t, TensorType):
         raise SchemaError(f"expected a tensor, got {t}")
     return t
+
+
+def params_type(leaves: Sequence[TensorType]) -> TupleType:
+    """The type of a parameter set: ``tuple<leaf tensor types...>``."""
+    return TupleType(ArrayAttr(list(leaves)))
+
+
+def leaf_types(value: SSAValue | Attribute) -> list[TensorType]:
+    """The leaf tensor types of a parameter-set value (or type)."""
+    t = value.type if isinstance(value, SSAValue) else value
+    if not isinstance(t, TupleType):
+        raise SchemaError(f"parameters must be a tuple of tensors, got {t}")
+    out = []
+    for leaf in t.types:
+        if not isinstance(leaf, TensorType) or not is_static(leaf):
+            raise SchemaError(f"parameter leaves must be tensors of static shape, got {leaf}")
+        out.append(leaf)
+    if not out:
+        raise SchemaError("a parameter set needs at least one leaf")
+    return out
 
 
 def _strs(attr: ArrayAttr) -> list[str]:
@@ -426,13 +447,21 @@ def _lookup(op: Operation, ref: SymbolRefAttr, kind: type[_FunctionOp], what: st
     raise fail(op, f"unknown {what} @{ref.root_reference.data} (no '{kind.name}' op with that name in the module)")
 
 
-def _check_params(op: Operation, model: ModelOp, params: Sequence[SSAValue]) -> None:
+def _leaves(op: Operation, value: SSAValue) -> list[TensorType]:
+    try:
+        return leaf_types(value)
+    except SchemaError as e:
+        raise fail(op, str(e)) from None
+
+
+def _check_params(op: Operation, model: ModelOp, params: SSAValue) -> None:
     expected = model.param_types
-    if len(params) != len(expected):
-        raise fail(op, f"model @{model.sym_name.data} takes {len(expected)} parameter leaves, got {len(params)}")
-    for i, (value, t) in enumerate(zip(params, expected)):
-        if value.type != t:
-            raise fail(op, f"parameter leaf #{i} has type {tensor_str(value.type)}, model expects {tensor_str(t)}")
+    actual = _leaves(op, params)
+    if len(actual) != len(expected):
+        raise fail(op, f"model @{model.sym_name.data} takes {len(expected)} parameter leaves, got {len(actual)}")
+    for i, (t, e) in enumerate(zip(actual, expected)):
+        if t != e:
+            raise fail(op, f"parameter leaf #{i} has type {tensor_str(t)}, model expects {tensor_str(e)}")
 
 
 def _check_x(op: Operation, model: ModelOp, x: TensorType) -> None:
@@ -540,7 +569,7 @@ class ParamsOp(IRDLOperation):
     values = attr_def(ArrayAttr)
     names = attr_def(ArrayAttr[StringAttr])
     source = attr_def(StringAttr)
-    leaves = var_result_def(TensorType)
+    result = result_def(TupleType)
     traits = traits_def(Pure())
 
     def __init__(self, values: Sequence[DenseIntOrFPElementsAttr], names: Sequence[str], source: str = "inline"):
@@ -550,20 +579,21 @@ class ParamsOp(IRDLOperation):
                 "names": ArrayAttr([StringAttr(n) for n in names]),
                 "source": StringAttr(source),
             },
-            result_types=[[v.get_type() for v in values]],
+            result_types=[params_type([v.get_type() for v in values])],  # type: ignore[misc]
         )
 
     def verify_(self) -> None:
         if self.source.data not in PARAM_SOURCES:
             raise fail(self, f"unknown source '{self.source.data}' (expected one of {', '.join(PARAM_SOURCES)})")
-        if not (len(self.values) == len(self.names) == len(self.leaves)):
-            raise fail(self, "values, names and results differ in length")
+        leaves = _leaves(self, self.result)
+        if not (len(self.values) == len(self.names) == len(leaves)):
+            raise fail(self, "values, names and result leaves differ in length")
         _check_names(self, _strs(self.names))
-        for i, (value, result) in enumerate(zip(self.values, self.leaves)):
+        for i, (value, leaf) in enumerate(zip(self.values, leaves)):
             if not isinstance(value, DenseIntOrFPElementsAttr):
                 raise fail(self, f"value #{i} must be a dense elements attribute")
-            if value.get_type() != result.type:
-                raise fail(self, f"value #{i} has type {value.get_type()}, result has {result.type}")
+            if value.get_type() != leaf:
+                raise fail(self, f"value #{i} has type {value.get_type()}, result leaf has {leaf}")
 
 
 def _check_names(op: Operation, names: Sequence[str]) -> None:
@@ -575,14 +605,14 @@ def _check_names(op: Operation, names: Sequence[str]) -> None:
 
 @irdl_op_definition
 class TrainOp(IRDLOperation):
-    """Trains ``model`` on (``x``, ``y``) from the initial ``params`` leaves; returns the trained
-    leaves (same types) and the loss history (mean training loss per epoch,
+    """Trains ``model`` on (``x``, ``y``) from the initial ``params``; returns the trained
+    parameters (same type) and the loss history (mean training loss per epoch,
     ``tensor<EPOCHSxf32>``). Deterministic for a given ``seed`` (shuffling, dropout keys)."""
 
     name = "dl.train"
     x = operand_def(TensorType)
     y = operand_def(TensorType)
-    params = var_operand_def(TensorType)
+    params = operand_def(TupleType)
     model = attr_def(SymbolRefAttr)
     loss = attr_def(StringAttr)
     optimizer = attr_def(StringAttr)
@@ -591,7 +621,7 @@ class TrainOp(IRDLOperation):
     batch_size = attr_def(IntegerAttr)
     shuffle = attr_def(IntegerAttr)
     seed = attr_def(IntegerAttr)
-    trained = var_result_def(TensorType)
+    trained = result_def(TupleType)
     losses = result_def(TensorType)
     traits = traits_def(Pure())
 
@@ -599,7 +629,7 @@ class TrainOp(IRDLOperation):
         self,
         x: SSAValue,
         y: SSAValue,
-        params: Sequence[SSAValue],
+        params: SSAValue,
         model: str,
         loss: str,
         optimizer: str,
@@ -610,7 +640,7 @@ class TrainOp(IRDLOperation):
         seed: int,
     ):
         super().__init__(
-            operands=[x, y, list(params)],
+            operands=[x, y, params],
             attributes={
                 "model": SymbolRefAttr(model),
                 "loss": StringAttr(loss),
@@ -621,7 +651,7 @@ class TrainOp(IRDLOperation):
                 "shuffle": BoolAttr.from_bool(shuffle),
                 "seed": IntegerAttr(seed, i64),
             },
-            result_types=[[p.type for p in params], TensorType(LOSS_HISTORY_TYPE, [epochs])],
+            result_types=[params.type, TensorType(LOSS_HISTORY_TYPE, [epochs])],
         )
 
     def verify_(self) -> None:
@@ -630,11 +660,9 @@ class TrainOp(IRDLOperation):
         x, y = _tensor(self.x), _tensor(self.y)
         if not rows_consistent(x, y):
             raise fail(self, f"x ({tensor_str(x)}) and y ({tensor_str(y)}) have different row counts")
-        if len(self.trained) != len(self.params):
-            raise fail(self, f"{len(self.params)} parameter leaves in but {len(self.trained)} out")
-        for i, (a, b) in enumerate(zip(self.params, self.trained)):
-            if a.type != b.type:
-                raise fail(self, f"trained leaf #{i} has type {b.type}, initial leaf {a.type}")
+        _leaves(self, self.params)
+        if self.trained.type != self.params.type:
+            raise fail(self, f"trained parameters have type {self.trained.type}, initial ones {self.params.type}")
         losses = _tensor(self.losses)
         if losses.element_type != LOSS_HISTORY_TYPE or tuple(losses.get_shape()) not in (
             (_int(self.epochs),),
@@ -656,15 +684,13 @@ class PredictOp(IRDLOperation):
 
     name = "dl.predict"
     x = operand_def(TensorType)
-    params = var_operand_def(TensorType)
+    params = operand_def(TupleType)
     model = attr_def(SymbolRefAttr)
     result = result_def(TensorType)
     traits = traits_def(Pure())
 
-    def __init__(self, x: SSAValue, params: Sequence[SSAValue], model: str, result_type: TensorType):
-        super().__init__(
-            operands=[x, list(params)], attributes={"model": SymbolRefAttr(model)}, result_types=[result_type]
-        )
+    def __init__(self, x: SSAValue, params: SSAValue, model: str, result_type: TensorType):
+        super().__init__(operands=[x, params], attributes={"model": SymbolRefAttr(model)}, result_types=[result_type])
 
     def verify_(self) -> None:
         model = _lookup(self, self.model, ModelOp, "model")
@@ -683,19 +709,19 @@ class PredictOp(IRDLOperation):
 
 @irdl_op_definition
 class SaveOp(IRDLOperation):
-    """Writes parameter leaves to an ``.npz`` file (numpy, no pickle): member ``names[i]`` holds
+    """Writes the parameter leaves to an ``.npz`` file (numpy, no pickle): member ``names[i]`` holds
     leaf i; member ``__opgraph_paths__`` holds ``param_paths`` (a 0-d unicode array) so that
     ``load`` rebuilds the same pytree. Written atomically (temporary name + rename)."""
 
     name = "dl.save"
-    params = var_operand_def(TensorType)
+    params = operand_def(TupleType)
     path = attr_def(StringAttr)
     names = attr_def(ArrayAttr[StringAttr])
     param_paths = attr_def(StringAttr)
 
-    def __init__(self, params: Sequence[SSAValue], path: str, names: Sequence[str], param_paths: str):
+    def __init__(self, params: SSAValue, path: str, names: Sequence[str], param_paths: str):
         super().__init__(
-            operands=[list(params)],
+            operands=[params],
             attributes={
                 "path": StringAttr(path),
                 "names": ArrayAttr([StringAttr(n) for n in names]),
@@ -704,22 +730,20 @@ class SaveOp(IRDLOperation):
         )
 
     def verify_(self) -> None:
-        _check_leaf_attrs(self, len(self.params), _strs(self.names), self.param_paths.data)
-        for v in self.params:
-            if not is_static(_tensor(v)):
-                raise fail(self, f"saved leaves must have static shapes, got {tensor_str(v.type)}")
+        _check_leaf_attrs(self, len(_leaves(self, self.params)), _strs(self.names), self.param_paths.data)
 
 
 @irdl_op_definition
 class LoadOp(IRDLOperation):
-    """Reads parameter leaves from an ``.npz`` file written by ``dl.save`` (or ``numpy.savez``);
-    the result types were read from the file's array headers at trace time."""
+    """Reads parameter leaves from an ``.npz`` file written by ``dl.save`` (or ``numpy.savez``):
+    leaf i from member ``names[i]``, converted to the result's element type. The result type
+    was read from the file's array headers at trace time."""
 
     name = "dl.load"
     path = attr_def(StringAttr)
     names = attr_def(ArrayAttr[StringAttr])
     param_paths = attr_def(StringAttr)
-    leaves = var_result_def(TensorType)
+    result = result_def(TupleType)
 
     def __init__(self, path: str, names: Sequence[str], param_paths: str, types: Sequence[TensorType]):
         super().__init__(
@@ -728,14 +752,11 @@ class LoadOp(IRDLOperation):
                 "names": ArrayAttr([StringAttr(n) for n in names]),
                 "param_paths": StringAttr(param_paths),
             },
-            result_types=[list(types)],
+            result_types=[params_type(types)],
         )
 
     def verify_(self) -> None:
-        _check_leaf_attrs(self, len(self.leaves), _strs(self.names), self.param_paths.data)
-        for v in self.leaves:
-            if not is_static(_tensor(v)):
-                raise fail(self, f"loaded leaves must have static shapes, got {tensor_str(v.type)}")
+        _check_leaf_attrs(self, len(_leaves(self, self.result)), _strs(self.names), self.param_paths.data)
 
 
 def _check_leaf_attrs(op: Operation, count: int, names: list[str], paths: str) -> None:
@@ -762,7 +783,7 @@ class SweepOp(IRDLOperation):
     name = "dl.sweep"
     x = operand_def(TensorType)
     y = operand_def(TensorType)
-    params = var_operand_def(TensorType)
+    params = operand_def(TupleType)
     model = attr_def(SymbolRefAttr)
     loss = attr_def(StringAttr)
     optimizer = attr_def(StringAttr)
@@ -779,7 +800,7 @@ class SweepOp(IRDLOperation):
         self,
         x: SSAValue,
         y: SSAValue,
-        params: Sequence[SSAValue],
+        params: SSAValue,
         model: str,
         loss: str,
         optimizer: str,
@@ -792,7 +813,7 @@ class SweepOp(IRDLOperation):
     ):
         grid_attr = DictionaryAttr(dict(sorted(grid.items())))
         super().__init__(
-            operands=[x, y, list(params)],
+            operands=[x, y, params],
             attributes={
                 "model": SymbolRefAttr(model),
                 "loss": StringAttr(loss),
@@ -826,6 +847,7 @@ class SweepOp(IRDLOperation):
         x, y = _tensor(self.x), _tensor(self.y)
         if not rows_consistent(x, y):
             raise fail(self, f"x ({tensor_str(x)}) and y ({tensor_str(y)}) have different row counts")
+        _leaves(self, self.params)
         model = _lookup(self, self.model, ModelOp, "model")
         if model is None:
             return
@@ -864,5 +886,4 @@ __all__ = [
     "ToTableOp",
     "ToTensorOp",
     "TrainOp",
-    "VerifyException",
 ]

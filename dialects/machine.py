@@ -463,8 +463,15 @@ def _device_spec(entries: dict[str, Attribute]) -> TargetDeviceSpecAttr:
 
 
 def attach_machine(module: ModuleOp, spec: HardwareSpec) -> None:
-    """Appends the machine ops of ``spec`` to ``module`` and sets its DLTI attribute."""
-    module.body.block.add_ops(build_machine_ops(spec))
+    """Puts the machine ops of ``spec`` at the start of ``module`` (before the pipeline) and
+    sets its DLTI attribute."""
+    block = module.body.block
+    first = block.first_op
+    for op in build_machine_ops(spec):
+        if first is None:
+            block.add_op(op)
+        else:
+            block.insert_op_before(op, first)
     module.attributes[DLTI_ATTR] = dlti_system_spec(spec)
 
 

@@ -129,7 +129,10 @@ class _FunctionLowering:
     def __post_init__(self) -> None:
         self.async_of: dict[SSAValue, SSAValue] = {}  # original result -> !async.value result
         self.producer: dict[SSAValue, ExecuteOp] = {}  # !async.value -> its island
-        self.ancestors: dict[ExecuteOp, set[ExecuteOp]] = {}
+        # island -> the islands with side effects among it and its ancestors (through data
+        # and token dependencies). Only effectful islands are ever looked up, so only they are
+        # kept; sets are shared along chains, which keeps long pipelines linear.
+        self.effectful_reach: dict[ExecuteOp, frozenset[ExecuteOp]] = {}
         self.effectful: list[tuple[ExecuteOp, str]] = []
         self.islands: list[tuple[ExecuteOp, Operation]] = []
         self.cloned_from: list[Operation] = []
@@ -169,14 +172,17 @@ class _FunctionLowering:
     def lower_op(self, op: Operation) -> None:
         # values used by op (or its nested ops) that are defined outside it
         external: list[SSAValue] = []
+        seen: set[SSAValue] = set()
         for inner in op.walk():
             for v in inner.operands:
+                if v in seen:
+                    continue
+                seen.add(v)
                 owner = v.owner
                 defining = owner if isinstance(owner, Operation) else owner.parent_op()
                 if defining is not None and (defining is op or _inside(defining, op)):
                     continue
-                if v not in external:
-                    external.append(v)
+                external.append(v)
 
         body_operands: list[SSAValue] = [self.async_of[v] for v in external if v in self.async_of]
         body = ExecuteOp.body_block_for(body_operands)
@@ -191,10 +197,11 @@ class _FunctionLowering:
             p = self.producer[av]
             if p not in inputs:
                 inputs.append(p)
-        ancestors: set[ExecuteOp] = set()
+        # effectful islands this one already comes after through its data inputs
+        reach = self.effectful_reach
+        ancestors: frozenset[ExecuteOp] = frozenset()
         for p in inputs:
-            ancestors.add(p)
-            ancestors |= self.ancestors[p]
+            ancestors = reach[p] if not ancestors else ancestors | reach[p]
 
         # side-effect ordering through tokens
         kind = effect_class(op)
@@ -203,10 +210,10 @@ class _FunctionLowering:
             candidates = [
                 isl for isl, k in self.effectful if (kind == "write" or k == "write") and isl not in ancestors
             ]
-            deps = [c for c in candidates if not any(c in self.ancestors[d] for d in candidates if d is not c)]
+            # only the latest of each ordered chain of candidates is needed
+            deps = [c for c in candidates if not any(d is not c and c in reach[d] for d in candidates)]
             for d in deps:
-                ancestors.add(d)
-                ancestors |= self.ancestors[d]
+                ancestors = ancestors | reach[d]
 
         result_types = [r.type for r in op.results]
         island = ExecuteOp(
@@ -236,9 +243,10 @@ class _FunctionLowering:
         for r, av in zip(op.results, island.body_results):
             self.async_of[r] = av
             self.producer[av] = island
-        self.ancestors[island] = ancestors
         if kind != "pure":
+            ancestors = ancestors | {island}
             self.effectful.append((island, kind))
+        reach[island] = ancestors
         self.islands.append((island, op))
 
     def finish(self) -> None:

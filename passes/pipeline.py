@@ -36,7 +36,8 @@ from opgraph.passes.verify import find_verification_error, op_location
 
 AfterEach = Callable[[int, str, ModuleOp], None]
 
-DEFAULT_PIPELINE = "builtin.module(verify,canonicalize,cse,dce,lower-to-islands,verify)"
+# run_pipeline verifies its input and output itself, so no explicit verify passes here
+DEFAULT_PIPELINE = "builtin.module(canonicalize,cse,dce,lower-to-islands)"
 
 ANCHORS = ("builtin.module", "func.func", "any")
 """Op anchors accepted (and flattened) in pipeline text."""
@@ -143,7 +144,10 @@ def parse_pipeline_specs(text: str) -> list[ArgSpec]:
         try:
             specs.append(parse_spec(element))
         except ArgSpecParseError as e:
-            raise _bad(text, f"cannot parse '{element}': {e.args[-1] if e.args else e}") from None
+            # xDSL's message: header, position, source line, caret line, then the reason
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            reason = lines[-1] if lines else "syntax error"
+            raise _bad(text, f"cannot parse '{element}': {reason[0].lower() + reason[1:]}") from None
     return specs
 
 
@@ -222,7 +226,7 @@ def pipeline_text(passes: Sequence[ModulePass]) -> str:
 
 
 def default_pipeline(ranks: int = 1) -> list[ModulePass]:
-    """verify, canonicalize, cse, dce, lower-to-islands{ranks}, verify."""
+    """canonicalize, cse, dce, lower-to-islands{ranks}."""
     passes = parse_pipeline(DEFAULT_PIPELINE)
     if ranks != 1:
         passes = [
@@ -235,7 +239,7 @@ def default_pipeline(ranks: int = 1) -> list[ModulePass]:
 # ----------------------------------------------------------------------------- running
 
 
-def _located(message: str, op_loc: tuple[str, int, int] | None) -> dict[str, typing.Any]:
+def _located(op_loc: tuple[str, int, int] | None) -> dict[str, typing.Any]:
     return {"file": op_loc[0], "line": op_loc[1]} if op_loc else {}
 
 
@@ -244,10 +248,14 @@ def run_pipeline(
     pipeline: str | Sequence[ModulePass] | None = None,
     ctx: Context | None = None,
     after_each: AfterEach | None = None,
+    verify_each: bool = True,
 ) -> ModuleOp:
     """Runs ``pipeline`` (text, passes, or None for ``default_pipeline()``) on ``module`` in
     place and returns it. Raises ``IRError`` if the input does not verify and ``PassError``
-    if a pass fails or leaves IR that does not verify."""
+    if a pass fails or leaves IR that does not verify. ``verify_each`` (mlir-opt's
+    -verify-each, on by default) verifies after every pass; with it off only the output is
+    verified, which the compile driver uses for its own default pipeline (a full
+    verification per pass dominates compile time)."""
     if pipeline is None:
         passes = default_pipeline()
     elif isinstance(pipeline, str):
@@ -262,7 +270,7 @@ def run_pipeline(
     found = find_verification_error(module)
     if found is not None:
         op, message = found
-        raise IRError(f"input IR does not verify: {message}", **_located(message, op_location(op)))
+        raise IRError(f"input IR does not verify: {message}", **_located(op_location(op)))
 
     for index, p in enumerate(passes, start=1):
         try:
@@ -274,13 +282,14 @@ def run_pipeline(
         except DiagnosticException as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise PassError(f"pass '{p.name}' failed: {first}") from None
-        found = find_verification_error(module)
-        if found is not None:
-            op, message = found
-            raise PassError(
-                f"IR does not verify after pass '{p.name}': {message}",
-                **_located(message, op_location(op)),
-            )
+        if verify_each or index == len(passes):
+            found = find_verification_error(module)
+            if found is not None:
+                op, message = found
+                raise PassError(
+                    f"IR does not verify after pass '{p.name}': {message}",
+                    **_located(op_location(op)),
+                )
         if after_each is not None:
             after_each(index, p.name, module)
     return module

@@ -25,7 +25,7 @@ from xdsl.passes import ModulePass
 from xdsl.traits import NoTerminator
 from xdsl.utils.exceptions import DiagnosticException, VerifyException
 
-from opgraph.errors import IRError, OpgraphError
+from opgraph.errors import IRError
 
 
 def file_line_col(loc: Attribute) -> tuple[str, int, int] | None:
@@ -90,7 +90,11 @@ def _first_error(op: Operation) -> tuple[Operation, str] | None:
 
 def find_verification_error(module: Operation) -> tuple[Operation, str] | None:
     """``(op, one-line message)`` for the first op that does not verify, else None."""
-    found = _first_error(module)
+    try:
+        module.verify()  # fast path: one recursive verification
+        found = None
+    except (VerifyException, DiagnosticException, ValueError):
+        found = _first_error(module)  # slow path: locate the innermost failing op
     if found is not None:
         return found
     from opgraph.dialects.taskgraph import verify_islands
@@ -117,25 +121,13 @@ def verify_module(module: Operation, upstream: bool = False) -> None:
 def verify_upstream(module: Operation) -> None:
     """Prints the module and verifies it with upstream MLIR; raises IRError on failure."""
     from opgraph.dialects.context import print_module
+    from opgraph.dialects.upstream_verify import verify_text
 
-    try:
-        from opgraph.dialects.upstream_verify import verify_text
-    except ImportError as e:  # pragma: no cover - depends on the installation
-        raise IRError(f"upstream verification is unavailable: {e}") from None
-    try:
-        result = verify_text(print_module(module))
-    except OpgraphError:
-        raise
-    except Exception as e:
-        raise IRError(f"upstream MLIR rejects the IR: {e}") from None
-    if result is False:
-        raise IRError("upstream MLIR rejects the IR")
-    if isinstance(result, str) and result.strip():
-        raise IRError(f"upstream MLIR rejects the IR: {result.strip().splitlines()[0]}")
-    ok = getattr(result, "ok", None)
-    if ok is False:
-        msg = str(getattr(result, "message", "") or getattr(result, "error", "") or "").strip()
-        raise IRError("upstream MLIR rejects the IR" + (f": {msg.splitlines()[0]}" if msg else ""))
+    error = verify_text(print_module(module))
+    if error:
+        lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]
+        first = next((ln for ln in lines if "error:" in ln), lines[0] if lines else "")
+        raise IRError(f"upstream MLIR rejects the IR: {first}")
 
 
 @dataclass(frozen=True)

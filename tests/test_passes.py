@@ -7,7 +7,6 @@ dataframe tests trace real pipelines through ``@og.pipeline``.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from xdsl.dialects.builtin import (
     TensorType,
     f64,
 )
-from xdsl.ir import Attribute, Block, Dialect, Operation, Region
+from xdsl.ir import Block, Dialect, Operation, Region
 from xdsl.irdl import (
     IRDLOperation,
     irdl_op_definition,
@@ -40,7 +39,7 @@ from xdsl.utils.exceptions import VerifyException
 import opgraph as og
 from opgraph.dialects import taskgraph as tg
 from opgraph.dialects.context import make_context, parse_module, print_module
-from opgraph.dialects.upstream.async_dialect import AwaitOp, ExecuteOp, YieldOp
+from opgraph.dialects.upstream.async_dialect import ExecuteOp
 from opgraph.errors import IRError, PassError
 from opgraph.passes.lower_to_islands import LowerToIslands, islands_of
 from opgraph.passes.pipeline import (
@@ -234,6 +233,7 @@ def test_bad_options(text, message):
         ("scf.for(cse)", "unknown op anchor 'scf.for'"),
         ("cse{ranks=1", "unclosed '{'"),
         ("cse dce", "expected ','"),
+        ("cse{=1}", "cannot parse 'cse{=1}': expected argument name here"),
     ],
 )
 def test_bad_pipeline_syntax(text, fragment):
@@ -246,7 +246,7 @@ def test_bad_pipeline_syntax(text, fragment):
 def test_pipeline_text_round_trip():
     passes = default_pipeline(ranks=4)
     text = pipeline_text(passes)
-    assert text == "builtin.module(verify,canonicalize,cse,dce,lower-to-islands{ranks=4},verify)"
+    assert text == "builtin.module(canonicalize,cse,dce,lower-to-islands{ranks=4})"
     assert parse_pipeline(text) == passes
     assert pipeline_text(parse_pipeline("verify{upstream=true},lower-to-islands{device=gpu}")) == (
         'builtin.module(verify{upstream=true},lower-to-islands{device="gpu"})'
@@ -254,16 +254,10 @@ def test_pipeline_text_round_trip():
 
 
 def test_default_pipeline():
-    assert [p.name for p in default_pipeline()] == [
-        "verify",
-        "canonicalize",
-        "cse",
-        "dce",
-        "lower-to-islands",
-        "verify",
-    ]
+    # run_pipeline verifies input and output itself, so no explicit verify passes
+    assert [p.name for p in default_pipeline()] == ["canonicalize", "cse", "dce", "lower-to-islands"]
     assert parse_pipeline(DEFAULT_PIPELINE) == default_pipeline()
-    assert default_pipeline(ranks=2)[4] == LowerToIslands(ranks=2)
+    assert default_pipeline(ranks=2)[3] == LowerToIslands(ranks=2)
 
 
 # ------------------------------------------------------------------------- registry
@@ -323,12 +317,10 @@ def test_after_each_called_in_order():
     result = run_pipeline(module, None, tst_ctx(), lambda i, n, m: calls.append((i, n, id(m))))
     assert result is module
     assert [(i, n) for i, n, _ in calls] == [
-        (1, "verify"),
-        (2, "canonicalize"),
-        (3, "cse"),
-        (4, "dce"),
-        (5, "lower-to-islands"),
-        (6, "verify"),
+        (1, "canonicalize"),
+        (2, "cse"),
+        (3, "dce"),
+        (4, "lower-to-islands"),
     ]
     assert all(m == id(module) for _, _, m in calls)
 
@@ -405,6 +397,33 @@ def test_verify_pass_checks_island_attributes():
         get_pass("verify")().apply(tst_ctx(), module)
     assert str(e.value).startswith("t.py:2: 'async.execute' at t.py:2:1: island 'i0_source': taskgraph.device")
     assert (e.value.file, e.value.line) == ("t.py", 2)
+
+
+def test_verify_upstream_option_uses_project_checker(monkeypatch):
+    import sys
+    import types
+
+    seen: list[str] = []
+
+    def verify_text(text: str):
+        seen.append(text)
+        if "tst.map" in text:
+            return 'Unable to parse module assembly:\nerror: "input.mlir":3:5: unregistered operation \'tst.map\''
+        return None
+
+    stub = types.ModuleType("opgraph.dialects.upstream_verify")
+    stub.verify_text = verify_text
+    monkeypatch.setitem(sys.modules, "opgraph.dialects.upstream_verify", stub)
+    module, _ = chain_module()
+    with pytest.raises(PassError) as e:
+        run_pipeline(module, "verify{upstream}", tst_ctx())
+    assert str(e.value) == (
+        "pass 'verify' failed: upstream MLIR rejects the IR: "
+        'error: "input.mlir":3:5: unregistered operation \'tst.map\''
+    )
+    assert seen and seen[0] == print_module(module)
+    ok_module = make_module([located(SourceOp.create(result_types=[T]), 2)])
+    run_pipeline(ok_module, "verify{upstream=true}", tst_ctx())
 
 
 def test_verify_pass_through_pipeline_reports_pass():
@@ -628,8 +647,8 @@ def test_etl_islands_verify_upstream(lowered_etl, tmp_path):
 
 def test_etl_islands_verify_with_project_checker(lowered_etl):
     uv = pytest.importorskip("opgraph.dialects.upstream_verify")
-    result = uv.verify_text(print_module(lowered_etl))
-    assert result is None or result is True or getattr(result, "ok", True) is True or result == ""
+    assert uv.verify_text(print_module(lowered_etl)) is None
+    run_pipeline(lowered_etl, "verify{upstream=true}")  # the same check as a pass
 
 
 def test_print_ir_after_all_dumps_verify_upstream(tmp_path):
@@ -639,12 +658,10 @@ def test_print_ir_after_all_dumps_verify_upstream(tmp_path):
     dumps: list[tuple[str, str]] = []
     run_pipeline(module, None, None, lambda i, n, m: dumps.append((f"{i:02d}-{n}.mlir", print_module(m))))
     assert [d[0] for d in dumps] == [
-        "01-verify.mlir",
-        "02-canonicalize.mlir",
-        "03-cse.mlir",
-        "04-dce.mlir",
-        "05-lower-to-islands.mlir",
-        "06-verify.mlir",
+        "01-canonicalize.mlir",
+        "02-cse.mlir",
+        "03-dce.mlir",
+        "04-lower-to-islands.mlir",
     ]
     ok, out = upstream_check(dumps[3][1], tmp_path, {"df": DataFrame, "taskgraph": tg.TaskGraph})
     assert ok, out

@@ -7,6 +7,7 @@ minimal twin derived here from the Python definitions).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from io import StringIO
@@ -80,15 +81,19 @@ def minimal_irdl(dialect: Dialect) -> str:
 
 
 def irdl_twin(name: str, dialect: Dialect | None = None) -> str:
-    path = REPO / "dialects" / f"{name}.irdl.mlir"
-    if path.exists():
-        return path.read_text()
+    """The IRDL twin of dialect ``name``: the generated ``dialects/*.irdl.mlir`` file that
+    defines it, else a minimal twin derived from the Python definition."""
+    for path in sorted((REPO / "dialects").glob("*.irdl.mlir")):
+        text = path.read_text()
+        if f"irdl.dialect @{name} {{" in text:
+            return text
     if dialect is None:
         dialect = make_context().get_dialect(name)
     return minimal_irdl(dialect)
 
 
 _UPSTREAM_SCRIPT = r"""
+import os
 import sys
 from torch_mlir import ir
 from torch_mlir.dialects import irdl
@@ -105,11 +110,16 @@ try:
 except Exception as e:
     print(str(e))
     sys.exit(1)
-print(module.operation.get_asm(print_generic_op_form=True))
+if os.environ.get("OG_UPSTREAM_PRINT") == "custom":
+    print(str(module))
+else:
+    print(module.operation.get_asm(print_generic_op_form=True))
 """
 
 
-def upstream_check(text: str, tmp_path: Path, dialects: dict[str, Dialect | None] | None = None) -> tuple[bool, str]:
+def upstream_check(
+    text: str, tmp_path: Path, dialects: dict[str, Dialect | None] | None = None, custom: bool = False
+) -> tuple[bool, str]:
     """(ok, upstream's generic print or its error) for ``text``; ``dialects`` name the IRDL
     dialects to load (name -> xDSL Dialect for the minimal twin, or None to use the
     context's)."""
@@ -125,6 +135,7 @@ def upstream_check(text: str, tmp_path: Path, dialects: dict[str, Dialect | None
         capture_output=True,
         text=True,
         timeout=120,
+        env={**os.environ, "OG_UPSTREAM_PRINT": "custom" if custom else "generic"},
     )
     return proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -196,27 +207,58 @@ def test_async_ir_verifies_upstream_and_roundtrips(tmp_path):
     assert print_module(parse_module(text)) == text
 
 
-def test_upstream_custom_syntax_parses_in_xdsl(tmp_path):
-    src = """
-    func.func @f(%a: i64) -> i64 {
-      %t, %v = async.execute -> !async.value<i64> {
-        async.yield %a : i64
-      }
-      %t2, %v2 = async.execute [%t] (%v as %x: !async.value<i64>) -> !async.value<i64> {
-        async.yield %x : i64
-      }
-      %r = async.await %v2 : !async.value<i64>
-      async.await %t2 : !async.token
-      return %r : i64
-    }
-    """
-    ok, out = upstream_check(src, tmp_path)
-    assert ok, out
-    module = parse_module(out)
+CUSTOM_SRC = """
+func.func @f(%a: i64, %n: index) -> i64 {
+  %t, %v = async.execute -> !async.value<i64> {
+    async.yield %a : i64
+  }
+  %t2, %v2, %v3 = async.execute [%t] (%v as %x: !async.value<i64>) -> (!async.value<i64>, !async.value<i64>) attributes {taskgraph.island = "i1"} {
+    async.yield %x, %x : i64, i64
+  }
+  %t3 = async.execute [%t, %t2] {
+    async.yield
+  }
+  %t4 = async.execute {
+    %c = arith.constant 1 : i64
+    async.yield
+  }
+  %g = async.create_group %n : !async.group
+  %r0 = async.add_to_group %t3, %g : !async.token
+  async.await_all %g
+  %r = async.await %v2 : !async.value<i64>
+  async.await %t2 : !async.token
+  return %r : i64
+}
+"""
+
+
+def test_custom_syntax_matches_upstream(tmp_path):
+    # xDSL parses upstream's custom syntax ...
+    module = parse_module(CUSTOM_SRC)
     module.verify()
     execs = [o for o in module.walk() if isinstance(o, ExecuteOp)]
-    assert len(execs) == 2
-    assert len(execs[1].dependencies) == 1 and len(execs[1].body_operands) == 1
+    assert [(len(e.dependencies), len(e.body_operands), len(e.body_results)) for e in execs] == [
+        (0, 0, 1),
+        (1, 1, 2),
+        (2, 0, 0),
+        (0, 0, 0),
+    ]
+    assert isinstance(execs[3].body.last_op, YieldOp)
+    # ... prints it the way upstream does (upstream accepts it) ...
+    out = StringIO()
+    Printer(stream=out).print_op(module)
+    custom = out.getvalue()
+    assert "async.execute [%t] (%v as %x: !async.value<i64>) -> (!async.value<i64>, !async.value<i64>) attributes {" in custom
+    assert "%r = async.await %v2 : !async.value<i64>" in custom
+    ok, upstream_custom = upstream_check(custom, tmp_path, custom=True)
+    assert ok, upstream_custom
+    # ... and reads upstream's own custom print back to the same generic IR
+    again = parse_module(upstream_custom)
+    again.verify()
+    assert [o.name for o in again.walk()] == [o.name for o in module.walk()]
+    ok, out_generic = upstream_check(CUSTOM_SRC, tmp_path)
+    assert ok, out_generic
+    assert [o.name for o in parse_module(out_generic).walk()] == [o.name for o in module.walk()]
 
 
 def test_yield_type_mismatch_is_rejected_like_upstream(tmp_path):
@@ -394,17 +436,15 @@ def test_island_info():
 
 
 def test_generated_irdl_twin_loads_upstream(tmp_path):
-    """With the project's IRDL generator (when present) the taskgraph twin loads upstream
-    and accepts the printed IR."""
+    """The project's IRDL generator expresses the taskgraph dialect without problems, the
+    twin on disk is current, and upstream accepts the printed IR with it."""
     gen = pytest.importorskip("opgraph.dialects.irdl_gen")
-    to_text = getattr(gen, "dialect_to_irdl_text", None) or getattr(gen, "generate", None)
-    if to_text is None:
-        pytest.skip("irdl_gen has no dialect_to_irdl_text/generate function")
-    try:
-        twin = to_text(tg.TaskGraph)
-    except TypeError:
-        twin = to_text("taskgraph")
-    assert isinstance(twin, str) and "irdl.dialect" in twin
+    twin, problems = gen.dialect_to_irdl(tg.TaskGraph)
+    assert [p for p in problems if p.severity in ("error", "warning")] == []
+    assert "irdl.dialect @taskgraph {" in twin and "irdl.operation @transfer" in twin
+    on_disk = REPO / "dialects" / "taskgraph.irdl.mlir"
+    if on_disk.exists():
+        assert twin in on_disk.read_text(), "dialects/taskgraph.irdl.mlir is stale: regenerate it"
     (tmp_path / "tg.irdl.mlir").write_text(twin)
     module, _ = _transfer_island()
     src = tmp_path / "input.mlir"

@@ -21,6 +21,7 @@ verifiers mirror upstream's (same conditions, messages prefixed by op name and l
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Self
 
 from xdsl.dialects.builtin import FileLineColLoc, IndexType
 from xdsl.ir import (
@@ -48,6 +49,8 @@ from xdsl.irdl import (
     var_operand_def,
     var_result_def,
 )
+from xdsl.parser import Parser
+from xdsl.printer import Printer
 from xdsl.traits import (
     HasParent,
     IsTerminator,
@@ -119,6 +122,8 @@ class YieldOp(IRDLOperation):
 
     traits = lazy_traits_def(lambda: (IsTerminator(), Pure(), HasParent(ExecuteOp)))
 
+    assembly_format = "($operands_^ `:` type($operands_))? attr-dict"
+
     def __init__(self, values: Sequence[SSAValue | Operation] = ()):
         super().__init__(operands=[list(values)])
 
@@ -170,6 +175,81 @@ class ExecuteOp(IRDLOperation):
             attributes=attributes or {},
         )
 
+    # custom syntax (upstream's):
+    #   async.execute [%dep, ...] (%v as %arg: !async.value<T>, ...) -> !async.value<U>
+    #       attributes {...} { ... async.yield ... }
+    @classmethod
+    def parse(cls, parser: Parser) -> Self:
+        deps = (
+            parser.parse_optional_comma_separated_list(
+                parser.Delimiter.SQUARE, lambda: parser.parse_operand(TokenType())
+            )
+            or []
+        )
+
+        def parse_body_operand():
+            operand = parser.parse_unresolved_operand()
+            parser.parse_keyword("as")
+            arg = parser.parse_argument(expect_type=False)
+            parser.parse_punctuation(":")
+            return operand, arg, parser.parse_type()
+
+        triples = (
+            parser.parse_optional_comma_separated_list(parser.Delimiter.PAREN, parse_body_operand)
+            or []
+        )
+        values = [parser.resolve_operand(o, t) for o, _, t in triples]
+        args = [a.resolve(unwrap(t)) for _, a, t in triples]
+        result_types: list[Attribute] = []
+        if parser.parse_optional_punctuation("->"):
+            result_types = parser.parse_optional_comma_separated_list(
+                parser.Delimiter.PAREN, parser.parse_type
+            ) or [parser.parse_type()]
+        for t in result_types:
+            if not isinstance(t, ValueType):
+                parser.raise_error(f"async.execute results must be !async.value<...>, got {t}")
+        attrs = parser.parse_optional_attr_dict_with_keyword()
+        region = parser.parse_region(args)  # like upstream: the async.yield must be written
+        return cls(
+            deps,
+            values,
+            [unwrap(t) for t in result_types],
+            region,
+            dict(attrs.data) if attrs is not None else None,
+        )
+
+    def print(self, printer: Printer) -> None:
+        if self.dependencies:
+            printer.print_string(" [")
+            printer.print_list(self.dependencies, printer.print_operand)
+            printer.print_string("]")
+        if self.body_operands:
+            printer.print_string(" (")
+            pairs = list(zip(self.body_operands, self.body.args))
+
+            def print_pair(pair) -> None:
+                value, arg = pair
+                printer.print_operand(value)
+                printer.print_string(" as ")
+                printer.print_operand(arg)
+                printer.print_string(": ")
+                printer.print_attribute(value.type)
+
+            printer.print_list(pairs, print_pair)
+            printer.print_string(")")
+        results = [r.type for r in self.body_results]
+        if results:
+            printer.print_string(" -> ")
+            if len(results) == 1:
+                printer.print_attribute(results[0])
+            else:
+                printer.print_string("(")
+                printer.print_list(results, printer.print_attribute)
+                printer.print_string(")")
+        printer.print_op_attributes(self.attributes, print_keyword=True)
+        printer.print_string(" ")
+        printer.print_region(self.body_region, print_entry_block_args=False)
+
     @staticmethod
     def body_block_for(body_operands: Sequence[SSAValue]) -> Block:
         """An empty body block whose arguments unwrap the given async values."""
@@ -209,6 +289,24 @@ class AwaitOp(IRDLOperation):
         result_types = [] if isinstance(value.type, TokenType) else [unwrap(value.type)]
         super().__init__(operands=[value], result_types=[result_types])
 
+    # custom syntax: async.await %v : !async.value<T>   /   async.await %t : !async.token
+    @classmethod
+    def parse(cls, parser: Parser) -> Self:
+        operand = parser.parse_unresolved_operand()
+        parser.parse_punctuation(":")
+        value = parser.resolve_operand(operand, parser.parse_type())
+        op = cls(value)
+        attrs = parser.parse_optional_attr_dict()
+        op.attributes.update(attrs)
+        return op
+
+    def print(self, printer: Printer) -> None:
+        printer.print_string(" ")
+        printer.print_operand(self.operand)
+        printer.print_string(" : ")
+        printer.print_attribute(self.operand.type)
+        printer.print_op_attributes(self.attributes)
+
     def verify_(self) -> None:
         t = self.operand.type
         if isinstance(t, TokenType):
@@ -232,6 +330,8 @@ class CreateGroupOp(IRDLOperation):
     size = operand_def(IndexType)
     result = result_def(GroupType)
 
+    assembly_format = "$size `:` type($result) attr-dict"
+
     def __init__(self, size: SSAValue | Operation):
         super().__init__(operands=[size], result_types=[GroupType()])
 
@@ -246,6 +346,8 @@ class AddToGroupOp(IRDLOperation):
     group = operand_def(GroupType)
     rank = result_def(IndexType)
 
+    assembly_format = "$operand `,` $group `:` type($operand) attr-dict"
+
     def __init__(self, operand: SSAValue | Operation, group: SSAValue | Operation):
         super().__init__(operands=[operand, group], result_types=[IndexType()])
 
@@ -257,6 +359,8 @@ class AwaitAllOp(IRDLOperation):
     name = "async.await_all"
 
     operand = operand_def(GroupType)
+
+    assembly_format = "$operand attr-dict"
 
     def __init__(self, group: SSAValue | Operation):
         super().__init__(operands=[group])

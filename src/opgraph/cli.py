@@ -147,7 +147,12 @@ def cmd_opt(args: argparse.Namespace) -> int:
         raise UsageError("no such IR file", args.file)
     ctx = make_context()
     module = parse_module(path.read_text(), display_path(str(path)), ctx)
-    run_pipeline(module, args.pass_pipeline, ctx, None)
+    try:
+        run_pipeline(module, args.pass_pipeline, ctx, None)
+    except OpgraphError as e:
+        if e.file is None:  # ops without a loc(...) in the file: name the file at least
+            e.file = display_path(str(path))
+        raise
     text = print_module(module)
     if args.output:
         _write_file_atomically(Path(args.output), text)
@@ -175,10 +180,10 @@ def cmd_hw(args: argparse.Namespace) -> int:
         from xdsl.dialects.builtin import ModuleOp
 
         from opgraph.dialects.context import print_module
-        from opgraph.driver import attach_hardware
+        from opgraph.dialects.machine import attach_machine
 
         module = ModuleOp([])
-        attach_hardware(module, spec)
+        attach_machine(module, spec)
         module.verify()
         sys.stdout.write(print_module(module))
     else:

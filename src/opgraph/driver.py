@@ -13,9 +13,11 @@ from typing import Any
 from xdsl.dialects.builtin import ModuleOp
 
 from opgraph.dialects.context import make_context, print_module
+from opgraph.dialects.machine import attach_machine
 from opgraph.errors import OpgraphError
 from opgraph.pipeline import Traced
 from opgraph.plan import PATTERNS, PlanDoc, build_plan_doc, plan_json_text
+from opgraph.tracing import gc_paused
 
 
 @dataclass
@@ -96,21 +98,6 @@ def _dump_name(index: int, pass_name: str) -> str:
     return f"{index:02d}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', pass_name)}.mlir"
 
 
-def attach_hardware(module: ModuleOp, spec) -> None:
-    """Puts the machine into the module: ``machine`` dialect ops plus the upstream
-    ``#dlti.target_system_spec`` module attribute."""
-    from opgraph.dialects.machine import build_machine_ops, dlti_system_spec
-
-    ops = build_machine_ops(spec)
-    first = module.body.block.first_op
-    for op in ops:
-        if first is None:
-            module.body.block.add_op(op)
-        else:
-            module.body.block.insert_op_before(op, first)
-    module.attributes["dlti.target_system_spec"] = dlti_system_spec(spec)
-
-
 def resolve_hw(hw: Any, cwd: Path | None = None):
     from opgraph.hwspec import HardwareSpec, load_spec
 
@@ -126,12 +113,16 @@ def compile_traced(
     cwd: Path | None = None,
     keep_dumps: bool = True,
 ) -> Plan:
+    with gc_paused():
+        return _compile_traced(traced, hw, pass_pipeline, cwd, keep_dumps)
+
+
+def _compile_traced(traced: Traced, hw: Any, pass_pipeline: str | None, cwd: Path | None, keep_dumps: bool) -> Plan:
     from opgraph.passes.pipeline import run_pipeline
 
     spec = resolve_hw(hw, cwd)
     module = traced.module
-    attach_hardware(module, spec)
-    module.verify()
+    attach_machine(module, spec)
     dumps: list[tuple[str, str]] = []
     if keep_dumps:
         dumps.append((_dump_name(0, "traced"), print_module(module)))
@@ -141,7 +132,8 @@ def compile_traced(
             dumps.append((_dump_name(index, pass_name), print_module(mod)))
 
     ctx = make_context()
-    run_pipeline(module, pass_pipeline, ctx, after_each)
+    # our default pipeline is verified on input and output; a user's pipeline after each pass
+    run_pipeline(module, pass_pipeline, ctx, after_each, verify_each=pass_pipeline is not None)
     doc = build_plan_doc(module, traced.name, spec.name)
     return Plan(traced.name, spec.name, module, doc, dumps, traced.inputs)
 

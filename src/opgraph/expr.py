@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from xdsl.dialects import arith, llvm, math
+from xdsl.dialects import arith, math
 from xdsl.dialects.builtin import (
     ArrayAttr,
     BoolAttr,
@@ -27,6 +27,7 @@ from xdsl.dialects.builtin import (
 from xdsl.ir import Attribute, Block, Operation, Region, SSAValue
 
 from opgraph.dialects import dataframe as df
+from opgraph.dialects.upstream.vector_yield import YieldOp
 from opgraph.tracing import SourceLoc, trace_error, user_location
 
 
@@ -210,7 +211,7 @@ class Rolling:
 def window_expr(arg: Expr, func: str, param: int, loc: SourceLoc) -> Expr:
     if not isinstance(param, int):
         raise trace_error(f"{func} needs an integer, got {param!r}", loc)
-    schema = df.TableType([("x", arg.dtype, True)])
+    schema = df.table_of([("x", arg.dtype, True)])
     try:
         result = df.infer_window(schema, func, "x", param, "y")
     except df.SchemaError as e:
@@ -420,10 +421,11 @@ class RegionBuilder:
             self._memo[key] = self._emit(e)
         return self._memo[key]
 
-    def finish(self, e: Expr) -> Region:
-        value = self.emit(e)
-        ret = llvm.ReturnOp(value)
-        ret.location = e.loc.attr()
+    def finish(self, exprs: list[Expr]) -> Region:
+        """The region computing ``exprs`` and yielding their values, in order."""
+        values = [self.emit(e) for e in exprs]
+        ret = YieldOp(values)
+        ret.location = exprs[-1].loc.attr()
         self.block.add_op(ret)
         return Region(self.block)
 

@@ -15,7 +15,7 @@ from xdsl.utils.exceptions import VerifyException
 
 from opgraph.errors import OpgraphError
 from opgraph.table import Table, input_table
-from opgraph.tracing import SourceLoc, display_path, trace_error, tracing
+from opgraph.tracing import SourceLoc, display_path, gc_paused, trace_error, tracing
 
 
 def _is_table_data(value: Any) -> bool:
@@ -51,6 +51,15 @@ class Pipeline:
         return f"<opgraph.Pipeline {self.name} at {self.definition}>"
 
     def trace_full(self, *args: Any, **kwargs: Any) -> Traced:
+        """The traced module and its bound inputs.
+
+        Every op is built by its constructor from the ops' schema-inference functions, so
+        the module is not verified again here: compiling verifies its input once (and
+        ``trace`` verifies what it returns)."""
+        with gc_paused():
+            return self._trace_full(args, kwargs)
+
+    def _trace_full(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Traced:
         try:
             bound = inspect.signature(self.fn).bind(*args, **kwargs)
         except TypeError as e:
@@ -68,16 +77,18 @@ class Pipeline:
             block.add_op(ret)
         fn_op = func.FuncOp(self.name, ([], [t.ir_value.type for t in outputs]), Region(block))
         fn_op.location = self.definition.attr()
-        module = ModuleOp([fn_op])
-        try:
-            module.verify()
-        except VerifyException as e:  # the tracer built invalid IR: an opgraph bug, say so
-            raise OpgraphError(f"internal error: traced IR does not verify: {e}", self.definition.file, self.definition.line) from e
+        module = ModuleOp([*state.module_ops, fn_op])  # dl.model / dl.loss ops first
         return Traced(module, state.inputs, self.name)
 
     def trace(self, *args: Any, **kwargs: Any) -> ModuleOp:
-        """The traced module (``builtin.module`` holding ``func.func @<name>``)."""
-        return self.trace_full(*args, **kwargs).module
+        """The traced module (``builtin.module`` holding ``func.func @<name>``), verified."""
+        module = self.trace_full(*args, **kwargs).module
+        try:
+            with gc_paused():
+                module.verify()
+        except VerifyException as e:  # the tracer built invalid IR: an opgraph bug, say so
+            raise OpgraphError(f"internal error: traced IR does not verify: {e}", self.definition.file, self.definition.line) from e
+        return module
 
     def _outputs(self, result: Any) -> list[Table]:
         if result is None:

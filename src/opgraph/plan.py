@@ -63,7 +63,7 @@ class Column(BaseModel):
 
 class OpDoc(BaseModel):
     """One op: its name, attributes as JSON, operand/result value ids, result schema and, for
-    expression ops, nested regions (each a list of ops; the last is ``llvm.return``)."""
+    expression ops, nested regions (each a list of ops; the last is ``vector.yield``)."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     op: str

@@ -41,7 +41,7 @@ def element_type(arrow_type: pa.DataType, name: str, loc: SourceLoc) -> Attribut
 
 
 def table_type(schema: pa.Schema, loc: SourceLoc) -> df.TableType:
-    return df.TableType([(f.name, element_type(f.type, f.name, loc), f.nullable) for f in schema])
+    return df.table_of([(f.name, element_type(f.type, f.name, loc), f.nullable) for f in schema])
 
 
 def arrow_type(t: Attribute) -> pa.DataType:
@@ -127,7 +127,7 @@ class Table:
             raise trace_error(f"filter mask must be boolean, got {df.type_str(mask.dtype)} ({mask!r})", loc)
         base, [mask], temps = _lower_windows(self, [mask], loc)
         builder = RegionBuilder(base.table_type)
-        out = base._op(df.FilterOp(base._value, builder.finish(mask)), loc)
+        out = base._op(df.FilterOp(base._value, builder.finish([mask])), loc)
         return out.drop(columns=temps, _loc=loc) if temps else out
 
     def filter(self, mask: Expr) -> Table:
@@ -153,15 +153,11 @@ class Table:
             return table
         base, rewritten, temps = _lower_windows(table, [v for _, v in rest], loc)
         schema = base.table_type
-        regions: list[Region] = []
-        results: list[tuple[Attribute, bool]] = []
-        for expr in rewritten:
-            builder = RegionBuilder(schema)
-            regions.append(builder.finish(expr))
-            results.append((expr.dtype, expr.nullable))
+        region = RegionBuilder(schema).finish(rewritten)
+        results = [(expr.dtype, expr.nullable) for expr in rewritten]
         out_names = [n for n, _ in rest]
         result_type = base._guard(lambda: df.infer_assign(schema, out_names, results), loc)
-        out = base._op(df.MapOp(base._value, out_names, regions, result_type), loc)
+        out = base._op(df.MapOp(base._value, out_names, region, result_type), loc)
         return out.drop(columns=temps, _loc=loc) if temps else out
 
     def rename(self, columns: dict[str, str] | None = None) -> Table:
@@ -359,10 +355,30 @@ def read_parquet(path: str | os.PathLike, columns: Sequence[str] | None = None) 
     loc = user_location()
     files = _expand_paths(str(path), loc, (".parquet", ".pq"))
     try:
-        schemas = [pq.read_schema(f) for f in files]
+        schemas = [_parquet_schema(f) for f in files]
     except (pa.ArrowInvalid, OSError) as e:
         raise trace_error(f"cannot read Parquet footer of '{path}': {e}", loc) from None
     return _read(df.ReadParquetOp, path, columns, _unify(schemas, str(path), loc), loc)
+
+
+def _parquet_schema(path: str) -> pa.Schema:
+    """The file's Arrow schema, with a column marked non-nullable when the footer's
+    statistics show no nulls in any row group (writers mark every column nullable)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_metadata(path)
+    schema = meta.schema.to_arrow_schema()
+    leaf_index = {meta.schema.column(i).path: i for i in range(meta.num_columns)}
+    fields = []
+    for f in schema:
+        i = leaf_index.get(f.name)
+        if f.nullable and i is not None and meta.num_row_groups > 0 and all(
+            (st := meta.row_group(g).column(i).statistics) is not None and st.has_null_count and st.null_count == 0
+            for g in range(meta.num_row_groups)
+        ):
+            f = f.with_nullable(False)
+        fields.append(f)
+    return pa.schema(fields, metadata=schema.metadata)
 
 
 def read_ipc(path: str | os.PathLike, columns: Sequence[str] | None = None) -> Table:
@@ -423,12 +439,10 @@ def concat(tables: Sequence[Table]) -> Table:
     tables = list(tables)
     if not tables or not all(isinstance(t, Table) for t in tables):
         raise trace_error("og.concat needs a non-empty list of tables", loc)
-    try:
-        op = df.ConcatOp([t.ir_value for t in tables])
-    except df.SchemaError as e:
-        raise trace_error(str(e), loc) from None
-    current_trace().append(op, loc)
-    return Table(op.results[0])
+    result = tables[0]
+    for other in tables[1:]:
+        result = result._set(other, df.ConcatOp, loc)
+    return result
 
 
 def input_table(name: str, data: Any, loc: SourceLoc) -> Table:
