@@ -19,7 +19,6 @@ import pyarrow.parquet as pq
 
 import opgraph as og
 from opgraph.driver import compile_traced
-from opgraph.dialects.context import print_module
 
 
 def make_input(directory: Path) -> str:

@@ -5,30 +5,18 @@
 The input files are generated next to this file on first use (small, seeded).
 """
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 import opgraph as og
-
-DATA = Path(__file__).resolve().parent / "data"
-
-
-def shown(path: Path) -> str:
-    """The path relative to the working directory when below it (shorter IR), else absolute."""
-    rel = os.path.relpath(path)
-    return str(path) if rel.startswith("..") else rel
-ROWS = int(os.environ.get("OPGRAPH_EXAMPLE_ROWS", "100000"))
+from example_data import ROWS, data_path, shown
 
 
 def make_data(rows: int = ROWS) -> tuple[str, str]:
     """Writes events/users Parquet files once; returns their paths."""
-    events, users = DATA / f"events_{rows}.parquet", DATA / f"users_{rows}.parquet"
+    events, users = data_path(f"events_{rows}.parquet"), data_path(f"users_{rows}.parquet")
     if not events.exists() or not users.exists():
-        DATA.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(42)
         n_users = max(rows // 10, 1)
         countries = np.array(["US", "DE", "FR", "JP", "BR"])

@@ -4,9 +4,6 @@ an MLP (pure JAX) -> predictions written to Parquet.
     opgraph compile examples/etl_train.py --hw cloud_a100 -o out --print-ir-after-all
 """
 
-import os
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,23 +11,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import opgraph as og
+from example_data import ROWS, data_path, shown
 
-DATA = Path(__file__).resolve().parent / "data"
-ROWS = int(os.environ.get("OPGRAPH_EXAMPLE_ROWS", "100000"))
 FEATURES = ["mol_weight", "logp", "h_donors", "h_acceptors", "rings", "scaffold_mean_logp"]
-
-
-def shown(path: Path) -> str:
-    """The path relative to the working directory when below it (shorter IR), else absolute."""
-    rel = os.path.relpath(path)
-    return str(path) if rel.startswith("..") else rel
 
 
 def make_data(rows: int = ROWS) -> tuple[str, str]:
     """Molecules (numeric descriptors, a scaffold id and a measured property) + scaffolds."""
-    molecules, scaffolds = DATA / f"molecules_{rows}.parquet", DATA / f"scaffolds_{rows}.parquet"
+    molecules, scaffolds = data_path(f"molecules_{rows}.parquet"), data_path(f"scaffolds_{rows}.parquet")
     if not molecules.exists() or not scaffolds.exists():
-        DATA.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(11)
         n_scaffolds = max(rows // 100, 1)
         weight = rng.normal(350, 80, rows)

@@ -3,31 +3,19 @@
     opgraph compile examples/sets.py --hw laptop -o out
 """
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
 import opgraph as og
-
-DATA = Path(__file__).resolve().parent / "data"
-
-
-def shown(path: Path) -> str:
-    """The path relative to the working directory when below it (shorter IR), else absolute."""
-    rel = os.path.relpath(path)
-    return str(path) if rel.startswith("..") else rel
-ROWS = int(os.environ.get("OPGRAPH_EXAMPLE_ROWS", "100000"))
+from example_data import ROWS, data_path, shown
 
 
 def make_data(rows: int = ROWS) -> tuple[str, str]:
-    paths = (DATA / f"monday_{rows}.arrow", DATA / f"tuesday_{rows}.arrow")
+    paths = (data_path(f"monday_{rows}.arrow"), data_path(f"tuesday_{rows}.arrow"))
     if not all(p.exists() for p in paths):
-        DATA.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(3)
-        for i, path in enumerate(paths):
+        for path in paths:
             ids = rng.integers(0, rows // 2, rows)
             table = pa.table({"visitor": ids, "page": np.array(["home", "docs", "blog"])[ids % 3]})
             with ipc.new_file(path, table.schema) as writer:

@@ -3,29 +3,17 @@
     opgraph compile examples/timeseries.py --hw frontier -o out
 """
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 import opgraph as og
-
-DATA = Path(__file__).resolve().parent / "data"
-
-
-def shown(path: Path) -> str:
-    """The path relative to the working directory when below it (shorter IR), else absolute."""
-    rel = os.path.relpath(path)
-    return str(path) if rel.startswith("..") else rel
-ROWS = int(os.environ.get("OPGRAPH_EXAMPLE_ROWS", "100000"))
+from example_data import ROWS, data_path, shown
 
 
 def make_data(rows: int = ROWS) -> str:
-    path = DATA / f"sensor_{rows}.parquet"
+    path = data_path(f"sensor_{rows}.parquet")
     if not path.exists():
-        DATA.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(7)
         t = rng.permutation(rows).astype(np.int64)  # unordered timestamps (seconds)
         temp = 20 + np.sin(t / 600.0) * 5 + rng.normal(0, 0.5, rows)

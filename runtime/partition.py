@@ -5,8 +5,9 @@ Cython; platform-independent "opgraph-hash-v1", see runtime/kernels/hash_kernels
 every process and machine sends a given key to the same partition. A C++ stable counting
 sort gives every row its position in partition order; C++ scatter kernels then move each
 column's Arrow buffers there in one sequential pass (types they do not cover fall back to
-one Arrow ``take``), and the result is cut into zero-copy slices, one per part. There is deliberately no pure-Python fallback: without the built extension this
-module does not import.
+one Arrow ``take``), and the result is cut into zero-copy slices, one per part.
+There is deliberately no pure-Python fallback: without the built extension this module
+does not import.
 """
 
 from __future__ import annotations

@@ -51,10 +51,10 @@ def compiled(tmp_path_factory, detected_spec) -> dict[tuple[str, str], Path]:
 
 
 def test_compile_writes_plan_files(compiled):
-    for (example, hw), target in compiled.items():
+    for (example, _hw), target in compiled.items():
         assert (target / "plan.mlir").is_file()
         doc = PlanDoc.model_validate_json((target / "plan.json").read_text())
-        assert doc.version == 1 and doc.pipeline == example.replace("etl_train", "etl_train")
+        assert doc.version == 1 and doc.pipeline == example and doc.hardware
         dumps = sorted(p.name for p in (target / "ir").iterdir())
         assert dumps[0] == "00-traced.mlir"
         assert dumps[-1].endswith("lower-to-islands.mlir")

@@ -4,6 +4,7 @@ of the island task graph that the runtime reads (no code, nothing pickled)."""
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from io import StringIO
 from typing import Any, Literal
 
@@ -106,34 +107,55 @@ class PlanDoc(BaseModel):
 
 
 def attr_to_json(attr: Attribute) -> Any:
-    if isinstance(attr, StringAttr):
-        return attr.data
-    if isinstance(attr, IntegerAttr):
-        v = attr.value.data
-        return bool(v) if attr.type.width.data == 1 else v  # type: ignore[union-attr]
-    if isinstance(attr, FloatAttr):
-        return attr.value.data
-    if isinstance(attr, ArrayAttr):
-        return [attr_to_json(a) for a in attr]
-    if isinstance(attr, DictionaryAttr):
-        return {k: attr_to_json(v) for k, v in attr.data.items()}
-    if isinstance(attr, UnitAttr):
+    # Attribute classes are final (xDSL forbids subclassing them), so exact type tests are
+    # isinstance tests, only much cheaper than isinstance against these ABCs.
+    kind = type(attr)
+    if kind is StringAttr:
+        return attr.data  # type: ignore[attr-defined]
+    if kind is IntegerAttr:
+        v = attr.value.data  # type: ignore[attr-defined]
+        return bool(v) if attr.type.width.data == 1 else v  # type: ignore[attr-defined]
+    if kind is FloatAttr:
+        return attr.value.data  # type: ignore[attr-defined]
+    if kind is ArrayAttr:
+        return [attr_to_json(a) for a in attr]  # type: ignore[attr-defined]
+    if kind is DictionaryAttr:
+        return {k: attr_to_json(v) for k, v in attr.data.items()}  # type: ignore[attr-defined]
+    if kind is UnitAttr:
         return True
-    if isinstance(attr, SymbolRefAttr):
-        return "@" + attr.root_reference.data
+    if kind is SymbolRefAttr:
+        return "@" + attr.root_reference.data  # type: ignore[attr-defined]
+    try:
+        return _printed(attr)
+    except TypeError:  # an attribute holding unhashable data
+        return _print(attr)
+
+
+@lru_cache(maxsize=4096)
+def _printed(attr: Attribute) -> str:
+    # attributes are immutable values and equal ones print alike (element types recur a lot)
+    return _print(attr)
+
+
+def _print(attr: Attribute) -> str:
     out = StringIO()
     Printer(stream=out).print_attribute(attr)
     return out.getvalue()
 
 
+@lru_cache(maxsize=4096)
+def _schema_fields(t: df.TableType) -> tuple[tuple[str, str, bool], ...]:
+    return tuple((n, df.type_str(et), nl) for n, et, nl in t.columns)
+
+
 def schema_doc(t: df.TableType) -> list[Column]:
-    return [Column(name=n, type=df.type_str(et), nullable=nl) for n, et, nl in t.columns]
+    return [Column(name=n, type=ts, nullable=nl) for n, ts, nl in _schema_fields(t)]
 
 
 def loc_text(op: Operation) -> str | None:
     loc = op.location
-    if isinstance(loc, FileLineColLoc):
-        return f"{loc.filename.data}:{loc.line.data}:{loc.column.data}"
+    if type(loc) is FileLineColLoc:
+        return f"{loc.filename.data}:{loc.line.data}:{loc.column.data}"  # type: ignore[attr-defined]
     return None
 
 
@@ -141,27 +163,35 @@ class ValueNames:
     """Stable ids (``v0``, ``v1``, ...) for SSA values across the whole plan."""
 
     def __init__(self) -> None:
-        self._ids: dict[SSAValue, str] = {}
+        # keyed by id(): SSA values hash and compare by identity anyway, and the values named
+        # are those of the module being described, which keeps them alive meanwhile
+        self._ids: dict[int, str] = {}
 
     def __call__(self, value: SSAValue) -> str:
-        if value not in self._ids:
-            self._ids[value] = f"v{len(self._ids)}"
-        return self._ids[value]
+        ids = self._ids
+        name = ids.get(id(value))
+        if name is None:
+            name = ids[id(value)] = f"v{len(ids)}"
+        return name
 
     def alias(self, value: SSAValue, same_as: SSAValue) -> None:
-        self._ids[value] = self(same_as)
+        self._ids[id(value)] = self(same_as)
+
+
+def _result_type_text(t: Attribute) -> str:
+    return "table" if type(t) is df.TableType else str(attr_to_json(t))
 
 
 def op_doc(op: Operation, names: ValueNames) -> OpDoc:
-    result_types = [attr_to_json(r.type) if not isinstance(r.type, df.TableType) else "table" for r in op.results]
-    table = next((r.type for r in op.results if isinstance(r.type, df.TableType)), None)
+    results = op.results
+    table = next((r.type for r in results if type(r.type) is df.TableType), None)
     return OpDoc(
         op=op.name,
         loc=loc_text(op),
         operands=[names(o) for o in op.operands],
-        results=[names(r) for r in op.results],
-        result_types=[str(t) for t in result_types],
-        schema_=schema_doc(table) if table is not None else None,
+        results=[names(r) for r in results],
+        result_types=[_result_type_text(r.type) for r in results],
+        schema_=schema_doc(table) if table is not None else None,  # type: ignore[arg-type]
         attributes={k: attr_to_json(v) for k, v in op.attributes.items()},
         regions=[[op_doc(inner, names) for inner in region.ops] for region in op.regions],
     )

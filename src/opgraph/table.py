@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
-from xdsl.dialects.builtin import Float32Type, Float64Type, IntegerType, i1, i64
-from xdsl.ir import Attribute, Region, SSAValue
+from xdsl.dialects.builtin import Float32Type, Float64Type, IntegerType, i1
+from xdsl.ir import Attribute, SSAValue
 
 from opgraph.dialects import dataframe as df
 from opgraph.expr import Expr, RegionBuilder, as_expr, column, walk
@@ -350,7 +350,6 @@ def _read(op_cls, path: Any, columns: Sequence[str] | None, schema: pa.Schema, l
 
 def read_parquet(path: str | os.PathLike, columns: Sequence[str] | None = None) -> Table:
     """Parquet file, directory or glob; the schema comes from the footers (no data read)."""
-    import pyarrow.parquet as pq
 
     loc = user_location()
     files = _expand_paths(str(path), loc, (".parquet", ".pq"))
