@@ -487,25 +487,56 @@ def _check_expression_region(op: Operation, region: Region, schema: TableType, w
     return [v.type for v in values]
 
 
-def expression_nullable(value: SSAValue, schema: TableType) -> bool:
+def expression_nullable(value: SSAValue, schema: TableType, _memo: dict[SSAValue, bool] | None = None) -> bool:
     """Whether an expression value can be null (SQL semantics): nulls propagate through
     every op except the null test and ``isin`` (never null), ``df.fill_null`` (null only if
-    the fill value is) and ``arith.select`` (a null condition picks the false branch)."""
+    the fill value is) and ``arith.select`` (a null condition picks the false branch).
+
+    Values used several times (shared subexpressions) are decided once, so the cost is
+    linear in the region's size, not in the number of paths through it."""
+    memo: dict[SSAValue, bool] = {} if _memo is None else _memo
+    known = memo.get(value)
+    if known is not None:
+        return known
     owner = value.owner
     if isinstance(owner, Block):
-        return False
-    if isinstance(owner, ColumnOp):
+        result = False
+    elif isinstance(owner, ColumnOp):
         found = schema.column(owner.column.data)
-        return bool(found and found[1])
-    if isinstance(owner, IsNullOp | IsInOp):
-        return False
-    if isinstance(owner, FillNullOp):
-        return expression_nullable(owner.fill, schema)
-    operands = owner.operands[1:] if owner.name == "arith.select" else owner.operands
-    return any(expression_nullable(o, schema) for o in operands)
+        result = bool(found and found[1])
+    elif isinstance(owner, IsNullOp | IsInOp):
+        result = False
+    elif isinstance(owner, FillNullOp):
+        result = expression_nullable(owner.fill, schema, memo)
+    else:
+        operands = owner.operands[1:] if owner.name == "arith.select" else owner.operands
+        result = any(expression_nullable(o, schema, memo) for o in operands)
+    memo[value] = result
+    return result
 
 
 # ---------------------------------------------------------------------- table ops
+
+
+def _init(
+    op: IRDLOperation,
+    *,
+    operands: Sequence[SSAValue | Operation] = (),
+    result_types: Sequence[Attribute] = (),
+    attributes: dict[str, Attribute] | None = None,
+    regions: Sequence[Region] = (),
+) -> None:
+    """``IRDLOperation.__init__`` for this dialect's ops, which have fixed shapes (no
+    variadic groups, no properties): builds the same op as IRDL's generic builder, without
+    its per-op argument processing (a traced pipeline builds thousands of these; the op is
+    verified as usual when the module is)."""
+    Operation.__init__(
+        op,
+        operands=[SSAValue.get(o) for o in operands],
+        result_types=result_types,
+        attributes={k: v for k, v in attributes.items() if v is not None} if attributes else {},
+        regions=regions,
+    )
 
 
 class _TableOp(IRDLOperation):
@@ -540,7 +571,7 @@ class _ReadOp(IRDLOperation):
         attrs: dict[str, Attribute] = {"path": StringAttr(path)}
         if columns is not None:
             attrs["columns"] = str_array(columns)
-        super().__init__(attributes=attrs, result_types=[schema])
+        _init(self, attributes=attrs, result_types=[schema])
 
     def verify_(self) -> None:
         if self.columns is not None and _strs(self.columns) != self.result.type.column_names:
@@ -579,7 +610,8 @@ class InputOp(IRDLOperation):
     traits = traits_def(MemoryReadEffect())
 
     def __init__(self, index: int, arg_name: str, schema: TableType):
-        super().__init__(
+        _init(
+            self,
             attributes={"index": IntegerAttr(index, i64), "arg_name": StringAttr(arg_name)},
             result_types=[schema],
         )
@@ -593,7 +625,7 @@ class _WriteOp(IRDLOperation):
     traits = traits_def(MemoryWriteEffect())
 
     def __init__(self, table: SSAValue, path: str):
-        super().__init__(operands=[table], attributes={"path": StringAttr(path)})
+        _init(self, operands=[table], attributes={"path": StringAttr(path)})
 
 
 @irdl_op_definition
@@ -622,7 +654,7 @@ class FilterOp(_TableOp):
     traits = traits_def(Pure(), RecursiveMemoryEffect())
 
     def __init__(self, table: SSAValue, predicate: Region):
-        super().__init__(operands=[table], regions=[predicate], result_types=[table.type])
+        _init(self, operands=[table], regions=[predicate], result_types=[table.type])
 
     def expected_type(self) -> TableType:
         (t,) = _check_expression_region(self, self.predicate, _table(self.input), "predicate", 1)
@@ -640,7 +672,8 @@ class ProjectOp(_TableOp):
     traits = traits_def(Pure())
 
     def __init__(self, table: SSAValue, columns: Sequence[str]):
-        super().__init__(
+        _init(
+            self,
             operands=[table],
             attributes={"columns": str_array(columns)},
             result_types=[infer_project(_table(table), columns)],
@@ -663,7 +696,7 @@ class MapOp(_TableOp):
     traits = traits_def(Pure(), RecursiveMemoryEffect())
 
     def __init__(self, table: SSAValue, names: Sequence[str], expr: Region, result: TableType):
-        super().__init__(operands=[table], attributes={"names": str_array(names)}, regions=[expr], result_types=[result])
+        _init(self, operands=[table], attributes={"names": str_array(names)}, regions=[expr], result_types=[result])
 
     def expected_type(self) -> TableType:
         names = _strs(self.names)
@@ -675,7 +708,8 @@ class MapOp(_TableOp):
         for name, t in zip(names, types):
             if not is_element_type(t):
                 raise fail(self, f"expression for '{name}' has non-column type {t}")
-        return infer_assign(schema, names, [(t, expression_nullable(v, schema)) for t, v in zip(types, values)])
+        memo: dict[SSAValue, bool] = {}  # shared by the columns: they may share subexpressions
+        return infer_assign(schema, names, [(t, expression_nullable(v, schema, memo)) for t, v in zip(types, values)])
 
 
 @irdl_op_definition
@@ -689,7 +723,8 @@ class RenameOp(_TableOp):
 
     def __init__(self, table: SSAValue, mapping: dict[str, str]):
         old, new = list(mapping), list(mapping.values())
-        super().__init__(
+        _init(
+            self,
             operands=[table],
             attributes={"old_names": str_array(old), "new_names": str_array(new)},
             result_types=[infer_rename(_table(table), old, new)],
@@ -710,7 +745,8 @@ class DropOp(_TableOp):
     traits = traits_def(Pure())
 
     def __init__(self, table: SSAValue, columns: Sequence[str]):
-        super().__init__(
+        _init(
+            self,
             operands=[table],
             attributes={"columns": str_array(columns)},
             result_types=[infer_drop(_table(table), columns)],
@@ -743,7 +779,8 @@ class JoinOp(_TableOp):
         right_on: Sequence[str],
         suffixes: tuple[str, str] = ("_x", "_y"),
     ):
-        super().__init__(
+        _init(
+            self,
             operands=[left, right],
             attributes={
                 "how": StringAttr(how),
@@ -774,7 +811,7 @@ class _TwoTableOp(_TableOp):
     traits = traits_def(Pure())
 
     def __init__(self, left: SSAValue, right: SSAValue):
-        super().__init__(operands=[left, right], result_types=[infer_set_op(self.name[3:], [_table(left), _table(right)])])
+        _init(self, operands=[left, right], result_types=[infer_set_op(self.name[3:], [_table(left), _table(right)])])
 
     def expected_type(self) -> TableType:
         return infer_set_op(self.name[3:], [_table(self.left), _table(self.right)])
@@ -820,7 +857,7 @@ class DistinctOp(_TableOp):
         attrs = {} if subset is None else {"subset": str_array(subset)}
         if subset is not None:
             _require_columns(_table(table), subset, "drop_duplicates subset")
-        super().__init__(operands=[table], attributes=attrs, result_types=[table.type])
+        _init(self, operands=[table], attributes=attrs, result_types=[table.type])
 
     def expected_type(self) -> TableType:
         if self.subset is not None:
@@ -840,7 +877,8 @@ class SortOp(_TableOp):
     traits = traits_def(Pure())
 
     def __init__(self, table: SSAValue, by: Sequence[str], ascending: Sequence[bool]):
-        super().__init__(
+        _init(
+            self,
             operands=[table],
             attributes={"by": str_array(by), "ascending": bool_array(ascending)},
             result_types=[infer_sort(_table(table), by, ascending)],
@@ -859,7 +897,7 @@ class HeadOp(_TableOp):
     traits = traits_def(Pure())
 
     def __init__(self, table: SSAValue, n: int):
-        super().__init__(operands=[table], attributes={"n": IntegerAttr(n, i64)}, result_types=[table.type])
+        _init(self, operands=[table], attributes={"n": IntegerAttr(n, i64)}, result_types=[table.type])
 
     def expected_type(self) -> TableType:
         if self.n.value.data < 0:
@@ -893,7 +931,8 @@ class GroupByAggOp(_TableOp):
     traits = traits_def(Pure())
 
     def __init__(self, table: SSAValue, keys: Sequence[str], aggs: Sequence[tuple[str, str, str]]):
-        super().__init__(
+        _init(
+            self,
             operands=[table],
             attributes={"keys": str_array(keys), "aggs": agg_array(aggs)},
             result_types=[infer_groupby(_table(table), keys, aggs)],
@@ -914,7 +953,8 @@ class AggregateOp(_TableOp):
     traits = traits_def(Pure())
 
     def __init__(self, table: SSAValue, aggs: Sequence[tuple[str, str, str]]):
-        super().__init__(
+        _init(
+            self,
             operands=[table],
             attributes={"aggs": agg_array(aggs)},
             result_types=[infer_aggregate(_table(table), aggs)],
@@ -939,7 +979,8 @@ class WindowOp(_TableOp):
     traits = traits_def(Pure())
 
     def __init__(self, table: SSAValue, func: str, column: str, param: int, output: str):
-        super().__init__(
+        _init(
+            self,
             operands=[table],
             attributes={
                 "func": StringAttr(func),
@@ -975,7 +1016,7 @@ class ColumnOp(IRDLOperation):
     traits = traits_def(Pure())
 
     def __init__(self, column: str, element_type: Attribute):
-        super().__init__(attributes={"column": StringAttr(column)}, result_types=[element_type])
+        _init(self, attributes={"column": StringAttr(column)}, result_types=[element_type])
 
     def verify_(self) -> None:
         if not is_element_type(self.result.type):
@@ -993,7 +1034,7 @@ class StringConstantOp(IRDLOperation):
     traits = traits_def(Pure())
 
     def __init__(self, value: str):
-        super().__init__(attributes={"value": StringAttr(value)}, result_types=[StringType()])
+        _init(self, attributes={"value": StringAttr(value)}, result_types=[StringType()])
 
 
 @irdl_op_definition
@@ -1004,7 +1045,7 @@ class IsNullOp(IRDLOperation):
     traits = traits_def(Pure())
 
     def __init__(self, value: SSAValue):
-        super().__init__(operands=[value], result_types=[i1])
+        _init(self, operands=[value], result_types=[i1])
 
 
 @irdl_op_definition
@@ -1018,7 +1059,7 @@ class FillNullOp(IRDLOperation):
     traits = traits_def(Pure())
 
     def __init__(self, value: SSAValue, fill: SSAValue):
-        super().__init__(operands=[value, fill], result_types=[value.type])
+        _init(self, operands=[value, fill], result_types=[value.type])
 
     def verify_(self) -> None:
         if not (self.operand.type == self.fill.type == self.result.type):
@@ -1036,7 +1077,7 @@ class IsInOp(IRDLOperation):
     traits = traits_def(Pure())
 
     def __init__(self, value: SSAValue, values: ArrayAttr):
-        super().__init__(operands=[value], attributes={"values": values}, result_types=[i1])
+        _init(self, operands=[value], attributes={"values": values}, result_types=[i1])
 
 
 @irdl_op_definition
@@ -1049,7 +1090,7 @@ class CastOp(IRDLOperation):
     traits = traits_def(Pure())
 
     def __init__(self, value: SSAValue, to: Attribute):
-        super().__init__(operands=[value], result_types=[to])
+        _init(self, operands=[value], result_types=[to])
 
     def verify_(self) -> None:
         if not (isinstance(self.operand.type, StringType) or isinstance(self.result.type, StringType)):
@@ -1071,7 +1112,7 @@ class StringCompareOp(IRDLOperation):
     traits = traits_def(Pure())
 
     def __init__(self, predicate: str, lhs: SSAValue, rhs: SSAValue):
-        super().__init__(operands=[lhs, rhs], attributes={"predicate": StringAttr(predicate)}, result_types=[i1])
+        _init(self, operands=[lhs, rhs], attributes={"predicate": StringAttr(predicate)}, result_types=[i1])
 
     def verify_(self) -> None:
         if self.predicate.data not in STRING_COMPARISONS:
@@ -1088,7 +1129,7 @@ class StringLengthOp(IRDLOperation):
     traits = traits_def(Pure())
 
     def __init__(self, value: SSAValue):
-        super().__init__(operands=[value], result_types=[i64])
+        _init(self, operands=[value], result_types=[i64])
 
 
 @irdl_op_definition
@@ -1099,7 +1140,7 @@ class StringLowerOp(IRDLOperation):
     traits = traits_def(Pure())
 
     def __init__(self, value: SSAValue):
-        super().__init__(operands=[value], result_types=[StringType()])
+        _init(self, operands=[value], result_types=[StringType()])
 
 
 @irdl_op_definition
@@ -1110,7 +1151,7 @@ class StringUpperOp(IRDLOperation):
     traits = traits_def(Pure())
 
     def __init__(self, value: SSAValue):
-        super().__init__(operands=[value], result_types=[StringType()])
+        _init(self, operands=[value], result_types=[StringType()])
 
 
 @irdl_op_definition
@@ -1122,7 +1163,7 @@ class StringStartsWithOp(IRDLOperation):
     traits = traits_def(Pure())
 
     def __init__(self, value: SSAValue, pattern: str):
-        super().__init__(operands=[value], attributes={"pattern": StringAttr(pattern)}, result_types=[i1])
+        _init(self, operands=[value], attributes={"pattern": StringAttr(pattern)}, result_types=[i1])
 
 
 @irdl_op_definition
@@ -1136,7 +1177,7 @@ class StringContainsOp(IRDLOperation):
     traits = traits_def(Pure())
 
     def __init__(self, value: SSAValue, pattern: str):
-        super().__init__(operands=[value], attributes={"pattern": StringAttr(pattern)}, result_types=[i1])
+        _init(self, operands=[value], attributes={"pattern": StringAttr(pattern)}, result_types=[i1])
 
 
 DataFrame = Dialect(

@@ -26,6 +26,7 @@ discardable attributes); ``opgraph.passes.verify`` calls it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from xdsl.dialects.builtin import (
     FileLineColLoc,
@@ -272,12 +273,23 @@ def island_attributes(name: str, ranks: int = 1, device: str = "cpu", pattern: s
     """The discardable attributes that make an ``async.execute`` an island."""
     attrs: dict[str, Attribute] = {
         ISLAND_ATTR: StringAttr(name),
-        RANKS_ATTR: IntegerAttr(ranks, i64),
-        DEVICE_ATTR: StringAttr(device),
+        RANKS_ATTR: _i64_attr(ranks) if type(ranks) is int else IntegerAttr(ranks, i64),
+        DEVICE_ATTR: _str_attr(device),
     }
     if pattern is not None:
-        attrs[PATTERN_ATTR] = StringAttr(pattern)
+        attrs[PATTERN_ATTR] = _str_attr(pattern)
     return attrs
+
+
+# attributes are immutable values: islands share the few distinct ones
+@lru_cache(maxsize=256)
+def _str_attr(value: str) -> StringAttr:
+    return StringAttr(value)
+
+
+@lru_cache(maxsize=256)
+def _i64_attr(value: int) -> IntegerAttr:
+    return IntegerAttr(value, i64)
 
 
 def is_island(op: Operation) -> bool:
@@ -334,6 +346,9 @@ def verify_islands(module: Operation) -> None:
             plans += 1
             if plans > 1:
                 raise fail(op, "a module holds at most one 'taskgraph.plan'")
+        attrs = op.attributes
+        if not attrs or not any(k.startswith("taskgraph.") for k in attrs):
+            continue  # nothing for verify_island to check, and not an island
         verify_island(op)
         if is_island(op):
             name = op.attributes[ISLAND_ATTR].data  # type: ignore[union-attr]

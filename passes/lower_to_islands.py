@@ -170,19 +170,22 @@ class _FunctionLowering:
         return mapping[value]
 
     def lower_op(self, op: Operation) -> None:
-        # values used by op (or its nested ops) that are defined outside it
+        # values used by op (or its nested ops) that are defined outside it, and those uses
         external: list[SSAValue] = []
-        seen: set[SSAValue] = set()
+        is_external: dict[SSAValue, bool] = {}
+        external_uses: list[tuple[Operation, int, SSAValue]] = []
         for inner in op.walk():
-            for v in inner.operands:
-                if v in seen:
-                    continue
-                seen.add(v)
-                owner = v.owner
-                defining = owner if isinstance(owner, Operation) else owner.parent_op()
-                if defining is not None and (defining is op or _inside(defining, op)):
-                    continue
-                external.append(v)
+            for i, v in enumerate(inner.operands):
+                ext = is_external.get(v)
+                if ext is None:
+                    owner = v.owner
+                    defining = owner if isinstance(owner, Operation) else owner.parent_op()
+                    ext = not (defining is not None and (defining is op or _inside(defining, op)))
+                    is_external[v] = ext
+                    if ext:
+                        external.append(v)
+                if ext:
+                    external_uses.append((inner, i, v))
 
         body_operands: list[SSAValue] = [self.async_of[v] for v in external if v in self.async_of]
         body = ExecuteOp.body_block_for(body_operands)
@@ -235,10 +238,9 @@ class _FunctionLowering:
         for v in external:
             if v not in mapping:
                 self._clone_helper(v, body, op, mapping)
-        for inner in op.walk():
-            for i, v in enumerate(inner.operands):
-                if v in mapping:
-                    inner.operands[i] = mapping[v]
+        for inner, i, v in external_uses:
+            if v in mapping:
+                inner.operands[i] = mapping[v]
 
         for r, av in zip(op.results, island.body_results):
             self.async_of[r] = av
@@ -323,13 +325,15 @@ class LowerToIslands(ModulePass):
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        used = {
-            o.attributes[ISLAND_ATTR].data  # type: ignore[union-attr]
-            for o in op.walk()
-            if is_island(o)
-        }
+        used: set[str] = set()
+        functions: list[func.FuncOp] = []
+        for o in op.walk():  # one walk: island names already taken, and the functions
+            if isinstance(o, func.FuncOp):
+                functions.append(o)
+            elif is_island(o):
+                used.add(o.attributes[ISLAND_ATTR].data)  # type: ignore[union-attr]
         counter = [0]
-        for fn in [o for o in op.walk() if isinstance(o, func.FuncOp)]:
+        for fn in functions:
             lower_function(fn, self.ranks, self.device, used, counter)
 
 

@@ -21,9 +21,10 @@ verifiers mirror upstream's (same conditions, messages prefixed by op name and l
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Self
 
-from xdsl.dialects.builtin import FileLineColLoc, IndexType
+from xdsl.dialects.builtin import DenseArrayBase, FileLineColLoc, IndexType, i32
 from xdsl.ir import (
     Attribute,
     Block,
@@ -104,6 +105,15 @@ def _fail(op: Operation, message: str) -> VerifyException:
     return VerifyException(f"'{op.name}' at {_where(op)}: {message}")
 
 
+_TOKEN = TokenType()
+
+
+@lru_cache(maxsize=1024)
+def _segment_sizes(dependencies: int, values: int) -> DenseArrayBase:
+    """``operandSegmentSizes`` of an ``async.execute`` (immutable, so shared)."""
+    return DenseArrayBase.from_list(i32, [dependencies, values])
+
+
 def unwrap(t: Attribute) -> Attribute:
     """``!async.value<T>`` -> ``T`` (other types unchanged)."""
     return t.value_type if isinstance(t, ValueType) else t
@@ -125,7 +135,8 @@ class YieldOp(IRDLOperation):
     assembly_format = "($operands_^ `:` type($operands_))? attr-dict"
 
     def __init__(self, values: Sequence[SSAValue | Operation] = ()):
-        super().__init__(operands=[list(values)])
+        # what IRDL's generic builder makes of operands=[values], built directly (one per island)
+        Operation.__init__(self, operands=[SSAValue.get(v) for v in values])
 
     def verify_(self) -> None:
         parent = self.parent_op()
@@ -168,11 +179,17 @@ class ExecuteOp(IRDLOperation):
         attributes: dict[str, Attribute] | None = None,
     ):
         """``result_types`` are the unwrapped (yielded) types; results are async values."""
-        super().__init__(
-            operands=[list(dependencies), list(body_operands)],
-            result_types=[TokenType(), [ValueType(t) for t in result_types]],
+        deps = [SSAValue.get(d) for d in dependencies]
+        values = [SSAValue.get(v) for v in body_operands]
+        # The op IRDL's generic builder would make (flat operands, segment sizes property),
+        # built directly: lower-to-islands creates one per dataflow op.
+        Operation.__init__(
+            self,
+            operands=[*deps, *values],
+            result_types=[_TOKEN, *[ValueType(t) for t in result_types]],
+            properties={AttrSizedOperandSegments.attribute_name: _segment_sizes(len(deps), len(values))},
+            attributes={k: v for k, v in (attributes or {}).items() if v is not None},
             regions=[body],
-            attributes=attributes or {},
         )
 
     # custom syntax (upstream's):

@@ -139,8 +139,19 @@ def _compile_traced(traced: Traced, hw: Any, pass_pipeline: str | None, cwd: Pat
 
 
 def run_traced(traced: Traced, engine: str = "local", ranks: int = 1, hw: Any = None):
-    raise OpgraphError(
-        f"cannot run pipeline '{traced.name}': the {engine} engine is not implemented in this "
-        "version of opgraph yet (use compile to inspect the plan)"
-    )
-
+    """Compiles for ``hw`` (default laptop) and runs on ``engine`` with ``ranks`` ranks; returns
+    one pyarrow.Table, a tuple of them (several outputs) or None (sinks only)."""
+    if engine not in ("local", "mpi"):
+        raise OpgraphError(f"unknown engine '{engine}' (expected 'local' or 'mpi')")
+    if engine == "mpi":
+        try:
+            from opgraph.runtime.mpi_engine import run_mpi as run
+        except ImportError as e:
+            raise OpgraphError(f"the mpi engine is not available: {e}") from None
+    else:
+        from opgraph.runtime.executor import run_local as run
+    plan = compile_traced(traced, hw=hw if hw is not None else "laptop", keep_dumps=False)
+    outputs = run(plan.doc, traced.inputs, ranks)
+    if not plan.doc.outputs:
+        return None
+    return outputs[0] if len(outputs) == 1 else tuple(outputs)

@@ -380,9 +380,17 @@ def column(name: str, schema: df.TableType, loc: SourceLoc) -> Expr:
 
 
 def walk(e: Expr):
-    yield e
-    for a in e.args:
-        yield from walk(a)
+    """Every distinct node of the expression, once (subexpressions may be shared: walking
+    each path would take time exponential in the depth of ``x = x + x`` chains)."""
+    seen: set[int] = set()
+    stack = [e]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        yield node
+        stack.extend(reversed(node.args))
 
 
 # ------------------------------------------------------------------- IR emission
@@ -424,8 +432,9 @@ class RegionBuilder:
     def finish(self, exprs: list[Expr]) -> Region:
         """The region computing ``exprs`` and yielding their values, in order."""
         values = [self.emit(e) for e in exprs]
-        ret = YieldOp(values)
-        ret.location = exprs[-1].loc.attr()
+        # = YieldOp(values) (one variadic operand group, nothing else), without the generic
+        # IRDL builder's per-op overhead: every filter/assign region ends in one
+        ret = YieldOp.create(operands=values, location=exprs[-1].loc.attr())
         self.block.add_op(ret)
         return Region(self.block)
 

@@ -183,18 +183,31 @@ def _result_type_text(t: Attribute) -> str:
 
 
 def op_doc(op: Operation, names: ValueNames) -> OpDoc:
+    return OpDoc(**_op_data(op, names))
+
+
+@lru_cache(maxsize=4096)
+def _schema_data(t: df.TableType) -> tuple[dict[str, Any], ...]:
+    # read-only input for pydantic, which builds fresh Column models from it
+    return tuple({"name": n, "type": ts, "nullable": nl} for n, ts, nl in _schema_fields(t))
+
+
+def _op_data(op: Operation, names: ValueNames) -> dict[str, Any]:
+    """An ``OpDoc``'s fields as plain data: pydantic validates nested plain data into models
+    much faster than models are built one by one (thousands of ops and columns)."""
     results = op.results
     table = next((r.type for r in results if type(r.type) is df.TableType), None)
-    return OpDoc(
-        op=op.name,
-        loc=loc_text(op),
-        operands=[names(o) for o in op.operands],
-        results=[names(r) for r in results],
-        result_types=[_result_type_text(r.type) for r in results],
-        schema_=schema_doc(table) if table is not None else None,  # type: ignore[arg-type]
-        attributes={k: attr_to_json(v) for k, v in op.attributes.items()},
-        regions=[[op_doc(inner, names) for inner in region.ops] for region in op.regions],
-    )
+    return {
+        "op": op.name,
+        "loc": loc_text(op),
+        "operands": [names(o) for o in op.operands],
+        "results": [names(r) for r in results],
+        "result_types": [_result_type_text(r.type) for r in results],
+        "schema": list(_schema_data(table)) if table is not None else None,
+        # upstream ops keep their data in properties (arith.constant value, cmp predicates)
+        "attributes": {k: attr_to_json(v) for d in (op.properties, op.attributes) for k, v in d.items()},
+        "regions": [[_op_data(inner, names) for inner in region.ops] for region in op.regions],
+    }
 
 
 def build_plan_doc(module: ModuleOp, pipeline: str, hardware: str) -> PlanDoc:
@@ -221,7 +234,7 @@ def build_plan_doc(module: ModuleOp, pipeline: str, hardware: str) -> PlanDoc:
                 yielded = [o for o in body.ops if o.name == "async.yield"]
                 for res, val in zip(op.results[1:], yielded[0].operands if yielded else []):
                     names.alias(res, val)
-                island_ops = [op_doc(o, names) for o in ops]
+                island_ops = [_op_data(o, names) for o in ops]  # validated by IslandDoc
                 for o in ops:
                     if isinstance(o, df.InputOp):
                         inputs.append(

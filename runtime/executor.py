@@ -1,0 +1,414 @@
+"""The plan executor: runs a compiled plan (``plan.json`` data, a ``PlanDoc``) on the ranks
+of a ``Communicator`` and returns the pipeline's outputs.
+
+    execute_plan(doc, inputs, comm) -> list[pa.Table]      # every rank calls it (collective)
+    run_local(doc, inputs, ranks)   -> list[pa.Table]      # the local engine: threads
+
+The runtime reads plan data only; it imports nothing of the tracing frontend or xDSL
+(``opgraph.plan`` models and ``opgraph.errors`` are plain data/exception classes).
+
+Execution model:
+
+* Islands run in dependency order (their ``inputs``/``outputs`` value ids and
+  ``depends_on``); ops within an island in order. Every island runs on all ranks of the
+  communicator: ``island.ranks`` is the compiler's advice and is not used for placement
+  yet (the plan records ``ranks = 1`` today; the run's rank count decides).
+* Every table is partitioned over the ranks; the global table is the partitions'
+  concatenation in rank order. Sources split their work across ranks (``runtime/io.py``),
+  operators use the distributed algorithms of ``runtime/parallel_ops.py``, which with one
+  rank are the local operators of ``runtime/local_ops.py`` without any communication.
+* Outputs are gathered to rank 0 in rank order: ``execute_plan`` returns the full tables
+  on rank 0 and ``[]`` on the other ranks. Output columns have the plan's names and types;
+  a field is non-nullable where the plan says so and the data has no nulls (only an
+  integer division by zero can make a null where the plan promises none).
+* Sinks write ``<path>/part-<rank>.<ext>`` into a staging directory; after every island
+  has run and every rank has written, rank 0 moves each staged directory over its path
+  atomically (``io.commit_directory``). A failed run removes its staging directories and
+  leaves existing outputs as they were.
+
+Errors: a failing op raises ``ExecutionError`` (an ``OpgraphError``) naming the op and the
+user's ``file:line`` from the op's ``loc`` (for expression errors, the failing expression
+op's). ``execute_plan`` raises on the failing rank; with a ``LocalCommunicator`` it first
+aborts the group (``comm.fail``: every waiting rank wakes with ``CommAborted`` and
+``run_local`` raises the first failing rank's error); with other communicators stopping the
+other ranks is the caller's job (the MPI worker calls ``MPI_Abort``) - ``execute_plan``
+never calls ``comm.abort``, which would kill an MPI run before it can report the error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from opgraph.runtime import io as IO
+from opgraph.runtime import local_ops as L
+from opgraph.runtime import parallel_ops as P
+from opgraph.runtime.communicator import Communicator
+from opgraph.runtime.expr_eval import ExprError
+from opgraph.runtime.local_comm import CommAborted, run_ranks
+from opgraph.runtime.parallel_ops import ANY, REPLICATED, Dist, Partitioning
+
+from opgraph.errors import OpgraphError
+from opgraph.plan import IslandDoc, OpDoc, PlanDoc
+
+__all__ = ["FAULT_HOOK", "ExecutionError", "execute_plan", "run_local"]
+
+#: Test hook: called as ``FAULT_HOOK(op, rank)`` before every op; raising from it makes the
+#: op fail on that rank (used by the tests to inject failures).
+FAULT_HOOK: Callable[[OpDoc, int], None] | None = None
+
+
+class ExecutionError(OpgraphError):
+    """An op failed while the plan ran; ``file``/``line`` are the user's source location."""
+
+
+def _place(loc: str | None) -> tuple[str | None, int | None]:
+    if not loc:
+        return None, None
+    parts = loc.rsplit(":", 2)
+    if len(parts) == 3 and parts[1].isdigit():
+        return parts[0], int(parts[1])
+    if len(parts) >= 2 and parts[-1].isdigit():
+        return loc.rsplit(":", 1)[0], int(parts[-1])
+    return loc, None
+
+
+def _error(op: OpDoc, exc: BaseException) -> ExecutionError:
+    if isinstance(exc, ExprError):
+        file, line = _place(exc.loc or op.loc)
+        what = exc.op or op.op
+        return ExecutionError(f"{what} (in {op.op}) failed at run time: {exc.message}", file, line)
+    file, line = _place(op.loc)
+    if isinstance(exc, OpgraphError):
+        return ExecutionError(f"{op.op} failed at run time: {exc.message}", file or exc.file, line or exc.line)
+    message = str(exc) or type(exc).__name__
+    if not isinstance(exc, IO.SourceError | pa.ArrowException | ValueError | OSError):
+        message = f"{type(exc).__name__}: {message}"
+    return ExecutionError(f"{op.op} failed at run time: {message}", file, line)
+
+
+def _island_order(islands: Sequence[IslandDoc]) -> list[IslandDoc]:
+    """Islands in dependency order (stable: listed order among the ready ones)."""
+    producer: dict[str, int] = {}
+    for i, isl in enumerate(islands):
+        for v in isl.outputs:
+            producer[v] = i
+        for op in isl.ops:
+            for v in op.results:
+                producer.setdefault(v, i)
+    by_name = {isl.name: i for i, isl in enumerate(islands)}
+    deps: list[set[int]] = []
+    for i, isl in enumerate(islands):
+        d = {producer[v] for v in isl.inputs if v in producer}
+        d |= {producer[v] for op in isl.ops for v in op.operands if v in producer}
+        d |= {by_name[n] for n in isl.depends_on if n in by_name}
+        d.discard(i)
+        deps.append(d)
+    done: set[int] = set()
+    order: list[IslandDoc] = []
+    while len(order) < len(islands):
+        ready = [i for i in range(len(islands)) if i not in done and deps[i] <= done]
+        if not ready:
+            raise OpgraphError("plan.json: the islands' dependencies form a cycle")
+        for i in ready:
+            done.add(i)
+            order.append(islands[i])
+    return order
+
+
+class _Executor:
+    def __init__(self, doc: PlanDoc, inputs: Sequence[pa.Table | None], comm: Communicator, progress: Callable[[str], None] | None):
+        self.doc = doc
+        self.inputs = list(inputs)
+        self.comm = comm
+        self.progress = progress
+        self.env: dict[str, Dist] = {}
+        self.schemas: dict[str, list[Any]] = {}
+        self.staged: list[tuple[str, str]] = []  # (staging directory, final path)
+        self.island: IslandDoc | None = None
+
+    # -- driver ---------------------------------------------------------------------
+    def run(self) -> list[pa.Table]:
+        comm = self.comm
+        try:
+            islands = _island_order(self.doc.islands)
+            for n, island in enumerate(islands):
+                self.island = island
+                if self.progress is not None and comm.rank == 0:
+                    self.progress(f"[{n + 1}/{len(islands)}] {island.name}")
+                for op in island.ops:
+                    self.run_op(op)
+            outputs = [self.output(v) for v in self.doc.outputs]
+            if self.staged:
+                if comm.size > 1:
+                    comm.barrier()  # every rank has written its parts
+                if comm.rank == 0:
+                    for staging, path in self.staged:
+                        IO.commit_directory(staging, path)
+                    self.staged = []
+                if comm.size > 1:
+                    comm.barrier()  # committed before anyone returns
+            return outputs if comm.rank == 0 else []
+        except BaseException as e:
+            # the local engine stops the other ranks first (so that none of them reports a
+            # consequence of the cleanup below as the failure); the MPI worker aborts itself
+            fail = getattr(comm, "fail", None)
+            if fail is not None:
+                fail(e)
+            for staging, _ in self.staged:
+                IO.discard_directory(staging)
+            raise
+
+    def output(self, value: str) -> pa.Table:
+        d = self.env.get(value)
+        if d is None:
+            raise OpgraphError(f"plan.json: output {value} is not produced by any island")
+        columns = self.schemas[value]
+        if d.part.kind == "replicated":
+            table = d.table
+        else:
+            table = P.gather_to_root(self.comm, d.table)
+        if self.comm.rank != 0:
+            return table
+        table = L.conform(table, L.arrow_schema(columns))
+        return _final_schema(table, columns)
+
+    # -- ops --------------------------------------------------------------------------
+    def run_op(self, op: OpDoc) -> None:
+        try:
+            if FAULT_HOOK is not None:
+                FAULT_HOOK(op, self.comm.rank)
+            result = self.dispatch(op)
+        except CommAborted:
+            raise
+        except ExecutionError:
+            raise
+        except Exception as e:
+            raise _error(op, e) from e
+        if result is not None and op.results:
+            self.env[op.results[0]] = result
+            self.schemas[op.results[0]] = op.schema_ or []
+
+    def arg(self, op: OpDoc, i: int = 0) -> Dist:
+        try:
+            return self.env[op.operands[i]]
+        except (KeyError, IndexError):
+            raise OpgraphError(f"plan.json: {op.op} uses value {op.operands[i:i + 1]} before it is computed") from None
+
+    def dispatch(self, op: OpDoc) -> Dist | None:
+        name = op.op
+        a = op.attributes
+        comm = self.comm
+        schema = L.arrow_schema(op.schema_) if op.schema_ is not None else None
+        if name == "df.input":
+            return Dist(self.input_table(int(a["index"]), schema), ANY)  # type: ignore[arg-type]
+        if name in ("df.read_parquet", "df.read_csv", "df.read_ipc"):
+            return Dist(IO.read_source(name, str(a["path"]), schema, comm), ANY)  # type: ignore[arg-type]
+        if name in IO.SINK_FORMATS:
+            d = P.unreplicate(comm, self.arg(op)) if self.arg(op).part.kind == "replicated" else self.arg(op)
+            staging = IO.stage_directory(comm, str(a["path"]))
+            self.staged.append((staging, str(a["path"])))
+            IO.write_part(d.table, staging, comm.rank, IO.SINK_FORMATS[name])
+            return None
+        assert schema is not None, f"{name} has no result schema in plan.json"
+        if name == "df.filter":
+            d = self.arg(op)
+            return Dist(L.filter_table(d.table, op.regions[0]), d.part)
+        if name == "df.project":
+            d = self.arg(op)
+            return Dist(L.project(d.table, a["columns"]), d.part.survives(schema))
+        if name == "df.map":
+            d = self.arg(op)
+            names = list(a["names"])
+            return Dist(L.map_table(d.table, names, op.regions[0], schema), d.part.survives(schema, names))
+        if name == "df.rename":
+            d = self.arg(op)
+            mapping = dict(zip(a["old_names"], a["new_names"]))
+            return Dist(L.rename(d.table, a["old_names"], a["new_names"]), d.part.renamed(mapping))
+        if name == "df.drop":
+            d = self.arg(op)
+            return Dist(L.drop(d.table, a["columns"]), d.part.survives(schema))
+        if name == "df.join":
+            left, right = self.arg(op, 0), self.arg(op, 1)
+            return P.join(comm, left, right, a["how"], list(a["left_on"]), list(a["right_on"]), schema, self.broadcast_join(op))
+        if name == "df.concat":
+            return P.concat(comm, self.arg(op, 0), self.arg(op, 1), schema)
+        if name == "df.union":
+            return P.union(comm, self.arg(op, 0), self.arg(op, 1), schema)
+        if name == "df.intersect":
+            return P.set_op(comm, self.arg(op, 0), self.arg(op, 1), schema, "both")
+        if name == "df.difference":
+            return P.set_op(comm, self.arg(op, 0), self.arg(op, 1), schema, "left_only")
+        if name == "df.distinct":
+            subset = a.get("subset")
+            return P.distinct(comm, self.arg(op), list(subset) if subset is not None else None)
+        if name == "df.sort":
+            return P.sort(comm, self.arg(op), list(a["by"]), [bool(x) for x in a["ascending"]])
+        if name == "df.head":
+            return P.head(comm, self.arg(op), int(a["n"]))
+        if name == "df.groupby_agg":
+            return P.groupby_agg(comm, self.arg(op), list(a["keys"]), [tuple(x) for x in a["aggs"]], schema)
+        if name == "df.aggregate":
+            return P.aggregate(comm, self.arg(op), [tuple(x) for x in a["aggs"]], schema)
+        if name == "df.window":
+            return P.window(comm, self.arg(op), a["func"], a["column"], int(a["param"]), a["output"], schema)
+        if name.startswith("comm."):
+            return self.comm_op(op, schema)
+        raise OpgraphError(f"the local engine cannot run '{name}' yet")
+
+    def broadcast_join(self, op: OpDoc) -> bool:
+        algo = str(op.attributes.get("algorithm", op.attributes.get("taskgraph.algorithm", ""))).replace("-", "_")
+        pattern = str((self.island.pattern if self.island else "") or "").replace("-", "_")
+        return algo in ("broadcast", "broadcast_join") or pattern == "broadcast_compute"
+
+    def comm_op(self, op: OpDoc, schema: pa.Schema) -> Dist:
+        """Explicit data movement inserted by the compiler (``comm`` dialect)."""
+        comm = self.comm
+        a = op.attributes
+        d = self.arg(op)
+        name = op.op
+        if name == "comm.shuffle":
+            d = P.unreplicate(comm, d)
+            keys = list(a["keys"])
+            types = tuple(d.table.schema.field(k).type for k in keys)
+            if a.get("kind", "hash") == "range":
+                asc = [bool(x) for x in a.get("ascending") or [True] * len(keys)]
+                moved, _ = P.range_partition(comm, d.table, keys, asc)
+                return Dist(moved, Partitioning("range", tuple(keys), types, tuple(asc)))
+            return Dist(P.shuffle_hash(comm, d.table, keys), Partitioning("hash", tuple(keys), types))
+        if name == "comm.broadcast":
+            root = int(a.get("root", 0))
+            if comm.size == 1:
+                return Dist(d.table, REPLICATED)
+            return Dist(comm.bcast(d.table if comm.rank == root else None, root), REPLICATED)
+        if name == "comm.gather":
+            d = P.unreplicate(comm, d)
+            return Dist(P.gather_to_root(comm, d.table, int(a.get("root", 0))), ANY)
+        if name == "comm.allgather":
+            if d.part.kind == "replicated":
+                return d
+            return Dist(L.concat_tables(comm.allgather(d.table) if comm.size > 1 else [d.table], d.table.schema), REPLICATED)
+        if name == "comm.scatter":
+            root = int(a.get("root", 0))
+            d = P.unreplicate(comm, d)
+            return Dist(P.scatter_from_root(comm, d.table if comm.rank == root else None, d.table.schema, root), ANY)
+        if name == "comm.allreduce":
+            return Dist(self.allreduce_table(d.table, a), REPLICATED)
+        raise OpgraphError(f"the local engine cannot run '{name}' as a separate op (df.window does its own halo exchange)")
+
+    def allreduce_table(self, table: pa.Table, a: dict[str, Any]) -> pa.Table:
+        ops = list(a.get("column_ops") or [a.get("op", "sum")] * table.num_columns)
+        if self.comm.size == 1:
+            return table
+        parts = self.comm.allgather(table)
+        cols = []
+        for i, fn in enumerate(ops):
+            stack = np.stack([p.column(i).to_numpy(zero_copy_only=False) for p in parts])
+            red = {"sum": np.sum, "prod": np.prod, "min": np.min, "max": np.max, "land": np.all, "lor": np.any}[fn]
+            cols.append(pa.array(red(stack, axis=0)).cast(table.schema.field(i).type))
+        return pa.Table.from_arrays(cols, schema=table.schema)
+
+    def input_table(self, index: int, schema: pa.Schema) -> pa.Table:
+        """This rank's contiguous slice of input ``index``. Every rank may hold the table, or
+        rank 0 alone (the others pass None or a shorter list): then rank 0 scatters it."""
+        comm = self.comm
+        data = self.inputs[index] if index < len(self.inputs) else None
+        if data is not None and not isinstance(data, pa.Table):
+            data = _as_arrow(data)
+        if comm.size == 1:
+            if data is None:
+                raise OpgraphError(f"no data bound to pipeline input {index}")
+            return L.conform(data, schema)
+        have = np.concatenate(comm.allgather_array(np.array([data is not None], dtype=np.int64)))
+        if have.all():
+            rows = data.num_rows  # type: ignore[union-attr]
+            n, r = comm.size, comm.rank
+            lo, hi = rows * r // n, rows * (r + 1) // n
+            return L.conform(data.slice(lo, hi - lo), schema)  # type: ignore[union-attr]
+        if not have[0]:
+            raise OpgraphError(f"no data bound to pipeline input {index} on rank 0")
+        table = L.conform(data, schema) if comm.rank == 0 else None  # type: ignore[arg-type]
+        return P.scatter_from_root(comm, table, schema)
+
+
+def _as_arrow(data: Any) -> pa.Table:
+    try:
+        import pandas as pd  # optional: only when a DataFrame was passed
+
+        if isinstance(data, pd.DataFrame):
+            return pa.Table.from_pandas(data, preserve_index=False)
+    except ImportError:  # pragma: no cover
+        pass
+    raise OpgraphError(f"pipeline inputs must be pyarrow.Table (or pandas.DataFrame), got {type(data).__name__}")
+
+
+def _final_schema(table: pa.Table, columns: Sequence[Any]) -> pa.Table:
+    fields = []
+    for f, c in zip(table.schema, columns):
+        nullable = bool(c["nullable"] if isinstance(c, dict) else c.nullable)
+        if not nullable and table.column(f.name).null_count:
+            nullable = True
+        fields.append(f.with_nullable(nullable))
+    schema = pa.schema(fields)
+    if schema.equals(table.schema):
+        return table
+    return pa.Table.from_arrays(table.columns, schema=schema)
+
+
+def execute_plan(
+    doc: PlanDoc | dict | str | bytes,
+    inputs: Sequence[pa.Table | None],
+    comm: Communicator,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> list[pa.Table]:
+    """Runs the plan on every rank of ``comm`` (collective: call it on all ranks).
+
+    ``doc``: the plan (a ``PlanDoc``, plan.json's parsed dict or its text). ``inputs``: the tables
+    bound to ``df.input`` ops, by index - either on every rank (each rank takes its slice,
+    zero-copy) or on rank 0 only (other ranks pass ``[]`` or ``None`` entries; rank 0 then
+    scatters). Returns the pipeline's outputs (``doc.outputs`` order) as full tables on
+    rank 0 and ``[]`` on the other ranks. Sinks are committed before it returns.
+    ``progress`` (rank 0 only) is called with one line per island.
+
+    On failure it raises ``ExecutionError`` (an ``OpgraphError`` carrying the user's
+    file:line) or ``CommAborted`` (another rank failed) on this rank and removes this run's
+    staging directories. A communicator with a ``fail(exc)`` method (``LocalCommunicator``)
+    is told first, which aborts the other ranks; otherwise stopping them is the caller's job
+    (the MPI worker calls ``MPI_Abort``)."""
+    if isinstance(doc, dict):
+        doc = PlanDoc.model_validate(doc)
+    elif isinstance(doc, str | bytes):
+        doc = PlanDoc.model_validate_json(doc)
+    return _Executor(doc, list(inputs or []), comm, progress).run()
+
+
+def run_local(
+    doc: PlanDoc | dict,
+    inputs: Sequence[pa.Table],
+    ranks: int = 1,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> list[pa.Table]:
+    """The local engine: ``ranks`` threads of this process with ``LocalCommunicator``s
+    (tables pass between ranks by reference). Returns rank 0's outputs; if any rank fails,
+    the run is aborted and the first failing rank's error is raised here."""
+    if not isinstance(ranks, int) or isinstance(ranks, bool) or ranks < 1:
+        raise OpgraphError(f"ranks must be a positive integer, got {ranks!r}")
+    if isinstance(doc, dict):
+        doc = PlanDoc.model_validate(doc)
+    tables = list(inputs or [])
+    results = run_ranks(ranks, lambda comm: execute_plan(doc, tables, comm, progress=progress))
+    return results[0]
+
+
+def _stderr_progress(line: str) -> None:  # pragma: no cover - used by the CLI when wanted
+    print(f"opgraph: {line}", file=sys.stderr, flush=True)
+
+
+if os.environ.get("OPGRAPH_TRACE_RUNTIME"):  # pragma: no cover - debugging aid
+    FAULT_HOOK = lambda op, rank: print(f"rank {rank}: {op.op} {op.loc}", file=sys.stderr)

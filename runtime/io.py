@@ -1,0 +1,321 @@
+"""Partitioned I/O: sources split their work across the ranks, sinks write one part file per
+rank into a staging directory that is committed atomically when the whole run succeeded.
+
+Sources (every rank calls, collectively):
+
+* Parquet: the (file, row group) pieces of every matching file, in path order, are split
+  into contiguous runs of about equal row counts, one per rank; a rank reads only its row
+  groups and only the plan's columns (projection pushed into the reader).
+* Arrow IPC files: the same with record batches (memory-mapped, zero-copy).
+* CSV: whole files, contiguous runs by size (a CSV file cannot be split safely without
+  parsing it: quoted fields may hold newlines); types are the plan's (inferred at trace
+  time), and an empty field is null (as pandas reads it).
+* When there are fewer pieces than ranks, the rows read are spread evenly over the ranks
+  afterwards (contiguous slices, so the global row order stays the file order).
+
+Paths are a file, a directory (every ``.parquet``/``.csv``/``.arrow`` file below it, hidden
+``.``/``_`` names skipped) or a glob; files are taken in natural order (``part-2`` before
+``part-10``), which reads back a directory written by a sink in rank order.
+
+Sinks: ``<path>/part-<rank>.<ext>`` (every rank writes one, possibly empty, so the directory
+always carries the schema), staged in a hidden sibling ``.<name>.tmp-<id>`` and moved over
+``<path>`` by ``commit`` - an atomic exchange (``renameat2(RENAME_EXCHANGE)`` on Linux,
+else two renames) after which the old output is deleted. A failed run deletes its staging
+directories and leaves any existing output untouched.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from opgraph.runtime import local_ops as L
+from opgraph.runtime.communicator import Communicator
+from opgraph.runtime.parallel_ops import counts_of
+from pyarrow import ipc
+
+__all__ = [
+    "SINK_FORMATS",
+    "SourceError",
+    "commit_directory",
+    "discard_directory",
+    "expand_paths",
+    "read_source",
+    "rebalance",
+    "stage_directory",
+    "write_part",
+]
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+CSV_SUFFIXES = (".csv",)
+IPC_SUFFIXES = (".arrow", ".ipc", ".feather")
+SINK_FORMATS = {"df.write_parquet": "parquet", "df.write_csv": "csv", "df.write_ipc": "arrow"}
+
+
+class SourceError(Exception):
+    """A source or sink failed (missing files, unreadable data, types not as traced)."""
+
+
+def _natural_key(path: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)]
+
+
+def expand_paths(path: str, suffixes: Sequence[str]) -> list[str]:
+    """The files a source path names (the frontend's rules, natural order)."""
+    if any(ch in path for ch in "*?["):
+        files = glob.glob(path)
+    elif os.path.isdir(path):
+        files = [
+            os.path.join(root, f)
+            for root, dirs, names in os.walk(path)
+            for f in names
+            if f.endswith(tuple(suffixes)) and not f.startswith((".", "_"))
+        ]
+        files = [f for f in files if not any(part.startswith(".") for part in Path(os.path.relpath(f, path)).parts[:-1])]
+    elif os.path.exists(path):
+        files = [path]
+    else:
+        raise SourceError(f"no such file or directory: '{path}'")
+    if not files:
+        raise SourceError(f"no {'/'.join(suffixes)} files match '{path}'")
+    return sorted(files, key=_natural_key)
+
+
+def _split(weights: Sequence[int], n: int, rank: int) -> range:
+    """The contiguous run of pieces rank ``rank`` of ``n`` reads (pieces go to the rank whose
+    share of the total holds the piece's middle)."""
+    w = np.asarray(weights, dtype=np.float64)
+    if len(w) == 0:
+        return range(0)
+    total = w.sum()
+    if total <= 0:
+        owner = (np.arange(len(w)) * n) // len(w)
+    else:
+        mid = np.cumsum(w) - w / 2
+        owner = np.minimum((mid * n / total).astype(np.int64), n - 1)
+    idx = np.nonzero(owner == rank)[0]
+    return range(int(idx[0]), int(idx[-1]) + 1) if len(idx) else range(0)
+
+
+def _with_columns(table: pa.Table, schema: pa.Schema, path: str) -> pa.Table:
+    """The schema's columns of ``table`` (missing ones all null), cast to the plan's types."""
+    arrays = []
+    for f in schema:
+        if f.name in table.column_names:
+            col = table.column(f.name)
+            if col.type != f.type:
+                try:
+                    col = L._cast_column(col, f.type)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                    raise SourceError(f"column '{f.name}' of '{path}' does not convert to {f.type} as traced: {e}") from None
+            arrays.append(col)
+        else:
+            arrays.append(pa.nulls(table.num_rows, f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def rebalance(comm: Communicator, table: pa.Table) -> pa.Table:
+    """Spreads rows evenly over the ranks as contiguous slices (global order kept)."""
+    n, r = comm.size, comm.rank
+    if n == 1:
+        return table
+    counts = counts_of(comm, table.num_rows)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    total = int(starts[-1])
+    lo_me = int(starts[r])
+    parts = []
+    for q in range(n):
+        lo, hi = total * q // n, total * (q + 1) // n
+        lo, hi = max(lo, lo_me), min(hi, lo_me + table.num_rows)
+        parts.append(table.slice(lo - lo_me, hi - lo) if hi > lo else table.schema.empty_table())
+    return L.concat_tables(comm.alltoallv(parts), table.schema)
+
+
+def _read_parquet(files: list[str], schema: pa.Schema, comm: Communicator) -> tuple[pa.Table, int]:
+    pieces: list[tuple[str, int, int]] = []
+    metas = {}
+    for f in files:
+        try:
+            meta = pq.read_metadata(f)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise SourceError(f"cannot read Parquet footer of '{f}': {e}") from None
+        metas[f] = meta
+        for g in range(meta.num_row_groups):
+            pieces.append((f, g, meta.row_group(g).num_rows))
+    mine = _split([p[2] for p in pieces], comm.size, comm.rank)
+    tables = []
+    by_file: dict[str, list[int]] = {}
+    for i in mine:
+        f, g, _ = pieces[i]
+        by_file.setdefault(f, []).append(g)
+    for f, groups in by_file.items():
+        present = set(metas[f].schema.to_arrow_schema().names)
+        cols = [c for c in schema.names if c in present]
+        try:
+            t = pq.ParquetFile(f).read_row_groups(groups, columns=cols, use_threads=True)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise SourceError(f"cannot read '{f}': {e}") from None
+        tables.append(_with_columns(t, schema, f))
+    return L.concat_tables(tables, schema), len(pieces)
+
+
+def _read_ipc(files: list[str], schema: pa.Schema, comm: Communicator) -> tuple[pa.Table, int]:
+    readers = []
+    pieces: list[tuple[int, int, int]] = []
+    for fi, f in enumerate(files):
+        try:
+            source = pa.memory_map(f, "r")
+            try:
+                reader = ipc.open_file(source)
+                batches = None
+            except pa.ArrowInvalid:  # the stream format: no random access to batches
+                source.seek(0)
+                batches = list(ipc.open_stream(source))
+                reader = None
+        except (pa.ArrowInvalid, OSError) as e:
+            raise SourceError(f"cannot read Arrow IPC file '{f}': {e}") from None
+        readers.append((reader, batches))
+        count = reader.num_record_batches if reader is not None else len(batches)  # type: ignore[arg-type]
+        for b in range(count):
+            rows = reader.get_batch(b).num_rows if reader is not None else batches[b].num_rows  # type: ignore[index]
+            pieces.append((fi, b, rows))
+    mine = _split([p[2] for p in pieces], comm.size, comm.rank)
+    tables = []
+    for i in mine:
+        fi, b, _ = pieces[i]
+        reader, batches = readers[fi]
+        batch = reader.get_batch(b) if reader is not None else batches[b]
+        t = pa.Table.from_batches([batch])
+        cols = [c for c in schema.names if c in t.column_names]
+        tables.append(_with_columns(t.select(cols), schema, files[fi]))
+    return L.concat_tables(tables, schema), len(pieces)
+
+
+def _read_csv(files: list[str], schema: pa.Schema, comm: Communicator) -> tuple[pa.Table, int]:
+    sizes = [max(os.path.getsize(f), 1) for f in files]
+    mine = _split(sizes, comm.size, comm.rank)
+    tables = []
+    for i in mine:
+        f = files[i]
+        convert = pacsv.ConvertOptions(
+            column_types={fld.name: fld.type for fld in schema},
+            include_columns=list(schema.names),
+            include_missing_columns=True,
+            strings_can_be_null=True,
+        )
+        try:
+            t = pacsv.read_csv(f, convert_options=convert)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise SourceError(f"cannot read CSV '{f}' with the traced column types: {e}") from None
+        tables.append(_with_columns(t, schema, f))
+    return L.concat_tables(tables, schema), len(files)
+
+
+_READERS = {
+    "df.read_parquet": (PARQUET_SUFFIXES, _read_parquet),
+    "df.read_ipc": (IPC_SUFFIXES, _read_ipc),
+    "df.read_csv": (CSV_SUFFIXES, _read_csv),
+}
+
+
+def read_source(op_name: str, path: str, schema: pa.Schema, comm: Communicator) -> pa.Table:
+    """This rank's part of a source (collective)."""
+    suffixes, reader = _READERS[op_name]
+    files = expand_paths(path, suffixes)
+    table, pieces = reader(files, schema, comm)
+    if comm.size > 1 and pieces < comm.size:
+        table = rebalance(comm, table)
+    return table
+
+
+# ---------------------------------------------------------------------------- sinks
+
+
+def stage_directory(comm: Communicator, path: str) -> str:
+    """A fresh hidden staging directory beside ``path``, made by rank 0 (collective)."""
+    name = None
+    if comm.rank == 0:
+        target = Path(path)
+        parent = target.resolve().parent
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = parent / f".{target.name}.tmp-{secrets.token_hex(6)}"
+        staging.mkdir()
+        name = str(staging)
+    if comm.size == 1:
+        return name  # type: ignore[return-value]
+    table = comm.bcast(pa.table({"p": [name]}) if comm.rank == 0 else None, 0)
+    return table.column("p")[0].as_py()
+
+
+def write_part(table: pa.Table, staging: str, rank: int, fmt: str) -> str:
+    out = os.path.join(staging, f"part-{rank}.{fmt}")
+    if fmt == "parquet":
+        pq.write_table(table, out)
+    elif fmt == "csv":
+        pacsv.write_csv(table, out)
+    elif fmt == "arrow":
+        with pa.OSFile(out, "wb") as sink, ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+    else:  # pragma: no cover - guarded by SINK_FORMATS
+        raise ValueError(f"unknown sink format {fmt}")
+    return out
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Atomically swaps two paths (Linux renameat2); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    return rc == 0
+
+
+def commit_directory(staging: str, path: str) -> None:
+    """Moves the staged directory to ``path``, replacing what was there atomically."""
+    target = Path(path).resolve()
+    if not os.path.lexists(target):
+        os.rename(staging, target)
+        return
+    if _exchange(staging, str(target)):
+        _remove(staging)  # now holds the previous output
+        return
+    old = target.parent / f".{target.name}.old-{secrets.token_hex(6)}"
+    os.rename(target, old)
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    _remove(str(old))
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def discard_directory(staging: str) -> None:
+    shutil.rmtree(staging, ignore_errors=True)

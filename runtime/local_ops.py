@@ -1,0 +1,576 @@
+"""The ``df`` operators on one partition (one rank's rows), with the exact output schemas of
+``dialects/dataframe.py``'s ``infer_*`` functions: every result is conformed to the schema
+recorded in plan.json (column order, names, element types).
+
+What runs where:
+
+* Arrow C++ (via ``pyarrow``) does the heavy lifting wherever it has the kernel: filters,
+  ``take``, ``Table.join`` (hash join, on row indices only - see ``join``), ``group_by``
+  aggregation (sum/mean/min/max/count/stddev/variance/count_distinct), ``sort_indices``
+  (stable), scalar aggregates, casts.
+* Own code, and why:
+  - join output assembly: Arrow's ``Table.join`` names, orders and coalesces columns its own
+    way; we join key columns + row indices and ``take`` the payload, which gives pandas'
+    column layout, coalesced ``on=`` keys and suffixes exactly, and works for any payload
+    type;
+  - ``median``: Arrow only has an approximate (t-digest) grouped median; ours is exact
+    (numpy: sort by (group, value), pick the middle), averaging the two middle values like
+    pandas/DuckDB;
+  - ``intersect``/``difference``: Arrow joins never match null keys, but set operations
+    compare nulls as equal (SQL's IS NOT DISTINCT FROM), so they are a ``group_by`` over all
+    columns of both inputs with a side tag (groups treat nulls as equal);
+  - ``drop_duplicates(subset)`` keeps the first occurrence: ``group_by(subset)`` with the
+    minimum row index, then ``take`` in row order;
+  - rolling windows: numpy (prefix sums for sums/means, a doubling "sparse table" for
+    min/max, so any window size costs O(n log k)); Arrow has no rolling kernels.
+
+Semantics: README "Semantics" (SQL nulls, pandas names). Notable details: aggregates skip
+nulls and an all-null (or empty) group gives null except count/size/nunique (0); std/var
+use ddof=1 (null for fewer than two values); sort is stable with nulls last in both
+directions (NaN sorts after numbers, before nulls, as in Arrow and pandas); rolling windows
+use min_periods = k, so a window holding a null gives null.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from opgraph.runtime.expr_eval import arrow_type, broadcast, eval_region
+
+__all__ = [
+    "DECOMPOSABLE",
+    "aggregate",
+    "arrow_schema",
+    "concat",
+    "concat_tables",
+    "conform",
+    "difference",
+    "distinct",
+    "drop",
+    "filter_table",
+    "groupby_agg",
+    "head",
+    "intersect",
+    "join",
+    "join_key_types",
+    "map_table",
+    "project",
+    "rename",
+    "set_membership",
+    "sort",
+    "sort_indices",
+    "union",
+    "window",
+    "window_column",
+]
+
+
+# ------------------------------------------------------------------------- schemas
+
+
+def _col(c: Any, key: str) -> Any:
+    return c[key] if isinstance(c, dict) else getattr(c, key)
+
+
+def arrow_schema(columns: Sequence[Any], nullable: bool = False) -> pa.Schema:
+    """The Arrow schema of a plan.json schema (list of {name, type, nullable}). Internal
+    tables mark every field nullable (``nullable=False``, the default here, ignores the
+    plan's flags): parts on different ranks then always share one schema."""
+    return pa.schema(
+        [
+            pa.field(_col(c, "name"), arrow_type(_col(c, "type")), bool(_col(c, "nullable")) or not nullable)
+            for c in columns
+        ]
+    )
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table``'s columns named by ``schema``, in its order, cast to its types."""
+    names = schema.names
+    if table.column_names != names:
+        table = table.select(names)
+    if table.schema.equals(schema, check_metadata=False):
+        return table.replace_schema_metadata(None) if table.schema.metadata else table
+    arrays = []
+    for i, field in enumerate(schema):
+        col = table.column(i)
+        if col.type != field.type:
+            col = _cast_column(col, field.type)
+        arrays.append(col)
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _cast_column(col: pa.ChunkedArray | pa.Array, to: pa.DataType) -> pa.ChunkedArray | pa.Array:
+    if pa.types.is_dictionary(col.type):
+        col = pc.cast(col, col.type.value_type)
+    if col.type == to:
+        return col
+    return pc.cast(col, to, safe=False)
+
+
+def concat_tables(tables: Sequence[pa.Table], schema: pa.Schema) -> pa.Table:
+    """Concatenation of tables with the same column names (types conformed to ``schema``)."""
+    parts = [conform(t, schema) for t in tables]
+    nonempty = [t for t in parts if t.num_rows]
+    if nonempty:
+        parts = nonempty
+    elif parts:
+        parts = parts[:1]
+    if not parts:
+        return schema.empty_table()
+    if len(parts) == 1:
+        return parts[0]
+    return pa.concat_tables(parts)
+
+
+def empty_like(schema: pa.Schema) -> pa.Table:
+    return schema.empty_table()
+
+
+# ---------------------------------------------------------------- row-wise operators
+
+
+def filter_table(table: pa.Table, region: Sequence[Any]) -> pa.Table:
+    """Rows whose predicate is true; null counts as false."""
+    (mask,) = eval_region(region, table)
+    if isinstance(mask, pa.Scalar):
+        return table if (mask.is_valid and mask.as_py()) else table.slice(0, 0)
+    return table.filter(mask, null_selection_behavior="drop")
+
+
+def project(table: pa.Table, columns: Sequence[str]) -> pa.Table:
+    return table.select(list(columns))
+
+
+def map_table(table: pa.Table, names: Sequence[str], region: Sequence[Any], schema: pa.Schema) -> pa.Table:
+    """pandas ``assign``: an existing name is replaced in place, a new one appended."""
+    values = eval_region(region, table)
+    if len(values) != len(names):
+        raise ValueError(f"df.map: region yields {len(values)} values for {len(names)} names")
+    cols = dict(zip(table.column_names, table.columns))
+    order = list(table.column_names)
+    for name, value in zip(names, values):
+        if name not in cols:
+            order.append(name)
+        cols[name] = broadcast(value, table.num_rows, schema.field(name).type)
+    return pa.Table.from_arrays([cols[n] for n in schema.names], schema=schema)
+
+
+def rename(table: pa.Table, old: Sequence[str], new: Sequence[str]) -> pa.Table:
+    mapping = dict(zip(old, new))
+    return table.rename_columns([mapping.get(n, n) for n in table.column_names])
+
+
+def drop(table: pa.Table, columns: Sequence[str]) -> pa.Table:
+    gone = set(columns)
+    return table.select([n for n in table.column_names if n not in gone])
+
+
+# ---------------------------------------------------------------------------- joins
+
+
+def _promote(a: pa.DataType, b: pa.DataType) -> pa.DataType:
+    """numpy-style promotion, as ``dataframe.promote`` (bool < int < float, wider wins)."""
+    if a == b:
+        return a
+    if pa.types.is_floating(a) or pa.types.is_floating(b):
+        if pa.types.is_float64(a) or pa.types.is_float64(b):
+            return pa.float64()
+        other = b if pa.types.is_floating(a) else a
+        if pa.types.is_integer(other) and other.bit_width > 16:
+            return pa.float64()
+        return pa.float32()
+    if pa.types.is_integer(a) and pa.types.is_integer(b):
+        return a if a.bit_width >= b.bit_width else b
+    return a
+
+
+def join_key_types(left: pa.Schema, right: pa.Schema, left_on: Sequence[str], right_on: Sequence[str]) -> list[pa.DataType]:
+    """The common type of each key pair: both sides are cast to it before hashing/joining,
+    so equal values hash alike and compare equal whatever their widths."""
+    return [_promote(left.field(lk).type, right.field(rk).type) for lk, rk in zip(left_on, right_on)]
+
+
+_JOIN_TYPES = {"inner": "inner", "left": "left outer", "right": "right outer", "outer": "full outer"}
+
+
+def join(
+    left: pa.Table,
+    right: pa.Table,
+    how: str,
+    left_on: Sequence[str],
+    right_on: Sequence[str],
+    schema: pa.Schema,
+) -> pa.Table:
+    """pandas ``merge``: left columns, then right non-key columns; ``on=`` keys (same name on
+    both sides) appear once, coalesced for right/outer joins; null keys never match."""
+    if how not in _JOIN_TYPES:
+        raise ValueError(f"unknown join kind '{how}'")
+    key_types = join_key_types(left.schema, right.schema, left_on, right_on)
+    lkeys = [_cast_column(left.column(k), t) for k, t in zip(left_on, key_types)]
+    rkeys = [_cast_column(right.column(k), t) for k, t in zip(right_on, key_types)]
+    lnames = [f"__k{i}" for i in range(len(lkeys))]
+    rnames = [f"__rk{i}" for i in range(len(rkeys))]
+    lt = pa.Table.from_arrays([*lkeys, pa.array(np.arange(left.num_rows, dtype=np.int64))], names=[*lnames, "__l"])
+    rt = pa.Table.from_arrays([*rkeys, pa.array(np.arange(right.num_rows, dtype=np.int64))], names=[*rnames, "__r"])
+    pairs = lt.join(rt, keys=lnames, right_keys=rnames, join_type=_JOIN_TYPES[how], coalesce_keys=False, use_threads=True)
+    li = pairs.column("__l")
+    ri = pairs.column("__r")
+    merged = {lk: i for i, (lk, rk) in enumerate(zip(left_on, right_on)) if lk == rk}
+    arrays: list[Any] = []
+    for name in left.column_names:
+        if name in merged:
+            i = merged[name]
+            key = pc.take(lkeys[i], li)
+            if how in ("right", "outer"):
+                key = pc.coalesce(key, pc.take(rkeys[i], ri))
+            arrays.append(key)
+        else:
+            arrays.append(left.column(name).take(li))
+    for name in right.column_names:
+        if name in merged:
+            continue
+        arrays.append(right.column(name).take(ri))
+    if len(arrays) != len(schema):
+        raise ValueError(f"df.join: produced {len(arrays)} columns, the plan's schema has {len(schema)}")
+    arrays = [_cast_column(a, f.type) if a.type != f.type else a for a, f in zip(arrays, schema)]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+# -------------------------------------------------------------------- set operators
+
+
+def concat(a: pa.Table, b: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Union all: a's rows then b's."""
+    return concat_tables([a, b], schema)
+
+
+def distinct(table: pa.Table, subset: Sequence[str] | None = None) -> pa.Table:
+    """``drop_duplicates``: one row per distinct ``subset`` value (all columns if None), the
+    first occurrence, in first-occurrence order; nulls compare equal."""
+    if table.num_rows == 0:
+        return table
+    cols = list(subset) if subset else table.column_names
+    idx = pa.array(np.arange(table.num_rows, dtype=np.int64))
+    keyed = pa.Table.from_arrays([*(table.column(c) for c in cols), idx], names=[*(f"__c{i}" for i in range(len(cols))), "__i"])
+    firsts = keyed.group_by([f"__c{i}" for i in range(len(cols))], use_threads=False).aggregate([("__i", "min")])
+    order = np.sort(firsts.column("__i_min").to_numpy())
+    if len(order) == table.num_rows:
+        return table
+    return table.take(pa.array(order))
+
+
+def union(a: pa.Table, b: pa.Table, schema: pa.Schema) -> pa.Table:
+    return distinct(concat_tables([a, b], schema))
+
+
+def set_membership(a: pa.Table, b: pa.Table, schema: pa.Schema, keep: str) -> pa.Table:
+    """Distinct rows of ``a`` that are (``keep="both"``) or are not (``"left_only"``) rows of
+    ``b``; nulls compare equal (SQL INTERSECT / EXCEPT)."""
+    a = conform(a, schema)
+    b = conform(b, schema)
+    names = [f"__c{i}" for i in range(len(schema))]
+    tag_a = pa.array(np.zeros(a.num_rows, dtype=np.int8))
+    tag_b = pa.array(np.ones(b.num_rows, dtype=np.int8))
+    both = pa.concat_tables(
+        [
+            pa.Table.from_arrays([*a.columns, tag_a], names=[*names, "__t"]),
+            pa.Table.from_arrays([*b.columns, tag_b], names=[*names, "__t"]),
+        ]
+    )
+    if both.num_rows == 0:
+        return schema.empty_table()
+    g = both.group_by(names, use_threads=False).aggregate([("__t", "min"), ("__t", "max")])
+    lo, hi = g.column("__t_min"), g.column("__t_max")
+    if keep == "both":
+        mask = pc.and_(pc.equal(lo, 0), pc.equal(hi, 1))
+    else:
+        mask = pc.equal(hi, 0)
+    out = g.filter(mask)
+    return pa.Table.from_arrays([out.column(n) for n in names], schema=schema)
+
+
+def intersect(a: pa.Table, b: pa.Table, schema: pa.Schema) -> pa.Table:
+    return set_membership(a, b, schema, "both")
+
+
+def difference(a: pa.Table, b: pa.Table, schema: pa.Schema) -> pa.Table:
+    return set_membership(a, b, schema, "left_only")
+
+
+# --------------------------------------------------------------------------- sorting
+
+
+def _sort_keys_supported() -> bool:
+    try:
+        pc.SortOptions(sort_keys=[("x", "ascending", "at_end")])
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+_PER_KEY_NULLS = _sort_keys_supported()
+
+
+def sort_indices(table: pa.Table, by: Sequence[str], ascending: Sequence[bool]) -> pa.Array:
+    """Stable sort order; nulls last for every key in both directions."""
+    if _PER_KEY_NULLS:
+        keys = [(b, "ascending" if a else "descending", "at_end") for b, a in zip(by, ascending)]
+        return pc.sort_indices(table, sort_keys=keys)
+    keys2 = [(b, "ascending" if a else "descending") for b, a in zip(by, ascending)]
+    return pc.sort_indices(table, sort_keys=keys2, null_placement="at_end")
+
+
+def sort(table: pa.Table, by: Sequence[str], ascending: Sequence[bool]) -> pa.Table:
+    if table.num_rows <= 1:
+        return table
+    return table.take(sort_indices(table.select(list(by)), by, ascending))
+
+
+def head(table: pa.Table, n: int) -> pa.Table:
+    return table.slice(0, max(0, n))
+
+
+# ----------------------------------------------------------------------- aggregation
+
+DECOMPOSABLE = ("sum", "mean", "min", "max", "count", "size")
+
+
+def _agg_input(col: pa.ChunkedArray, fn: str) -> pa.ChunkedArray:
+    """The column as the aggregate reads it: sums of ints/bools in int64, of floats in
+    float64 (the plan's result types); bools as numbers for mean/std/var/median."""
+    t = col.type
+    if fn == "sum":
+        if pa.types.is_floating(t):
+            return _cast_column(col, pa.float64())
+        if pa.types.is_integer(t) or pa.types.is_boolean(t):
+            return _cast_column(col, pa.int64())
+    if fn in ("mean", "std", "var", "median") and (pa.types.is_boolean(t) or pa.types.is_integer(t)):
+        return _cast_column(col, pa.float64())
+    if fn in ("mean", "std", "var", "median") and pa.types.is_float32(t):
+        return _cast_column(col, pa.float64())
+    return col
+
+
+_ARROW_AGG = {
+    "sum": ("sum", lambda: pc.ScalarAggregateOptions(skip_nulls=True, min_count=1)),
+    "mean": ("mean", lambda: pc.ScalarAggregateOptions(skip_nulls=True, min_count=1)),
+    "min": ("min", lambda: pc.ScalarAggregateOptions(skip_nulls=True, min_count=1)),
+    "max": ("max", lambda: pc.ScalarAggregateOptions(skip_nulls=True, min_count=1)),
+    "count": ("count", lambda: pc.CountOptions(mode="only_valid")),
+    "size": ("count", lambda: pc.CountOptions(mode="all")),
+    "std": ("stddev", lambda: pc.VarianceOptions(ddof=1)),
+    "var": ("variance", lambda: pc.VarianceOptions(ddof=1)),
+    "nunique": ("count_distinct", lambda: pc.CountOptions(mode="only_valid")),
+    "median": ("list", None),
+}
+
+
+def _segment_median(values: pa.Array, offsets: np.ndarray) -> pa.Array:
+    """Exact median of each list segment ``values[offsets[i]:offsets[i+1]]`` (nulls skipped;
+    an empty or all-null segment gives null)."""
+    ngroups = len(offsets) - 1
+    vals = values.to_numpy(zero_copy_only=False) if values.null_count == 0 else None
+    seg = np.repeat(np.arange(ngroups, dtype=np.int64), np.diff(offsets))
+    if vals is None:
+        valid = pc.is_valid(values).to_numpy(zero_copy_only=False)
+        vals = pc.fill_null(values, 0.0).to_numpy(zero_copy_only=False)[valid]
+        seg = seg[valid]
+    vals = np.asarray(vals, dtype=np.float64)
+    order = np.lexsort((vals, seg))
+    vals = vals[order]
+    counts = np.bincount(seg, minlength=ngroups)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]) if ngroups else np.zeros(0, dtype=np.int64)
+    has = counts > 0
+    lo = np.where(has, starts + (counts - 1) // 2, 0)
+    hi = np.where(has, starts + counts // 2, 0)
+    if len(vals):
+        med = (vals[lo] + vals[hi]) / 2.0
+    else:
+        med = np.zeros(ngroups)
+    return pa.array(med, type=pa.float64(), mask=~has)
+
+
+def groupby_agg(table: pa.Table, keys: Sequence[str], aggs: Sequence[Sequence[str]], schema: pa.Schema) -> pa.Table:
+    """``groupby(keys).agg(name=(column, fn))``: null keys form one group."""
+    keys = list(keys)
+    key_names = [f"__g{i}" for i in range(len(keys))]
+    arrays = [table.column(k) for k in keys]
+    names = list(key_names)
+    specs = []
+    for i, (_, col, fn) in enumerate(aggs):
+        arrow_fn, options = _ARROW_AGG[fn]
+        arrays.append(_agg_input(table.column(col), fn))
+        names.append(f"__a{i}")
+        specs.append((f"__a{i}", arrow_fn, options() if options else None))
+    work = pa.Table.from_arrays(arrays, names=names)
+    result = work.group_by(key_names, use_threads=True).aggregate(specs)
+    out = [result.column(k) for k in key_names]
+    for i, (_, _, fn) in enumerate(aggs):
+        arrow_fn = _ARROW_AGG[fn][0]
+        col = result.column(f"__a{i}_{arrow_fn}")
+        if fn == "median":
+            col = _list_median(col)
+        out.append(col)
+    return pa.Table.from_arrays([_cast_column(a, f.type) if a.type != f.type else a for a, f in zip(out, schema)], schema=schema)
+
+
+def _list_median(col: pa.ChunkedArray) -> pa.Array:
+    lists = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if isinstance(lists, pa.ChunkedArray):  # pyarrow < 16 returns a ChunkedArray for lists
+        lists = pa.concat_arrays(lists.chunks) if lists.num_chunks else pa.array([], lists.type)
+    offsets = lists.offsets.to_numpy()
+    values = lists.values
+    # the offsets of a sliced list array start past zero: rebase them onto ``values``
+    return _segment_median(values, offsets - offsets[0]) if len(offsets) else pa.array([], pa.float64())
+
+
+def aggregate(table: pa.Table, aggs: Sequence[Sequence[str]], schema: pa.Schema) -> pa.Table:
+    """Whole-table aggregation: one row (sum/mean/min/max/std/var/median of an empty or
+    all-null column are null; count/size/nunique are 0)."""
+    out = []
+    for _, col, fn in aggs:
+        out.append(pa.array([scalar_aggregate(table.column(col), fn)]))
+    return pa.Table.from_arrays(
+        [_cast_column(a, f.type) if a.type != f.type else a for a, f in zip(out, schema)], schema=schema
+    )
+
+
+def scalar_aggregate(col: pa.ChunkedArray, fn: str) -> pa.Scalar:
+    x = _agg_input(col, fn)
+    if fn == "size":
+        return pa.scalar(len(x), pa.int64())
+    if fn == "count":
+        return pa.scalar(len(x) - x.null_count, pa.int64())
+    if fn == "nunique":
+        return pa.scalar(pc.count_distinct(x, mode="only_valid").as_py(), pa.int64())
+    if fn == "sum":
+        return pc.sum(x, min_count=1)
+    if fn == "mean":
+        return pc.mean(x, min_count=1)
+    if fn == "min":
+        return pc.min(x, min_count=1)
+    if fn == "max":
+        return pc.max(x, min_count=1)
+    if fn == "std":
+        return pc.stddev(x, ddof=1, min_count=2)
+    if fn == "var":
+        return pc.variance(x, ddof=1, min_count=2)
+    if fn == "median":
+        arr = x.combine_chunks() if isinstance(x, pa.ChunkedArray) else x
+        if isinstance(arr, pa.ChunkedArray):
+            arr = pa.concat_arrays(arr.chunks) if arr.num_chunks else pa.array([], pa.float64())
+        return _segment_median(arr, np.array([0, len(arr)], dtype=np.int64))[0]
+    raise ValueError(f"unknown aggregate '{fn}'")
+
+
+# --------------------------------------------------------------------------- windows
+
+
+def _shifted(arr: pa.Array, n: int) -> pa.Array:
+    length = len(arr)
+    if n == 0:
+        return arr
+    if abs(n) >= length:
+        return pa.nulls(length, arr.type)
+    if n > 0:
+        return pa.concat_arrays([pa.nulls(n, arr.type), arr.slice(0, length - n)])
+    return pa.concat_arrays([arr.slice(-n), pa.nulls(-n, arr.type)])
+
+
+def _window_nulls(valid: np.ndarray | None, length: int, k: int) -> np.ndarray:
+    """Mask of rows whose trailing window of k rows is complete and null-free."""
+    ok = np.zeros(length, dtype=bool)
+    if length < k:
+        return ok
+    if valid is None:
+        ok[k - 1 :] = True
+        return ok
+    bad = np.concatenate([[0], np.cumsum(~valid, dtype=np.int64)])
+    ok[k - 1 :] = (bad[k:] - bad[:-k]) == 0
+    return ok
+
+
+def _rolling_sum(values: np.ndarray, k: int) -> np.ndarray:
+    """Sum over each trailing window of k (row i >= k-1); exact for integers."""
+    n = len(values)
+    out = np.zeros(n, dtype=values.dtype)
+    if n < k:
+        return out
+    if values.dtype.kind == "f" and (k <= 64 or not np.isfinite(values).all()):
+        # short windows (or NaN/inf present): direct sums, no prefix-sum cancellation
+        from numpy.lib.stride_tricks import sliding_window_view
+
+        out[k - 1 :] = sliding_window_view(values, k).sum(axis=1)
+        return out
+    csum = np.concatenate([np.zeros(1, dtype=values.dtype), np.cumsum(values)])
+    out[k - 1 :] = csum[k:] - csum[:-k]
+    return out
+
+
+def _rolling_extreme(values: np.ndarray, k: int, fn) -> np.ndarray:
+    """min/max over each trailing window of k, O(n log k): windows of 2^j by doubling, then
+    two overlapping power-of-two windows cover any k."""
+    n = len(values)
+    out = np.zeros(n, dtype=values.dtype)
+    if n < k:
+        return out
+    level = values
+    width = 1
+    while width * 2 <= k:
+        level = fn(level[:-width], level[width:]) if len(level) > width else level[:0]
+        width *= 2
+    # level[i] = extreme of values[i : i + width]
+    starts = np.arange(0, n - k + 1)
+    out[k - 1 :] = fn(level[starts], level[starts + k - width])
+    return out
+
+
+def window_column(arr: pa.Array | pa.ChunkedArray, func: str, param: int, result_type: pa.DataType) -> pa.Array:
+    """A window function over ``arr`` in its row order (rows before the first full window
+    are null)."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+        if isinstance(arr, pa.ChunkedArray):
+            arr = pa.concat_arrays(arr.chunks) if arr.num_chunks else pa.array([], arr.type)
+    n = len(arr)
+    if func == "shift":
+        return _cast_column(_shifted(arr, param), result_type)
+    if func == "diff":
+        x = _cast_column(arr, result_type)
+        return pc.subtract(x, _shifted(x, param))
+    k = param
+    t = arr.type
+    valid = pc.is_valid(arr).to_numpy(zero_copy_only=False) if arr.null_count else None
+    if func in ("rolling_sum", "rolling_mean"):
+        if pa.types.is_floating(t) or func == "rolling_mean":
+            vals = pc.fill_null(_cast_column(arr, pa.float64()), 0.0).to_numpy(zero_copy_only=False)
+        else:
+            vals = pc.fill_null(_cast_column(arr, pa.int64()), 0).to_numpy(zero_copy_only=False)
+        out = _rolling_sum(vals, k)
+        if func == "rolling_mean":
+            out = out / k
+    elif func in ("rolling_min", "rolling_max"):
+        fill = 0 if not pa.types.is_boolean(t) else False
+        vals = pc.fill_null(arr, fill).to_numpy(zero_copy_only=False)
+        out = _rolling_extreme(vals, k, np.minimum if func == "rolling_min" else np.maximum)
+    else:
+        raise ValueError(f"unknown window function '{func}'")
+    ok = _window_nulls(valid, n, k)
+    return _cast_column(pa.array(out, mask=~ok), result_type)
+
+
+def window(table: pa.Table, func: str, column: str, param: int, output: str, schema: pa.Schema) -> pa.Table:
+    result_type = schema.field(output).type
+    values = window_column(table.column(column), func, param, result_type)
+    return _place(table, output, values, schema)
+
+
+def _place(table: pa.Table, output: str, values: Any, schema: pa.Schema) -> pa.Table:
+    cols = dict(zip(table.column_names, table.columns))
+    cols[output] = values
+    return pa.Table.from_arrays([cols[n] for n in schema.names], schema=schema)

@@ -1,0 +1,268 @@
+"""``MPICommunicator``: the runtime's communicator interface over an mpi4py communicator.
+
+Tables cross ranks as Arrow IPC *stream* bytes: a table is written with ``pa.ipc`` into one
+``pa.BufferOutputStream`` and the resulting buffer is sent with mpi4py's uppercase (buffer)
+API as a numpy ``uint8`` view (no copy); the receiver deserialises with
+``pa.ipc.open_stream(pa.py_buffer(bytes))``, whose columns point into the receive buffer (no
+copy). Sizes travel first (``Alltoall``/``Allgather``/``Gather``/``Bcast`` of int64 counts) so
+every receive buffer is allocated exactly. Nothing is pickled: small numeric arrays go through
+``Allreduce`` on their own buffers.
+
+A rank's own part never goes through MPI: ``alltoallv``/``gather``/``allgather`` hand it back
+by reference, as the local communicator does.
+
+``send`` is *buffered*, as in the local communicator: it starts an ``Isend`` and returns at
+once, so the common halo pattern "everyone sends to the right neighbour, then receives from the
+left" cannot deadlock on MPI's rendezvous protocol. Pending sends are completed by later calls,
+by ``barrier`` and by ``finish``.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+from mpi4py import MPI
+
+from opgraph.runtime.communicator import REDUCE_OPS, Communicator
+
+__all__ = ["MPICommunicator", "buffer_to_table", "serialize_tables", "table_to_buffer"]
+
+_MPI_OPS = {"sum": MPI.SUM, "min": MPI.MIN, "max": MPI.MAX, "prod": MPI.PROD}
+assert set(_MPI_OPS) == set(REDUCE_OPS)
+
+
+def table_to_buffer(table: pa.Table) -> pa.Buffer:
+    """One table as Arrow IPC stream bytes (schema, record batches, end-of-stream)."""
+    return serialize_tables([table])[0]
+
+
+def serialize_tables(tables: Sequence[pa.Table | None]) -> tuple[pa.Buffer, np.ndarray]:
+    """Several tables as consecutive IPC streams in one buffer, and each stream's size (0 for
+    a None entry). The sizes are measured first (``MockOutputStream`` copies nothing), so the
+    buffer is allocated once, exactly, from Arrow's pool and written in one pass."""
+    sizes = np.zeros(len(tables), dtype=np.int64)
+    for i, table in enumerate(tables):
+        if table is not None:
+            mock = pa.MockOutputStream()
+            _write_stream(mock, table)
+            sizes[i] = mock.size()
+    buf = pa.allocate_buffer(int(sizes.sum()))
+    sink = pa.FixedSizeBufferWriter(buf)
+    for i, table in enumerate(tables):
+        if table is not None:
+            start = sink.tell()
+            _write_stream(sink, table)
+            if sink.tell() - start != sizes[i]:  # pragma: no cover - Arrow invariant
+                raise RuntimeError("Arrow IPC stream size changed between measuring and writing")
+    return buf, sizes
+
+
+def _write_stream(sink, table: pa.Table) -> None:
+    if not isinstance(table, pa.Table):
+        raise TypeError(f"the communicator moves pyarrow.Table objects, not {type(table).__name__}")
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
+def buffer_to_table(data) -> pa.Table:
+    """The table in Arrow IPC stream bytes (``pa.Buffer``, numpy array or bytes); zero-copy:
+    the table's columns keep ``data`` alive and point into it."""
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+
+
+def _as_bytes(buf: pa.Buffer) -> np.ndarray:
+    return np.frombuffer(buf, dtype=np.uint8)
+
+
+def _alloc(n: int) -> tuple[pa.Buffer, np.ndarray]:
+    """A receive buffer from Arrow's memory pool (64-byte aligned; the pool keeps freed pages,
+    so repeated exchanges do not pay the kernel's first-touch page faults again) and a
+    writable numpy view of it for MPI."""
+    buf = pa.allocate_buffer(n)
+    return buf, np.frombuffer(buf, dtype=np.uint8)
+
+
+def _displacements(sizes: np.ndarray) -> np.ndarray:
+    displs = np.zeros(len(sizes), dtype=np.int64)
+    np.cumsum(sizes[:-1], out=displs[1:])
+    return displs
+
+
+class MPICommunicator(Communicator):
+    """``Communicator`` over an ``mpi4py.MPI.Comm`` (``MPI.COMM_WORLD`` by default)."""
+
+    #: Called with the message before ``abort`` stops the run (the MPI worker uses it to leave
+    #: a machine-readable error record for the launcher). Shared by sub-communicators.
+    abort_hook: Callable[[str], None] | None = None
+
+    def __init__(self, comm: MPI.Comm | None = None):
+        self._comm = MPI.COMM_WORLD if comm is None else comm
+        self._rank = self._comm.Get_rank()
+        self._size = self._comm.Get_size()
+        self._pending: list[tuple[MPI.Request, pa.Buffer]] = []
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def rank(self) -> int:
+        return self._rank
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def mpi_comm(self) -> MPI.Comm:
+        return self._comm
+
+    def __repr__(self) -> str:
+        return f"<MPICommunicator rank {self._rank} of {self._size}>"
+
+    # ------------------------------------------------------------- collectives
+    def alltoallv(self, parts: Sequence[pa.Table]) -> list[pa.Table]:
+        if len(parts) != self._size:
+            raise ValueError(f"alltoallv needs one part per rank ({self._size}), got {len(parts)}")
+        me = self._rank
+        # every outgoing part into one contiguous buffer (one copy: the IPC write itself)
+        send_buf, send_sizes = serialize_tables([None if dest == me else part for dest, part in enumerate(parts)])
+        send_bytes = _as_bytes(send_buf)
+        recv_sizes = np.zeros(self._size, dtype=np.int64)
+        self._comm.Alltoall(send_sizes, recv_sizes)
+        recv_buf, recv_bytes = _alloc(int(recv_sizes.sum()))
+        recv_displs = _displacements(recv_sizes)
+        self._comm.Alltoallv(
+            [send_bytes, (send_sizes, _displacements(send_sizes)), MPI.BYTE],
+            [recv_bytes, (recv_sizes, recv_displs), MPI.BYTE],
+        )
+        out: list[pa.Table] = []
+        for src in range(self._size):
+            if src == me:
+                out.append(parts[me])
+            else:
+                out.append(buffer_to_table(recv_buf.slice(int(recv_displs[src]), int(recv_sizes[src]))))
+        return out
+
+    def bcast(self, table: pa.Table | None, root: int = 0) -> pa.Table:
+        size = np.zeros(1, dtype=np.int64)
+        if self._rank == root:
+            if table is None:
+                raise ValueError("bcast: the root rank must pass a table")
+            buf = table_to_buffer(table)
+            size[0] = buf.size
+            self._comm.Bcast(size, root=root)
+            self._comm.Bcast([_as_bytes(buf), MPI.BYTE], root=root)
+            return table
+        self._comm.Bcast(size, root=root)
+        buf, data = _alloc(int(size[0]))
+        self._comm.Bcast([data, MPI.BYTE], root=root)
+        return buffer_to_table(buf)
+
+    def gather(self, table: pa.Table, root: int = 0) -> list[pa.Table] | None:
+        is_root = self._rank == root
+        buf = None if is_root else table_to_buffer(table)
+        send = _as_bytes(buf) if buf is not None else np.empty(0, dtype=np.uint8)
+        my_size = np.array([send.size], dtype=np.int64)
+        sizes = np.zeros(self._size, dtype=np.int64) if is_root else None
+        self._comm.Gather(my_size, sizes, root=root)
+        if not is_root:
+            self._comm.Gatherv([send, MPI.BYTE], None, root=root)
+            return None
+        displs = _displacements(sizes)
+        buf, recv = _alloc(int(sizes.sum()))
+        self._comm.Gatherv([send, MPI.BYTE], [recv, (sizes, displs), MPI.BYTE], root=root)
+        return [
+            table if src == root else buffer_to_table(buf.slice(int(displs[src]), int(sizes[src])))
+            for src in range(self._size)
+        ]
+
+    def allgather(self, table: pa.Table) -> list[pa.Table]:
+        send = _as_bytes(table_to_buffer(table))
+        sizes = np.zeros(self._size, dtype=np.int64)
+        self._comm.Allgather(np.array([send.size], dtype=np.int64), sizes)
+        displs = _displacements(sizes)
+        buf, recv = _alloc(int(sizes.sum()))
+        self._comm.Allgatherv([send, MPI.BYTE], [recv, (sizes, displs), MPI.BYTE])
+        return [
+            table if src == self._rank else buffer_to_table(buf.slice(int(displs[src]), int(sizes[src])))
+            for src in range(self._size)
+        ]
+
+    def allreduce(self, values: np.ndarray, op: str = "sum") -> np.ndarray:
+        if op not in _MPI_OPS:
+            raise ValueError(f"allreduce: unknown op '{op}' (expected one of {', '.join(REDUCE_OPS)})")
+        arr = np.asarray(values)
+        if arr.dtype == object or arr.dtype.kind not in "biufc":
+            raise TypeError(f"allreduce works on numeric arrays, not dtype {arr.dtype}")
+        shape = arr.shape
+        flat = np.ascontiguousarray(arr).reshape(-1)
+        out = np.empty_like(flat)
+        self._comm.Allreduce(flat, out, op=_MPI_OPS[op])
+        return out.reshape(shape)
+
+    def barrier(self) -> None:
+        self._complete_sends(wait=True)
+        self._comm.Barrier()
+
+    # ---------------------------------------------------------- point to point
+    def send(self, table: pa.Table, dest: int, tag: int = 0) -> None:
+        buf = table_to_buffer(table)
+        req = self._comm.Isend([_as_bytes(buf), MPI.BYTE], dest=dest, tag=tag)
+        with self._lock:
+            self._pending.append((req, buf))  # the buffer lives until the send completes
+        self._complete_sends(wait=False)
+
+    def recv(self, source: int, tag: int = 0) -> pa.Table:
+        status = MPI.Status()
+        message = self._comm.Mprobe(source=source, tag=tag, status=status)
+        buf, data = _alloc(status.Get_count(MPI.BYTE))
+        message.Recv([data, MPI.BYTE])
+        self._complete_sends(wait=False)
+        return buffer_to_table(buf)
+
+    def _complete_sends(self, wait: bool) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if not pending:
+            return
+        requests = [req for req, _ in pending]
+        if wait:
+            MPI.Request.Waitall(requests)
+            return
+        still = [p for p, done in zip(pending, _test_each(requests)) if not done]
+        if still:
+            with self._lock:
+                self._pending[:0] = still
+
+    def finish(self) -> None:
+        """Waits until every buffered ``send`` of this rank has been delivered."""
+        self._complete_sends(wait=True)
+
+    # ------------------------------------------------------------------ groups
+    def split(self, color: int, key: int = 0) -> MPICommunicator:
+        return MPICommunicator(self._comm.Split(color, key))
+
+    def free(self) -> None:
+        """Releases a communicator made by ``split`` (never the world)."""
+        if self._comm not in (MPI.COMM_WORLD, MPI.COMM_SELF):
+            self._comm.Free()
+
+    def abort(self, message: str) -> None:
+        text = message if message.startswith("error:") else f"error: {message}"
+        hook = type(self).abort_hook
+        if hook is not None:
+            try:
+                hook(message)
+            except Exception as exc:  # noqa: BLE001 - aborting anyway
+                print(f"opgraph: abort hook failed: {exc}", file=sys.stderr)
+        try:
+            print(text, file=sys.stderr, flush=True)
+        finally:
+            MPI.COMM_WORLD.Abort(1)
+
+
+def _test_each(requests: list[MPI.Request]) -> list[bool]:
+    return [bool(req.Test()) for req in requests]

@@ -1,0 +1,288 @@
+"""The program every rank of an ``mpi`` engine run executes.
+
+    mpiexec -n N python -m opgraph.runtime.mpi_worker PLAN.json INPUTS_DIR RESULT_DIR [--expect-ranks N]
+
+* ``PLAN.json`` is the compiled plan (data only: validated as ``PlanDoc``, no code is run from
+  it). Rank 0 reads it and broadcasts the bytes, so only rank 0 needs to see the file.
+* ``INPUTS_DIR`` holds ``input_<i>.arrow`` (Arrow IPC files) for the tables bound to
+  ``df.input`` ops, by index. When every rank sees the directory (one node, or a shared
+  filesystem) each rank memory-maps the files (no copy); otherwise rank 0 broadcasts them.
+* ``RESULT_DIR``: rank 0 writes the outputs as ``output_<i>.arrow`` and then ``results.json``
+  (the success marker). Each rank leaves ``rank<r>.pid`` there when it can, so the launcher can
+  name the rank behind a PID that MPI reports as killed.
+
+Any exception on any rank prints one line ``error: [<file>:<line>: ]<message> (on rank r of
+n)`` on stderr, leaves ``error-rank<r>.json`` in ``RESULT_DIR`` (when visible) and calls
+``MPI_Abort``, so the whole run stops at once instead of hanging in the next collective.
+Set ``OPGRAPH_DEBUG=1`` to also get the Python traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+ExecuteFn = Callable[[Any, list[pa.Table], Any], list[pa.Table]]
+
+RESULTS_MANIFEST = "results.json"
+_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
+
+
+def input_path(directory: str | os.PathLike, index: int) -> Path:
+    return Path(directory) / f"input_{index}.arrow"
+
+
+def output_path(directory: str | os.PathLike, index: int) -> Path:
+    return Path(directory) / f"output_{index}.arrow"
+
+
+def write_ipc_file(path: Path, table: pa.Table) -> None:
+    """An Arrow IPC file, written under a temporary name and renamed (never half-written)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    os.replace(tmp, path)
+
+
+def read_ipc_file(path: Path) -> pa.Table:
+    """Memory-mapped (zero-copy; the mapping outlives an unlink of the file on POSIX)."""
+    with pa.memory_map(str(path), "r") as source:
+        return pa.ipc.open_file(source).read_all()
+
+
+# ----------------------------------------------------------------- error reports
+
+
+def describe_exception(exc: BaseException) -> dict[str, Any]:
+    """Message and user source place of an exception. OpgraphError (and any exception carrying
+    ``file``/``line`` or a ``loc`` "file:line[:col]" string) keeps its place."""
+    file = getattr(exc, "file", None)
+    line = getattr(exc, "line", None)
+    loc = getattr(exc, "loc", None)
+    if file is None and isinstance(loc, str) and ":" in loc:
+        parts = loc.split(":")
+        if len(parts) >= 3 and parts[-1].isdigit() and parts[-2].isdigit():
+            file, line = ":".join(parts[:-2]), int(parts[-2])
+        elif parts[-1].isdigit():
+            file, line = ":".join(parts[:-1]), int(parts[-1])
+    opgraph_error = _is_opgraph_error(exc)
+    message = getattr(exc, "message", None) if opgraph_error else None
+    if not isinstance(message, str):
+        message = str(exc) if opgraph_error else f"{type(exc).__name__}: {exc}"
+    return {
+        "type": type(exc).__name__,
+        "opgraph_error": opgraph_error,
+        "message": message,
+        "file": file if isinstance(file, str) else None,
+        "line": line if isinstance(line, int) else None,
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+def _is_opgraph_error(exc: BaseException) -> bool:
+    try:
+        from opgraph.errors import OpgraphError
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, OpgraphError)
+
+
+def error_line(report: dict[str, Any], rank: int, size: int) -> str:
+    place = ""
+    if report.get("file"):
+        place = f"{report['file']}:{report['line']}: " if report.get("line") is not None else f"{report['file']}: "
+    return f"error: {place}{report['message']} (on rank {rank} of {size})"
+
+
+class _Reporter:
+    """Prints the error line once and leaves the JSON record for the launcher."""
+
+    def __init__(self, result_dir: Path, rank: int, size: int):
+        self.result_dir = result_dir
+        self.rank = rank
+        self.size = size
+        self.reported = False
+
+    def report(self, report: dict[str, Any]) -> None:
+        if self.reported:
+            return
+        self.reported = True
+        report = {**report, "rank": self.rank, "size": self.size}
+        if os.environ.get("OPGRAPH_DEBUG"):
+            sys.stderr.write(report.get("traceback") or "")
+        print(error_line(report, self.rank, self.size), file=sys.stderr, flush=True)
+        try:
+            if self.result_dir.is_dir():
+                path = self.result_dir / f"error-rank{self.rank}.json"
+                tmp = path.with_name(f".{path.name}.tmp")
+                tmp.write_text(json.dumps(report))
+                os.replace(tmp, path)
+        except OSError:
+            pass
+
+    def abort_hook(self, message: str) -> None:
+        """``MPICommunicator.abort`` called by the executor itself."""
+        self.report({"type": "abort", "opgraph_error": False, "message": message, "file": None, "line": None, "traceback": ""})
+
+
+# ----------------------------------------------------------------------- loading
+
+
+def _bcast_bytes(comm, data: bytes | None, root: int = 0) -> bytes:
+    from mpi4py import MPI
+
+    size = np.array([len(data) if data is not None else 0], dtype=np.int64)
+    comm.Bcast(size, root=root)
+    buf = np.frombuffer(data, dtype=np.uint8).copy() if comm.Get_rank() == root else np.empty(int(size[0]), np.uint8)
+    comm.Bcast([buf, MPI.BYTE], root=root)
+    return buf.tobytes()
+
+
+def load_plan(comm, plan_path: str):
+    """Rank 0 reads plan.json; every rank validates the broadcast bytes as a PlanDoc."""
+    from opgraph.plan import PlanDoc
+
+    text = Path(plan_path).read_bytes() if comm.Get_rank() == 0 else None
+    return PlanDoc.model_validate_json(_bcast_bytes(comm, text))
+
+
+def load_inputs(comm, inputs_dir: str, count: int) -> list[pa.Table]:
+    """Every rank gets every input table: memory-mapped where all ranks see the files,
+    broadcast from rank 0 otherwise."""
+    from mpi4py import MPI
+
+    from opgraph.runtime.mpi_comm import MPICommunicator
+
+    visible = all(input_path(inputs_dir, i).is_file() for i in range(count))
+    flag = np.array([1 if visible else 0], dtype=np.int64)
+    all_visible = np.empty_like(flag)
+    comm.Allreduce(flag, all_visible, op=MPI.MIN)
+    if all_visible[0]:
+        return [read_ipc_file(input_path(inputs_dir, i)) for i in range(count)]
+    mpi = MPICommunicator(comm)
+    tables = []
+    for i in range(count):
+        table = read_ipc_file(input_path(inputs_dir, i)) if comm.Get_rank() == 0 else None
+        tables.append(mpi.bcast(table, root=0))
+    return tables
+
+
+def count_inputs(comm, inputs_dir: str) -> int:
+    n = np.zeros(1, dtype=np.int64)
+    if comm.Get_rank() == 0:
+        while input_path(inputs_dir, int(n[0])).is_file():
+            n[0] += 1
+    comm.Bcast(n, root=0)
+    return int(n[0])
+
+
+def _progress(line: str) -> None:
+    print(f"opgraph: {line}", file=sys.stderr, flush=True)
+
+
+def default_execute(doc, inputs: list[pa.Table], comm, progress: bool | None = None) -> list[pa.Table]:
+    """``execute_plan``; with ``progress`` (default: ``OPGRAPH_MPI_PROGRESS=1``) rank 0 prints
+    one line per island."""
+    from opgraph.runtime.executor import execute_plan
+
+    if progress is None:
+        progress = os.environ.get("OPGRAPH_MPI_PROGRESS") == "1"
+    if progress and comm.rank == 0:
+        return execute_plan(doc, inputs, comm, progress=_progress)
+    return execute_plan(doc, inputs, comm)
+
+
+# ------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m opgraph.runtime.mpi_worker")
+    p.add_argument("plan")
+    p.add_argument("inputs_dir")
+    p.add_argument("result_dir")
+    p.add_argument("--expect-ranks", type=int, default=None)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None, execute: ExecuteFn | None = None) -> int:
+    """Runs one rank. ``execute`` replaces ``execute_plan`` (tests, custom executors)."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    faulthandler.enable()  # a crash in a native kernel still shows the Python stack
+    result_dir = Path(args.result_dir)
+    try:
+        from opgraph.runtime.mpi_engine import _check_abi_matches_launcher
+
+        _check_abi_matches_launcher()  # before MPI_Init, which would die with a cryptic message
+        from mpi4py import MPI
+    except Exception as exc:  # noqa: BLE001 - no MPI yet: report and exit, nothing to abort
+        env_rank = next((int(os.environ[k]) for k in _RANK_VARS if os.environ.get(k, "").isdigit()), 0)
+        _Reporter(result_dir, env_rank, args.expect_ranks or 0).report(
+            {**describe_exception(exc), "type": "mismatch", "opgraph_error": True}
+        )
+        return 3
+
+    from opgraph.runtime.mpi_comm import MPICommunicator
+
+    world = MPI.COMM_WORLD
+    rank, size = world.Get_rank(), world.Get_size()
+    reporter = _Reporter(result_dir, rank, size)
+    try:
+        (result_dir / f"rank{rank}.pid").write_text(str(os.getpid()))
+    except OSError:
+        pass  # the result directory is on another node: fine
+    if args.expect_ranks is not None and size != args.expect_ranks:
+        # the launcher started processes that do not form one MPI world: each is its own
+        # singleton. Report it (from each, identically) and stop without collectives.
+        reporter.report(
+            {
+                "type": "mismatch",
+                "opgraph_error": True,
+                "message": (
+                    f"the launcher started {args.expect_ranks} processes but MPI sees a world of {size}: the "
+                    f"MPI library that mpi4py loaded ({MPI.Get_library_version().splitlines()[0].strip()}) "
+                    "does not belong to this launcher; point MPI4PY_LIBMPI at the launcher's libmpi or "
+                    "OPGRAPH_MPIEXEC at the matching mpiexec"
+                ),
+                "file": None,
+                "line": None,
+                "traceback": "",
+            }
+        )
+        return 3
+    MPICommunicator.abort_hook = reporter.abort_hook
+    try:
+        doc = load_plan(world, args.plan)
+        inputs = load_inputs(world, args.inputs_dir, count_inputs(world, args.inputs_dir))
+        comm = MPICommunicator(world)
+        outputs = (execute or default_execute)(doc, inputs, comm)
+        comm.finish()
+        if rank == 0:
+            outputs = list(outputs or [])
+            for i, table in enumerate(outputs):
+                if not isinstance(table, pa.Table):
+                    raise TypeError(f"the executor returned {type(table).__name__} as output {i}, not a pyarrow.Table")
+                write_ipc_file(output_path(result_dir, i), table)
+            manifest = result_dir / RESULTS_MANIFEST
+            tmp = manifest.with_name(f".{manifest.name}.tmp")
+            tmp.write_text(json.dumps({"outputs": len(outputs), "ranks": size}))
+            os.replace(tmp, manifest)
+        world.Barrier()
+    except BaseException as exc:  # noqa: BLE001 - any failure must stop every rank
+        reporter.report(describe_exception(exc))
+        world.Abort(2 if _is_opgraph_error(exc) else 1)
+        return 1  # not reached
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

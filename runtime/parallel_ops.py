@@ -1,0 +1,644 @@
+"""Distributed ``df`` operators over a ``Communicator`` (DESIGN §2's parallel patterns).
+
+Every table is a ``Dist``: this rank's partition plus what is known about how rows are
+spread (``Partitioning``). The *global* table is the concatenation of the partitions in
+rank order (rank 0 first); its row order is the one ``head`` and windows see, and a sort
+leaves rank 0 holding the smallest keys. Every function here is collective: all ranks call
+it with their partition, in the same order. With one rank each reduces to the local
+operator and makes no communicator call.
+
+Algorithms:
+
+==================  =====================================================================
+filter/project/map  local, no communication (partitioning kept unless a key changes)
+join                shuffle-hash join: both sides hash-partitioned by their keys (cast to
+                    the pair's common type first, so int32 and int64 keys meet) with the
+                    C++ kernel ``runtime/partition.hash_partition`` + ``alltoallv``; a side
+                    already partitioned that way is not moved. Broadcast join (``allgather``
+                    of the right side) when asked for and the kind allows (inner/left), or
+                    when the right side is already replicated.
+groupby_agg         combine-shuffle-reduce: decomposable aggregates (sum, count, size, min,
+                    max, mean as sum+count) are pre-aggregated per rank, the partials
+                    shuffled by the keys and combined; std/var/median/nunique shuffle the
+                    needed raw columns and aggregate once (exact, numerically stable). No
+                    shuffle when the input is already hash-partitioned by a subset of keys.
+aggregate           partial rows per rank (var/std as count, mean, M2, combined with Chan's
+                    formula), gathered to rank 0 and combined; nunique gathers distinct
+                    values, median the non-null values. The one-row result lives on rank 0.
+distinct, set ops   local distinct (pre-combine), shuffle by the row (or ``subset``), local
+                    distinct / membership; receivers concatenate senders in rank order, so
+                    "first occurrence" is global.
+sort                sample sort: local stable sort, weighted regular samples allgathered,
+                    n-1 splitters, each rank cuts its sorted rows at the splitters (equal
+                    keys go to one rank, which keeps the sort stable), ``alltoallv``, local
+                    stable sort of the received runs. Result ordered across ranks 0..n-1.
+head                counts allgathered; each rank keeps the prefix of its rows that falls in
+                    the first n of the global order (no data moves).
+window              halo exchange: each rank gets the rows before/after its range that its
+                    windows need - by ``send``/``recv`` with its neighbours when they hold
+                    enough rows, otherwise (empty or tiny partitions, halos spanning several
+                    ranks) by one ``alltoallv``.
+concat              local (no data movement); the global order interleaves the inputs'
+                    partitions (row order is unspecified unless the last op is a sort).
+==================  =====================================================================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from opgraph.runtime import local_ops as L
+from opgraph.runtime.communicator import Communicator
+from opgraph.runtime.partition import hash_partition
+
+__all__ = [
+    "ANY",
+    "REPLICATED",
+    "Dist",
+    "Partitioning",
+    "aggregate",
+    "concat",
+    "distinct",
+    "gather_to_root",
+    "groupby_agg",
+    "head",
+    "join",
+    "range_partition",
+    "scatter_from_root",
+    "set_op",
+    "shuffle_hash",
+    "sort",
+    "union",
+    "unreplicate",
+    "window",
+]
+
+
+@dataclass(frozen=True)
+class Partitioning:
+    """``any``: rows split in no known way; ``hash``: rows with equal ``keys`` (hashed as
+    ``types``) share a rank, the one the kernel's hash picks; ``range``: ordered by ``keys``
+    / ``ascending`` across ranks 0..n-1 (a sort's result); ``replicated``: every rank holds
+    the whole table."""
+
+    kind: str = "any"
+    keys: tuple[str, ...] = ()
+    types: tuple[pa.DataType, ...] = ()
+    ascending: tuple[bool, ...] = ()
+
+    def hashed_on(self, keys: Sequence[str], types: Sequence[pa.DataType]) -> bool:
+        return self.kind == "hash" and self.keys == tuple(keys) and self.types == tuple(types)
+
+    def hashed_within(self, keys: Sequence[str], schema: pa.Schema) -> bool:
+        """Rows with equal ``keys`` already share a rank (partitioned by a subset of them)."""
+        if self.kind != "hash" or not set(self.keys) <= set(keys):
+            return False
+        return all(k in schema.names and schema.field(k).type == t for k, t in zip(self.keys, self.types))
+
+    def renamed(self, mapping: dict[str, str]) -> Partitioning:
+        if not self.keys:
+            return self
+        return Partitioning(self.kind, tuple(mapping.get(k, k) for k in self.keys), self.types, self.ascending)
+
+    def survives(self, schema: pa.Schema, changed: Sequence[str] = ()) -> Partitioning:
+        """This partitioning for a table with ``schema`` whose columns ``changed`` were
+        recomputed: it is lost when a key column is gone, changed or retyped."""
+        if self.kind in ("any", "replicated") or not self.keys:
+            return self
+        for k, t in zip(self.keys, self.types or [None] * len(self.keys)):
+            if k in changed or k not in schema.names:
+                return ANY
+            if t is not None and schema.field(k).type != t:
+                return ANY
+        return self
+
+
+ANY = Partitioning()
+REPLICATED = Partitioning("replicated")
+
+
+@dataclass
+class Dist:
+    """One rank's partition of a table and the table's partitioning."""
+
+    table: pa.Table
+    part: Partitioning = field(default=ANY)
+
+
+# ------------------------------------------------------------------------ movement
+
+
+def unreplicate(comm: Communicator, d: Dist) -> Dist:
+    """A replicated table as a partitioned one: rank r keeps the r-th contiguous slice (no
+    communication, global order kept)."""
+    if d.part.kind != "replicated":
+        return d
+    n, r = comm.size, comm.rank
+    rows = d.table.num_rows
+    lo, hi = rows * r // n, rows * (r + 1) // n
+    return Dist(d.table.slice(lo, hi - lo), ANY)
+
+
+def _exchange(comm: Communicator, parts: list[pa.Table], schema: pa.Schema) -> pa.Table:
+    received = comm.alltoallv(parts)
+    return L.concat_tables(received, schema)
+
+
+def shuffle_hash(comm: Communicator, table: pa.Table, keys: Sequence[str], types: Sequence[pa.DataType] | None = None) -> pa.Table:
+    """Hash-partitions ``table`` by ``keys`` over the ranks (keys cast to ``types`` for
+    hashing only; the rows keep their own types). Rows keep their relative order per
+    sender, and receivers concatenate senders in rank order."""
+    n = comm.size
+    if n == 1:
+        return table
+    keys = list(keys)
+    schema = table.schema
+    if types is not None and any(table.schema.field(k).type != t for k, t in zip(keys, types)):
+        extra = [f"__hk{i}" for i in range(len(keys))]
+        work = table
+        for name, k, t in zip(extra, keys, types):
+            work = work.append_column(name, L._cast_column(table.column(k), t))
+        parts = [p.select(schema.names) for p in hash_partition(work, extra, n)]
+    else:
+        parts = hash_partition(table, keys, n)
+    return _exchange(comm, parts, schema)
+
+
+def gather_to_root(comm: Communicator, table: pa.Table, root: int = 0) -> pa.Table:
+    """Every rank's rows, in rank order, on ``root``; an empty table elsewhere."""
+    if comm.size == 1:
+        return table
+    parts = comm.gather(table, root)
+    if comm.rank == root:
+        return L.concat_tables(parts or [], table.schema)
+    return table.schema.empty_table()
+
+
+def scatter_from_root(comm: Communicator, table: pa.Table | None, schema: pa.Schema, root: int = 0) -> pa.Table:
+    """The root's rows as contiguous slices, one per rank (global order kept)."""
+    n = comm.size
+    if n == 1:
+        return table if table is not None else schema.empty_table()
+    if comm.rank == root:
+        assert table is not None
+        rows = table.num_rows
+        parts = [table.slice(rows * q // n, rows * (q + 1) // n - rows * q // n) for q in range(n)]
+    else:
+        parts = [schema.empty_table() for _ in range(n)]
+    return _exchange(comm, parts, schema)
+
+
+def counts_of(comm: Communicator, rows: int) -> np.ndarray:
+    """Every rank's row count."""
+    if comm.size == 1:
+        return np.array([rows], dtype=np.int64)
+    return np.concatenate(comm.allgather_array(np.array([rows], dtype=np.int64))).astype(np.int64)
+
+
+# ------------------------------------------------------------------------------ join
+
+
+def join(
+    comm: Communicator,
+    left: Dist,
+    right: Dist,
+    how: str,
+    left_on: Sequence[str],
+    right_on: Sequence[str],
+    schema: pa.Schema,
+    broadcast: bool = False,
+) -> Dist:
+    key_types = L.join_key_types(left.table.schema, right.table.schema, left_on, right_on)
+    same_names = all(lk == rk for lk, rk in zip(left_on, right_on))
+    out_part = Partitioning("hash", tuple(left_on), tuple(key_types)) if same_names else ANY
+    if comm.size == 1:
+        return Dist(L.join(left.table, right.table, how, left_on, right_on, schema), out_part)
+    # a replicated side joins with the other side's partitions where the kind allows it
+    if right.part.kind == "replicated" and left.part.kind != "replicated" and how in ("inner", "left"):
+        return Dist(L.join(left.table, right.table, how, left_on, right_on, schema), ANY)
+    if left.part.kind == "replicated" and right.part.kind != "replicated" and how in ("inner", "right"):
+        out = L.join(left.table, right.table, how, left_on, right_on, schema)
+        return Dist(out, ANY)
+    left, right = unreplicate(comm, left), unreplicate(comm, right)
+    if broadcast and how in ("inner", "left"):
+        full_right = L.concat_tables(comm.allgather(right.table), right.table.schema)
+        out = L.join(left.table, full_right, how, left_on, right_on, schema)
+        return Dist(out, ANY)
+    lt = left.table if left.part.hashed_on(left_on, key_types) else shuffle_hash(comm, left.table, left_on, key_types)
+    rt = right.table if right.part.hashed_on(right_on, key_types) else shuffle_hash(comm, right.table, right_on, key_types)
+    return Dist(L.join(lt, rt, how, left_on, right_on, schema), out_part)
+
+
+# ------------------------------------------------------------------------- group by
+
+
+def _partial_specs(aggs: Sequence[Sequence[str]]) -> list[tuple[str, str, str, str]]:
+    """(partial column, input column, local fn, combine fn) per partial of each aggregate."""
+    specs = []
+    for i, (_, col, fn) in enumerate(aggs):
+        if fn == "mean":
+            specs.append((f"__p{i}_s", col, "sum_f", "sum"))
+            specs.append((f"__p{i}_c", col, "count", "sum"))
+        elif fn in ("count", "size"):
+            specs.append((f"__p{i}", col, fn, "sum"))
+        else:  # sum, min, max
+            specs.append((f"__p{i}", col, fn, fn))
+    return specs
+
+
+_LOCAL_FN = {
+    "sum": ("sum", lambda: pc.ScalarAggregateOptions(skip_nulls=True, min_count=1)),
+    "sum_f": ("sum", lambda: pc.ScalarAggregateOptions(skip_nulls=True, min_count=1)),
+    "min": ("min", lambda: pc.ScalarAggregateOptions(skip_nulls=True, min_count=1)),
+    "max": ("max", lambda: pc.ScalarAggregateOptions(skip_nulls=True, min_count=1)),
+    "count": ("count", lambda: pc.CountOptions(mode="only_valid")),
+    "size": ("count", lambda: pc.CountOptions(mode="all")),
+}
+
+
+def _partial_input(col: pa.ChunkedArray, fn: str) -> pa.ChunkedArray:
+    if fn == "sum_f":
+        return L._cast_column(col, pa.float64())
+    if fn == "sum":
+        return L._agg_input(col, "sum")
+    return col
+
+
+def _grouped(table: pa.Table, keys: list[str], columns: list[tuple[str, pa.ChunkedArray, str]]) -> pa.Table:
+    """group_by(keys) with one Arrow aggregate per (output name, input, fn); returns keys
+    then outputs, named as given."""
+    key_names = [f"__g{i}" for i in range(len(keys))]
+    arrays = [table.column(k) for k in keys]
+    names = list(key_names)
+    specs = []
+    for j, (_, arr, fn) in enumerate(columns):
+        arrow_fn, options = _LOCAL_FN[fn]
+        arrays.append(arr)
+        names.append(f"__x{j}")
+        specs.append((f"__x{j}", arrow_fn, options()))
+    result = pa.Table.from_arrays(arrays, names=names).group_by(key_names, use_threads=True).aggregate(specs)
+    out = [result.column(k) for k in key_names]
+    out += [result.column(f"__x{j}_{_LOCAL_FN[fn][0]}") for j, (_, _, fn) in enumerate(columns)]
+    return pa.Table.from_arrays(out, names=[*keys, *(c[0] for c in columns)])
+
+
+def groupby_agg(comm: Communicator, d: Dist, keys: Sequence[str], aggs: Sequence[Sequence[str]], schema: pa.Schema) -> Dist:
+    keys = list(keys)
+    d = unreplicate(comm, d)
+    table = d.table
+    out_part = Partitioning("hash", tuple(keys), tuple(table.schema.field(k).type for k in keys))
+    if comm.size == 1 or d.part.hashed_within(keys, table.schema):
+        part = out_part if comm.size == 1 else d.part
+        return Dist(L.groupby_agg(table, keys, aggs, schema), part)
+    if all(fn in L.DECOMPOSABLE for _, _, fn in aggs):
+        specs = _partial_specs(aggs)
+        partial = _grouped(table, keys, [(name, _partial_input(table.column(col), fn), fn) for name, col, fn, _ in specs])
+        partial = shuffle_hash(comm, partial, keys)
+        combined = _grouped(partial, keys, [(name, partial.column(name), comb) for name, _, _, comb in specs])
+        out = [combined.column(k) for k in keys]
+        for i, (_, _, fn) in enumerate(aggs):
+            if fn == "mean":
+                s, c = combined.column(f"__p{i}_s"), combined.column(f"__p{i}_c")
+                c = pc.if_else(pc.equal(c, 0), pa.scalar(None, pa.int64()), c)
+                out.append(pc.divide(s, pc.cast(c, pa.float64())))
+            else:
+                out.append(combined.column(f"__p{i}"))
+        arrays = [L._cast_column(a, f.type) if a.type != f.type else a for a, f in zip(out, schema)]
+        return Dist(pa.Table.from_arrays(arrays, schema=schema), out_part)
+    needed = list(dict.fromkeys([*keys, *(col for _, col, _ in aggs)]))
+    moved = shuffle_hash(comm, table.select(needed), keys)
+    return Dist(L.groupby_agg(moved, keys, aggs, schema), out_part)
+
+
+# ---------------------------------------------------------------- whole-table aggregate
+
+
+def aggregate(comm: Communicator, d: Dist, aggs: Sequence[Sequence[str]], schema: pa.Schema) -> Dist:
+    """One row, on rank 0 (the other ranks hold an empty table)."""
+    d = unreplicate(comm, d)
+    table = d.table
+    if comm.size == 1:
+        return Dist(L.aggregate(table, aggs, schema), ANY)
+    root = comm.rank == 0
+    # one row of partials per rank: scalars for the decomposable parts
+    partial_cols: dict[str, Any] = {}
+    for i, (_, col, fn) in enumerate(aggs):
+        c = table.column(col)
+        if fn in ("sum", "min", "max"):
+            partial_cols[f"p{i}"] = pa.array([L.scalar_aggregate(c, fn).as_py()], L._agg_input(c, fn).type)
+        elif fn in ("count", "size"):
+            partial_cols[f"p{i}"] = pa.array([L.scalar_aggregate(c, fn).as_py()], pa.int64())
+        elif fn == "mean":
+            x = L._cast_column(c, pa.float64())
+            partial_cols[f"p{i}_s"] = pa.array([pc.sum(x, min_count=1).as_py()], pa.float64())
+            partial_cols[f"p{i}_c"] = pa.array([len(x) - x.null_count], pa.int64())
+        elif fn in ("std", "var"):
+            # (count, shift, mean of x - shift, M2): the shift (a value of this rank) keeps
+            # the means' offsets exact when the values are large relative to their spread
+            x = pc.drop_null(L._cast_column(c, pa.float64()))
+            cnt = len(x)
+            shift = x[0].as_py() if cnt else 0.0
+            dx = pc.subtract(x, shift)
+            mean = pc.mean(dx).as_py() if cnt else 0.0
+            m2 = (pc.variance(dx, ddof=0).as_py() or 0.0) * cnt if cnt else 0.0
+            partial_cols[f"p{i}_n"] = pa.array([cnt], pa.int64())
+            partial_cols[f"p{i}_c"] = pa.array([shift], pa.float64())
+            partial_cols[f"p{i}_m"] = pa.array([mean], pa.float64())
+            partial_cols[f"p{i}_q"] = pa.array([m2], pa.float64())
+    partials = pa.table(partial_cols) if partial_cols else pa.table({"_": [0]})
+    gathered = comm.gather(partials, 0)
+    # nunique / median need values, not partials (same calls on every rank, in order)
+    values: dict[int, pa.Table] = {}
+    for i, (_, col, fn) in enumerate(aggs):
+        if fn == "nunique":
+            c = table.column(col)
+            uniq = pc.unique(c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c)
+            values[i] = gather_to_root(comm, pa.table({"v": pc.drop_null(uniq)}))
+        elif fn == "median":
+            c = L._cast_column(table.column(col), pa.float64())
+            values[i] = gather_to_root(comm, pa.table({"v": pc.drop_null(c)}))
+    if not root:
+        return Dist(schema.empty_table(), ANY)
+    p = pa.concat_tables(gathered)  # type: ignore[arg-type]
+    out = []
+    for i, (_, col, fn) in enumerate(aggs):
+        if fn in ("sum", "min", "max"):
+            out.append(L.scalar_aggregate(p.column(f"p{i}"), fn))
+        elif fn in ("count", "size"):
+            out.append(pa.scalar(pc.sum(p.column(f"p{i}")).as_py() or 0, pa.int64()))
+        elif fn == "mean":
+            s = pc.sum(p.column(f"p{i}_s"), min_count=1).as_py()
+            n = pc.sum(p.column(f"p{i}_c")).as_py() or 0
+            out.append(pa.scalar(s / n if n and s is not None else None, pa.float64()))
+        elif fn in ("std", "var"):
+            out.append(pa.scalar(_chan_var(p, i, fn), pa.float64()))
+        elif fn == "nunique":
+            out.append(pa.scalar(pc.count_distinct(values[i].column("v")).as_py(), pa.int64()))
+        elif fn == "median":
+            out.append(L.scalar_aggregate(values[i].column("v"), "median"))
+    arrays = [L._cast_column(pa.array([s.as_py()], s.type), f.type) for s, f in zip(out, schema)]
+    return Dist(pa.Table.from_arrays(arrays, schema=schema), ANY)
+
+
+def _chan_var(p: pa.Table, i: int, fn: str) -> float | None:
+    """Sample variance (ddof=1) from per-rank (count, shift, mean of x - shift, M2) with Chan
+    et al.'s combination, the means taken relative to one rank's shift (exact differences
+    of nearby floats), so no sum-of-squares cancellation."""
+    ns = p.column(f"p{i}_n").to_numpy().astype(np.float64)
+    cs = p.column(f"p{i}_c").to_numpy()
+    ms = p.column(f"p{i}_m").to_numpy()
+    qs = p.column(f"p{i}_q").to_numpy()
+    n = ns.sum()
+    if n < 2:
+        return None
+    pivot = cs[np.argmax(ns > 0)]
+    offsets = (cs - pivot) + ms
+    mean = float((ns * offsets).sum() / n)
+    m2 = float(qs.sum() + (ns * (offsets - mean) ** 2).sum())
+    var = max(m2, 0.0) / (n - 1)
+    return float(np.sqrt(var)) if fn == "std" else var
+
+
+# ------------------------------------------------------------------ distinct / set ops
+
+
+def distinct(comm: Communicator, d: Dist, subset: Sequence[str] | None) -> Dist:
+    d = unreplicate(comm, d)
+    table = d.table
+    keys = list(subset) if subset else table.column_names
+    out_part = Partitioning("hash", tuple(keys), tuple(table.schema.field(k).type for k in keys))
+    if comm.size == 1:
+        return Dist(L.distinct(table, subset), out_part)
+    if d.part.hashed_within(keys, table.schema):
+        return Dist(L.distinct(table, subset), d.part)
+    local = L.distinct(table, subset)  # pre-combine: fewer rows to move
+    moved = shuffle_hash(comm, local, keys)
+    return Dist(L.distinct(moved, subset), out_part)
+
+
+def union(comm: Communicator, a: Dist, b: Dist, schema: pa.Schema) -> Dist:
+    both = concat(comm, a, b, schema)
+    return distinct(comm, both, None)
+
+
+def set_op(comm: Communicator, a: Dist, b: Dist, schema: pa.Schema, keep: str) -> Dist:
+    """INTERSECT (``keep="both"``) / EXCEPT (``"left_only"``) with distinct results."""
+    a, b = unreplicate(comm, a), unreplicate(comm, b)
+    at, bt = L.conform(a.table, schema), L.conform(b.table, schema)
+    keys = schema.names
+    out_part = Partitioning("hash", tuple(keys), tuple(f.type for f in schema))
+    if comm.size == 1:
+        return Dist(L.set_membership(at, bt, schema, keep), out_part)
+    at = shuffle_hash(comm, L.distinct(at), keys)
+    bt = shuffle_hash(comm, L.distinct(bt), keys)
+    return Dist(L.set_membership(at, bt, schema, keep), out_part)
+
+
+def concat(comm: Communicator, a: Dist, b: Dist, schema: pa.Schema) -> Dist:
+    if a.part.kind == "replicated" and b.part.kind == "replicated":
+        return Dist(L.concat(a.table, b.table, schema), REPLICATED)
+    a, b = unreplicate(comm, a), unreplicate(comm, b)
+    part = ANY
+    if a.part.kind == "hash" and a.part == b.part:
+        part = a.part.survives(schema)
+    return Dist(L.concat(a.table, b.table, schema), part)
+
+
+# ----------------------------------------------------------------------------- sort
+
+
+def _key_class(v: Any) -> int:
+    if v is None:
+        return 2
+    if isinstance(v, float) and math.isnan(v):
+        return 1
+    return 0
+
+
+def _row_cmp(ascending: Sequence[bool]):
+    """Compares key tuples as Arrow's sort orders them: per key, values in the key's
+    direction, then NaN, then null (NaN and null last in both directions)."""
+
+    def cmp(a: tuple, b: tuple) -> int:
+        for va, vb, asc in zip(a, b, ascending):
+            ca, cb = _key_class(va), _key_class(vb)
+            if ca != cb:
+                return -1 if ca < cb else 1
+            if ca == 0 and va != vb:
+                r = -1 if va < vb else 1
+                return r if asc else -r
+        return 0
+
+    return cmp
+
+
+def _row(columns: list[pa.Array], i: int) -> tuple:
+    return tuple(c[i].as_py() for c in columns)
+
+
+def _flat(col: pa.ChunkedArray | pa.Array) -> pa.Array:
+    if isinstance(col, pa.ChunkedArray):
+        if col.num_chunks == 1:
+            return col.chunk(0)
+        return pa.concat_arrays(col.chunks) if col.num_chunks else pa.array([], col.type)
+    return col
+
+
+def _upper_bound(columns: list[pa.Array], rows: int, key: tuple, cmp) -> int:
+    """First row index of the sorted ``columns`` that sorts strictly after ``key``."""
+    lo, hi = 0, rows
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if cmp(_row(columns, mid), key) <= 0:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+OVERSAMPLE = 16
+
+
+def range_partition(comm: Communicator, table: pa.Table, by: Sequence[str], ascending: Sequence[bool]) -> tuple[pa.Table, bool]:
+    """Sample-sort exchange: returns (this rank's rows of the key range it owns, whether the
+    rows came back as sorted runs - always true here, the caller re-sorts them stably)."""
+    n = comm.size
+    by, ascending = list(by), list(ascending)
+    local = L.sort(table, by, ascending)
+    rows = local.num_rows
+    keys = local.select(by)
+    # weighted regular sample: s rows, each standing for rows/s rows of this rank
+    s = min(rows, OVERSAMPLE * n)
+    pos = ((np.arange(s, dtype=np.int64) * 2 + 1) * rows) // (2 * s) if s else np.zeros(0, dtype=np.int64)
+    sample = keys.take(pa.array(pos)).append_column("__w", pa.array(np.full(s, rows / s if s else 0.0)))
+    samples = pa.concat_tables(comm.allgather(sample))
+    if samples.num_rows:
+        samples = samples.take(L.sort_indices(samples.select(by), by, ascending))
+        weights = np.cumsum(samples.column("__w").to_numpy())
+        total = weights[-1]
+        picks = [int(np.searchsorted(weights, total * j / n, side="left")) for j in range(1, n)]
+        picks = [min(p, samples.num_rows - 1) for p in picks]
+        scols = [_flat(samples.column(b)) for b in by]
+        splitters = [_row(scols, p) for p in picks]
+    else:
+        splitters = []
+    cmp = _row_cmp(ascending)
+    kcols = [_flat(keys.column(b)) for b in by]
+    bounds = [0]
+    for sp in splitters:
+        bounds.append(max(bounds[-1], _upper_bound(kcols, rows, sp, cmp)))
+    while len(bounds) < n:
+        bounds.append(rows)
+    bounds.append(rows)
+    parts = [local.slice(bounds[q], bounds[q + 1] - bounds[q]) for q in range(n)]
+    return _exchange(comm, parts, table.schema), True
+
+
+def sort(comm: Communicator, d: Dist, by: Sequence[str], ascending: Sequence[bool]) -> Dist:
+    d = unreplicate(comm, d)
+    part = Partitioning("range", tuple(by), tuple(d.table.schema.field(b).type for b in by), tuple(ascending))
+    if comm.size == 1 or (d.part.kind == "range" and d.part.keys == part.keys and d.part.ascending == part.ascending):
+        return Dist(L.sort(d.table, by, ascending), part)
+    moved, _ = range_partition(comm, d.table, by, ascending)
+    return Dist(L.sort(moved, by, ascending), part)
+
+
+# ----------------------------------------------------------------------------- head
+
+
+def head(comm: Communicator, d: Dist, n: int) -> Dist:
+    """The first n rows of the global order (rank order, then row order)."""
+    if d.part.kind == "replicated":
+        return Dist(L.head(d.table, n), REPLICATED)
+    if comm.size == 1:
+        return Dist(L.head(d.table, n), d.part)
+    counts = counts_of(comm, d.table.num_rows)
+    before = int(counts[: comm.rank].sum())
+    keep = int(min(max(n - before, 0), d.table.num_rows))
+    return Dist(d.table.slice(0, keep), d.part)
+
+
+# --------------------------------------------------------------------------- window
+
+
+def _halo_sizes(func: str, param: int) -> tuple[int, int]:
+    if func.startswith("rolling_"):
+        return max(param - 1, 0), 0
+    if param >= 0:
+        return param, 0
+    return 0, -param
+
+
+def window(comm: Communicator, d: Dist, func: str, column: str, param: int, output: str, schema: pa.Schema) -> Dist:
+    """A window over the global row order; neighbours' rows come in by halo exchange."""
+    if d.part.kind == "replicated":
+        return Dist(L.window(d.table, func, column, param, output, schema), REPLICATED)
+    table = d.table
+    part = d.part.survives(schema, [output])
+    if comm.size == 1:
+        return Dist(L.window(table, func, column, param, output, schema), part)
+    before, after = _halo_sizes(func, param)
+    col = table.select([column])
+    pre, post = halo_exchange(comm, col, before, after)
+    m = table.num_rows
+    if pre.num_rows or post.num_rows:
+        ext = pa.concat_tables([pre, col, post])
+        values = L.window_column(ext.column(0), func, param, schema.field(output).type).slice(pre.num_rows, m)
+    else:
+        values = L.window_column(col.column(0), func, param, schema.field(output).type)
+    return Dist(L._place(table, output, values, schema), part)
+
+
+def halo_exchange(comm: Communicator, table: pa.Table, before: int, after: int, tag: int = 7) -> tuple[pa.Table, pa.Table]:
+    """(the up to ``before`` rows preceding this rank's rows in global order, the up to
+    ``after`` rows following them). Neighbour ``send``/``recv`` when the neighbours hold
+    enough rows; one ``alltoallv`` otherwise. Every rank decides alike from the counts."""
+    n, r = comm.size, comm.rank
+    empty = table.schema.empty_table()
+    if before == 0 and after == 0:
+        return empty, empty
+    counts = counts_of(comm, table.num_rows)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    total = int(starts[-1])
+
+    def need_before(q: int) -> int:
+        return int(min(before, starts[q])) if counts[q] else 0
+
+    def need_after(q: int) -> int:
+        return int(min(after, total - starts[q + 1])) if counts[q] else 0
+
+    neighbours = all(need_before(q) <= (counts[q - 1] if q else 0) for q in range(n)) and all(
+        need_after(q) <= (counts[q + 1] if q + 1 < n else 0) for q in range(n)
+    )
+    m = table.num_rows
+    if neighbours:
+        if r + 1 < n and need_before(r + 1):
+            comm.send(table.slice(m - need_before(r + 1)), r + 1, tag)
+        if r > 0 and need_after(r - 1):
+            comm.send(table.slice(0, need_after(r - 1)), r - 1, tag + 1)
+        pre = comm.recv(r - 1, tag) if r > 0 and need_before(r) else empty
+        post = comm.recv(r + 1, tag + 1) if r + 1 < n and need_after(r) else empty
+        return pre, post
+    # general case: rank q needs global rows [s_q - b_q, s_q) and [e_q, e_q + a_q)
+    lo_me, hi_me = int(starts[r]), int(starts[r + 1])
+    parts = []
+    for q in range(n):
+        if q == r or not counts[q]:
+            parts.append(empty)
+            continue
+        if q > r:
+            lo, hi = int(starts[q]) - need_before(q), int(starts[q])
+        else:
+            lo, hi = int(starts[q + 1]), int(starts[q + 1]) + need_after(q)
+        lo, hi = max(lo, lo_me), min(hi, hi_me)
+        parts.append(table.slice(lo - lo_me, hi - lo) if hi > lo else empty)
+    received = comm.alltoallv(parts)
+    pre = L.concat_tables(received[:r], table.schema)
+    post = L.concat_tables(received[r + 1 :], table.schema)
+    return pre, post
