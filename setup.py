@@ -19,6 +19,16 @@ extensions = [
         language="c++",
         extra_compile_args=CXX_FLAGS,
     ),
+    # radix sort, partitioned hash join, gather/filter, range partition (op_kernels.hpp)
+    Extension(
+        "opgraph.runtime.kernels.opkernels",
+        sources=["runtime/kernels/opkernels.pyx"],
+        depends=["runtime/kernels/op_kernels.hpp"],
+        include_dirs=["runtime/kernels"],
+        language="c++",
+        extra_compile_args=[*CXX_FLAGS, "-pthread"],
+        extra_link_args=["-pthread"],
+    ),
 ]
 
 setup(

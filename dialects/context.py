@@ -27,7 +27,7 @@ _DIALECTS: tuple[tuple[str, str, str], ...] = (
     ("math", "xdsl.dialects.math", "Math"),
     ("llvm", "xdsl.dialects.llvm", "LLVM"),
     ("dlti", "xdsl.dialects.dlti", "DLTI"),
-    ("mpi", "xdsl.dialects.mpi", "MPI"),
+    ("mpi", "opgraph.dialects.upstream.mpi_dialect", "MPI"),  # upstream mpi subset
     ("async", "opgraph.dialects.upstream.async_dialect", "Async"),
     ("vector", "opgraph.dialects.upstream.vector_yield", "Vector"),
     ("df", "opgraph.dialects.dataframe", "DataFrame"),

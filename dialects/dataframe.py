@@ -19,7 +19,6 @@ from functools import lru_cache
 from xdsl.dialects.builtin import (
     ArrayAttr,
     BoolAttr,
-    FileLineColLoc,
     Float32Type,
     Float64Type,
     IntAttr,
@@ -54,6 +53,7 @@ from xdsl.irdl import (
 from xdsl.traits import MemoryReadEffect, MemoryWriteEffect, Pure, RecursiveMemoryEffect
 from xdsl.utils.exceptions import VerifyException
 
+from opgraph.dialects.diagnostics import fail, where  # noqa: F401  (where: re-exported)
 from opgraph.dialects.upstream.vector_yield import YieldOp
 
 # ----------------------------------------------------------------------------- types
@@ -180,18 +180,6 @@ def type_str(t: Attribute) -> str:
     if isinstance(t, Float64Type):
         return "float64"
     return str(t)
-
-
-def where(op: Operation) -> str:
-    """The op's source location as ``file:line:col`` for error messages."""
-    loc = op.location
-    if isinstance(loc, FileLineColLoc):
-        return f"{loc.filename.data}:{loc.line.data}:{loc.column.data}"
-    return "unknown location"
-
-
-def fail(op: Operation, message: str) -> VerifyException:
-    return VerifyException(f"'{op.name}' at {where(op)}: {message}")
 
 
 def _strs(attr: ArrayAttr) -> list[str]:

@@ -89,6 +89,26 @@ SWEEP_LOSS_COLUMN = "final_loss"
 SWEEP_RUN_OPTIONS = ("batch_size", "epochs", "optimizer", "seed")
 """Grid keys of ``dl.sweep`` that are training settings, not optimizer options."""
 
+# Discardable attributes (dialect-prefixed, so upstream MLIR accepts them on any op):
+MODEL_EXPORT_ATTR = "dl.model_export"
+"""On ``dl.train``/``dl.predict``/``dl.sweep``: the model as ``jax.export`` serialization
+(``Exported.serialize(vjp_order=1)``, base64): the same lowering as the ``dl.model``'s
+StableHLO text plus its VJP, in the form the runtime can call (``jax.export.deserialize``)
+and differentiate. It rides on the ops that run the model because ``plan.json`` lists the
+islands' ops only. Data, not code: deserializing runs nothing of the user's Python."""
+
+LOSS_EXPORT_ATTR = "dl.loss_export"
+"""Like ``dl.model_export``, for a custom loss (``loss = "custom:<name>"``)."""
+
+FLOPS_ATTR = "dl.flops_per_row"
+BYTES_ATTR = "dl.bytes_per_row"
+"""f64 **per row of x**, from XLA's cost analysis of the lowered function (JAX
+``jit(f).lower(...).cost_analysis()`` on a batch of 256 rows, divided by 256): on ``dl.model``
+and ``dl.predict`` one forward pass; on ``dl.train``/``dl.sweep`` one forward + backward pass
+(per epoch; a sweep: per run), taken as 3 forward passes. Per row because the row count is only known to the
+statistics passes: the cost model's total is ``per_row * rows`` (``* epochs`` for training).
+(Not ``dl.flops``: the cost model reads that name as a total.)"""
+
 
 def dtype_name(t: Attribute) -> str:
     """The numpy dtype name of a tensor element type (``f32`` -> ``float32``)."""

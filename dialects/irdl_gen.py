@@ -48,7 +48,7 @@ from pathlib import Path
 from types import ModuleType
 
 from xdsl.dialects import builtin
-from xdsl.ir import Attribute, Dialect, ParametrizedAttribute, TypeAttribute
+from xdsl.ir import Attribute, Dialect, Operation, ParametrizedAttribute, TypeAttribute
 from xdsl.irdl import (
     AllOf,
     AnyAttr,
@@ -58,7 +58,6 @@ from xdsl.irdl import (
     AttrSizedSegments,
     BaseAttr,
     EqAttrConstraint,
-    IRDLOperation,
     MessageConstraint,
     OptionalDef,
     ParamAttrConstraint,
@@ -120,6 +119,11 @@ BUILTIN_BASES: dict[type[Attribute], str] = {
 class IrdlGenError(Exception):
     """A dialect module cannot be imported or turned into IRDL."""
 
+
+
+def _is_irdl_op(op: type) -> bool:
+    """Whether ``op`` is an op class defined with IRDL (it has an IRDL definition)."""
+    return isinstance(op, type) and issubclass(op, Operation) and hasattr(op, "get_irdl_definition")
 
 @dataclass(frozen=True)
 class TwinProblem:
@@ -325,7 +329,7 @@ def _region_zero_args(rc: RangeConstraint | AttrConstraint) -> bool:
     )
 
 
-def _op_body(op: type[IRDLOperation], dialect: str, registry: _Registry, problems: list[TwinProblem]) -> list[str]:
+def _op_body(op: type[Operation], dialect: str, registry: _Registry, problems: list[TwinProblem]) -> list[str]:
     op_def = op.get_irdl_definition()
     w = _BodyWriter(dialect, registry, problems, op_def.name)
 
@@ -429,8 +433,8 @@ def dialect_to_irdl(dialect: Dialect, registry: _Registry | None = None) -> tupl
         out.append("  }")
     for op in dialect.operations:
         _, short = Dialect.split_name(op.name)
-        if not issubclass(op, IRDLOperation):
-            problems.append(TwinProblem(dialect.name, op.name, "error", "not an IRDLOperation"))
+        if not _is_irdl_op(op):
+            problems.append(TwinProblem(dialect.name, op.name, "error", "not an IRDL-defined op (irdl_op_definition)"))
             continue
         out.append(f"  irdl.operation @{short} {{")
         out += [f"    {line}" for line in _op_body(op, dialect.name, registry, problems)]

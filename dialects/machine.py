@@ -55,24 +55,14 @@ from xdsl.dialects.dlti import TargetDeviceSpecAttr, TargetSystemSpecAttr
 from xdsl.ir import Attribute, Dialect, Operation
 from xdsl.irdl import IRDLOperation, attr_def, irdl_op_definition, opt_attr_def, traits_def
 from xdsl.traits import HasParent
-from xdsl.utils.exceptions import VerifyException
 
+from opgraph.dialects.diagnostics import fail as _fail
+from opgraph.dialects.diagnostics import where as _where
 from opgraph.errors import IRError
 from opgraph.hwspec import GB, HardwareSpec, LinkEnds, LinkKind, Topology
 
 DLTI_ATTR = "dlti.target_system_spec"
 """Module attribute holding the upstream ``#dlti.target_system_spec`` of the machine."""
-
-
-def _where(op: Operation) -> str:
-    loc = op.location
-    if isinstance(loc, FileLineColLoc):
-        return f"{loc.filename.data}:{loc.line.data}:{loc.column.data}"
-    return "unknown location"
-
-
-def _fail(op: Operation, message: str) -> VerifyException:
-    return VerifyException(f"'{op.name}' at {_where(op)}: {message}")
 
 
 def _check_values(op: Operation) -> None:

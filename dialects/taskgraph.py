@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from xdsl.dialects.builtin import (
-    FileLineColLoc,
     IntegerAttr,
     IntegerType,
     ModuleOp,
@@ -47,8 +46,8 @@ from xdsl.irdl import (
     traits_def,
 )
 from xdsl.traits import HasParent, Pure
-from xdsl.utils.exceptions import VerifyException
 
+from opgraph.dialects.diagnostics import OpVerifyException, fail, where
 from opgraph.dialects.upstream.async_dialect import ExecuteOp
 
 PLAN_VERSION = 1
@@ -80,24 +79,8 @@ plus ``transfer`` and ``opaque``)."""
 PARTITIONING_KINDS = ("hash", "range", "replicated", "single", "any")
 
 
-def where(op: Operation) -> str:
-    """The op's source location as ``file:line:col`` for error messages."""
-    loc = op.location
-    if isinstance(loc, FileLineColLoc):
-        return f"{loc.filename.data}:{loc.line.data}:{loc.column.data}"
-    return "unknown location"
-
-
-class TaskGraphVerifyException(VerifyException):
-    """A verification error that knows the op it is about (``.op``)."""
-
-    def __init__(self, op: Operation, message: str):
-        super().__init__(message)
-        self.op = op
-
-
-def fail(op: Operation, message: str) -> TaskGraphVerifyException:
-    return TaskGraphVerifyException(op, f"'{op.name}' at {where(op)}: {message}")
+# a verification error that knows its op (``.op``); ``fail`` builds one
+TaskGraphVerifyException = OpVerifyException
 
 
 # ------------------------------------------------------------------------ partitioning
@@ -321,7 +304,17 @@ def verify_island(op: Operation) -> None:
     if not tg:
         return
     if not isinstance(op, ExecuteOp):
-        raise fail(op, f"island attributes ({', '.join(tg)}) are only allowed on 'async.execute'")
+        # per-op annotations of the compiler contract (taskgraph.ranks/device/algorithm/...
+        # on dataflow ops, CONVENTIONS #3) are allowed; only the island name is island-only
+        if ISLAND_ATTR in op.attributes:
+            raise fail(op, f"island attributes ({', '.join(tg)}) are only allowed on 'async.execute'")
+        ranks = op.attributes.get(RANKS_ATTR)
+        if ranks is not None and _i64_value(op, ranks, RANKS_ATTR) < 1:
+            raise fail(op, f"{RANKS_ATTR} must be >= 1")
+        device = op.attributes.get(DEVICE_ATTR)
+        if device is not None and (not isinstance(device, StringAttr) or device.data not in DEVICES):
+            raise fail(op, f"{DEVICE_ATTR} must be \"cpu\" or \"gpu\", got {device}")
+        return
     name = op.attributes.get(ISLAND_ATTR)
     if not isinstance(name, StringAttr) or not name.data:
         raise fail(op, f"an island needs a non-empty string attribute '{ISLAND_ATTR}'")

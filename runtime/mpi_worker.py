@@ -150,7 +150,7 @@ def _bcast_bytes(comm, data: bytes | None, root: int = 0) -> bytes:
 
 def load_plan(comm, plan_path: str):
     """Rank 0 reads plan.json; every rank validates the broadcast bytes as a PlanDoc."""
-    from opgraph.plan import PlanDoc
+    from opgraph.plan_schema import PlanDoc
 
     text = Path(plan_path).read_bytes() if comm.Get_rank() == 0 else None
     return PlanDoc.model_validate_json(_bcast_bytes(comm, text))

@@ -219,7 +219,11 @@ def join(
     out_part = Partitioning("hash", tuple(left_on), tuple(key_types)) if same_names else ANY
     if comm.size == 1:
         return Dist(L.join(left.table, right.table, how, left_on, right_on, schema), out_part)
-    # a replicated side joins with the other side's partitions where the kind allows it
+    # both replicated (e.g. two broadcast inputs): every rank joins the whole tables
+    if right.part.kind == "replicated" and left.part.kind == "replicated":
+        return Dist(L.join(left.table, right.table, how, left_on, right_on, schema), REPLICATED)
+    # a replicated side (the compiler's comm.broadcast before a "broadcast-right" join)
+    # joins with the other side's partitions where the kind allows it: no shuffle
     if right.part.kind == "replicated" and left.part.kind != "replicated" and how in ("inner", "left"):
         return Dist(L.join(left.table, right.table, how, left_on, right_on, schema), ANY)
     if left.part.kind == "replicated" and right.part.kind != "replicated" and how in ("inner", "right"):
@@ -505,11 +509,54 @@ def _upper_bound(columns: list[pa.Array], rows: int, key: tuple, cmp) -> int:
 OVERSAMPLE = 16
 
 
+def _range_partition_radix(comm: Communicator, table: pa.Table, by: list[str], ascending: list[bool]) -> pa.Table:
+    """Sample-sort exchange for numeric/temporal keys without a local sort first: a seeded
+    random sample of every rank's keys is allgathered and sorted, n-1 splitters picked, and
+    the C++ kernel ``range_partition`` gives every row its part by binary search over the
+    splitters' radix keys (lexicographic, nulls last; equal keys go to one rank); rows are
+    grouped by part with the stable counting sort of ``partition.group_by_partition``."""
+    from opgraph.runtime.kernels import opkernels as K
+    from opgraph.runtime.partition import group_by_partition
+
+    n, rows = comm.size, table.num_rows
+    s = min(rows, 64 * n)
+    rng = np.random.default_rng(0x5EED + comm.rank)
+    pos = np.sort(rng.choice(rows, size=s, replace=False)) if s else np.zeros(0, dtype=np.int64)
+    keys = table.select(by)
+    sample = keys.take(pa.array(pos, pa.int64())).append_column("__w", pa.array(np.full(s, rows / s if s else 0.0)))
+    samples = L.concat_tables(comm.allgather(sample), sample.schema)
+    if samples.num_rows == 0:
+        return _exchange(comm, [table] + [table.schema.empty_table()] * (n - 1), table.schema)
+    samples = samples.take(L.sort_indices(samples.select(by), by, ascending))
+    weights = np.cumsum(samples.column("__w").to_numpy())
+    picks = [min(int(np.searchsorted(weights, weights[-1] * j / n, side="left")), samples.num_rows - 1) for j in range(1, n)]
+    splitters = samples.take(pa.array(picks, pa.int64()))
+    rk, rn, sk, sn = [], [], [], []
+    for b, asc in zip(by, ascending):
+        k, nl = K.radix_keys(keys.column(b), not asc)
+        rk.append(k)
+        rn.append(nl)
+        k, nl = K.radix_keys(splitters.column(b), not asc)
+        sk.append(k)
+        sn.append(nl)
+    pids = K.range_partition(rk, rn, sk, sn)
+    idx, offsets = group_by_partition(pids, n, np.int32 if rows < 2**31 else np.int64)
+    grouped = table.take(pa.array(idx))
+    parts = [grouped.slice(int(offsets[q]), int(offsets[q + 1] - offsets[q])) for q in range(n)]
+    return _exchange(comm, parts, table.schema)
+
+
 def range_partition(comm: Communicator, table: pa.Table, by: Sequence[str], ascending: Sequence[bool]) -> tuple[pa.Table, bool]:
     """Sample-sort exchange: returns (this rank's rows of the key range it owns, whether the
-    rows came back as sorted runs - always true here, the caller re-sorts them stably)."""
+    rows came back as sorted runs). Numeric/temporal keys: the C++ range-partition kernel
+    on unsorted rows (``_range_partition_radix``; runs not sorted). Other keys: local
+    stable sort, weighted regular samples, cut at the splitters (sorted runs)."""
+    from opgraph.runtime.kernels import opkernels as K
+
     n = comm.size
     by, ascending = list(by), list(ascending)
+    if K.sortable([table.schema.field(b).type for b in by]):  # same schema on every rank
+        return _range_partition_radix(comm, table, by, ascending), False
     local = L.sort(table, by, ascending)
     rows = local.num_rows
     keys = local.select(by)

@@ -14,6 +14,7 @@ import pytest
 from opgraph.cli import main
 from opgraph.dialects.context import parse_module, print_module
 from opgraph.dialects.upstream_verify import verify_files
+from opgraph.passes.pipeline import default_pipeline
 from opgraph.passes.registry import pass_names
 from opgraph.plan import PlanDoc
 
@@ -58,6 +59,7 @@ def test_compile_writes_plan_files(compiled):
         assert doc.version == 1 and doc.pipeline == example and doc.hardware
         dumps = sorted(p.name for p in (target / "ir").iterdir())
         assert dumps[0] == "00-traced.mlir"
+        assert dumps[1:] == [f"{i:02d}-{p.name}.mlir" for i, p in enumerate(default_pipeline(), start=1)]
         assert dumps[-1].endswith("lower-to-islands.mlir")
         assert (target / "ir" / dumps[-1]).read_text() == (target / "plan.mlir").read_text()
         traced = (target / "ir" / "00-traced.mlir").read_text()

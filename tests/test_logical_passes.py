@@ -1056,3 +1056,43 @@ def test_default_pipeline_change_compiles(data: dict[str, str], tmp_path: Path) 
     run_pipeline(module, PROPOSED_DEFAULT)
     module.verify()
     assert verify_files([_write(tmp_path / "plan.mlir", print_module(module))]) == []
+
+
+# ------------------------------------------- retyped columns through the default pipeline
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["widen", "widen-then-read", "narrow-literal", "to-float", "filter-after", "groupby-key", "twice"],
+)
+def test_projection_pushdown_with_retyped_assignments(data: dict[str, str], shape: str) -> None:
+    """An assignment that changes a column's type (int32 'small' := an int64 or float
+    expression) keeps every later op's types consistent through projection pushdown and the
+    whole default pipeline (a crash was reported for int32 := int64)."""
+    from opgraph.passes.pipeline import DEFAULT_PIPELINE
+
+    def p(path):
+        t = og.read_parquet(path)
+        if shape == "widen":
+            return t.assign(small=t["small"] + t["user_id"])[["user_id", "small"]]
+        if shape == "widen-then-read":
+            u = t.assign(small=t["user_id"] * 2)
+            return u.assign(z=u["small"] + 1)[["z"]]
+        if shape == "narrow-literal":
+            return t.assign(small=t["small"] * 3000000000)[["small"]]
+        if shape == "to-float":
+            return t.assign(small=t["value"] * 2)[["small", "country"]]
+        if shape == "filter-after":
+            u = t.assign(small=t["small"].astype("int64") + t["user_id"])
+            return u[u["small"] > 3][["small"]]
+        if shape == "groupby-key":
+            return t.assign(small=t["small"] + t["user_id"]).groupby("small").agg(s=("value", "sum"))
+        u = t.assign(small=t["small"] + 1)  # int32 stays int32
+        u = u.assign(small=u["small"] + u["user_id"])  # then int64
+        return u.assign(small=u["small"] * 0.5)[["small", "user_id"]]  # then float
+
+    logical_default = DEFAULT_PIPELINE.removeprefix("builtin.module(").removesuffix(")").replace(",lower-to-islands", "")
+    assert_same_results(lambda: trace(p, data["ev"]), pipelines=("projection-pushdown", LOGICAL, logical_default))
+    module = trace(p, data["ev"])
+    run_pipeline(module)  # the default pipeline, lowering included
+    module.verify()

@@ -246,7 +246,10 @@ def test_bad_pipeline_syntax(text, fragment):
 def test_pipeline_text_round_trip():
     passes = default_pipeline(ranks=4)
     text = pipeline_text(passes)
-    assert text == "builtin.module(canonicalize,cse,dce,lower-to-islands{ranks=4})"
+    assert text == (
+        "builtin.module(fold-constants,predicate-pushdown,projection-pushdown,fuse-expressions,"
+        "fold-constants,canonicalize,cse,dce,lower-to-islands{ranks=4})"
+    )
     assert parse_pipeline(text) == passes
     assert pipeline_text(parse_pipeline("verify{upstream=true},lower-to-islands{device=gpu}")) == (
         'builtin.module(verify{upstream=true},lower-to-islands{device="gpu"})'
@@ -255,9 +258,19 @@ def test_pipeline_text_round_trip():
 
 def test_default_pipeline():
     # run_pipeline verifies input and output itself, so no explicit verify passes
-    assert [p.name for p in default_pipeline()] == ["canonicalize", "cse", "dce", "lower-to-islands"]
+    assert [p.name for p in default_pipeline()] == [
+        "fold-constants",
+        "predicate-pushdown",
+        "projection-pushdown",
+        "fuse-expressions",
+        "fold-constants",
+        "canonicalize",
+        "cse",
+        "dce",
+        "lower-to-islands",
+    ]
     assert parse_pipeline(DEFAULT_PIPELINE) == default_pipeline()
-    assert default_pipeline(ranks=2)[3] == LowerToIslands(ranks=2)
+    assert default_pipeline(ranks=2)[-1] == LowerToIslands(ranks=2)
 
 
 # ------------------------------------------------------------------------- registry
@@ -316,12 +329,7 @@ def test_after_each_called_in_order():
     calls: list[tuple[int, str, int]] = []
     result = run_pipeline(module, None, tst_ctx(), lambda i, n, m: calls.append((i, n, id(m))))
     assert result is module
-    assert [(i, n) for i, n, _ in calls] == [
-        (1, "canonicalize"),
-        (2, "cse"),
-        (3, "dce"),
-        (4, "lower-to-islands"),
-    ]
+    assert [(i, n) for i, n, _ in calls] == list(enumerate((p.name for p in default_pipeline()), start=1))
     assert all(m == id(module) for _, _, m in calls)
 
 
@@ -588,7 +596,8 @@ US = pa.table({"user_id": [1, 2], "country": ["US", "DE"]})
 @pytest.fixture
 def lowered_etl() -> ModuleOp:
     module = etl.trace(EV, US)
-    run_pipeline(module)
+    # the lowering alone (the default pipeline's logical passes would add projections)
+    run_pipeline(module, "canonicalize,cse,dce,lower-to-islands")
     return module
 
 
@@ -658,10 +667,182 @@ def test_print_ir_after_all_dumps_verify_upstream(tmp_path):
     dumps: list[tuple[str, str]] = []
     run_pipeline(module, None, None, lambda i, n, m: dumps.append((f"{i:02d}-{n}.mlir", print_module(m))))
     assert [d[0] for d in dumps] == [
-        "01-canonicalize.mlir",
-        "02-cse.mlir",
-        "03-dce.mlir",
-        "04-lower-to-islands.mlir",
+        "01-fold-constants.mlir",
+        "02-predicate-pushdown.mlir",
+        "03-projection-pushdown.mlir",
+        "04-fuse-expressions.mlir",
+        "05-fold-constants.mlir",
+        "06-canonicalize.mlir",
+        "07-cse.mlir",
+        "08-dce.mlir",
+        "09-lower-to-islands.mlir",
     ]
-    ok, out = upstream_check(dumps[3][1], tmp_path, {"df": DataFrame, "taskgraph": tg.TaskGraph})
+    ok, out = upstream_check(dumps[-1][1], tmp_path, {"df": DataFrame, "taskgraph": tg.TaskGraph})
     assert ok, out
+
+
+# ------------------------------------------- quick canonicalize/cse/dce and fast verifier
+#
+# run_pipeline runs xDSL's canonicalize/cse/dce through ``apply_pass`` (same result, less
+# bookkeeping) and the driver's default pipeline verifies with ``fast_verify`` (each op
+# signature checked once): both must agree with xDSL exactly.
+
+ARITH_TEXT = """
+builtin.module {
+  func.func @f(%a: i64, %x: f64) -> (i64, i64, f64) {
+    %c1 = arith.constant 1 : i64
+    %c2 = arith.constant 2 : i64
+    %s = arith.addi %c1, %c2 : i64
+    %d = arith.addi %a, %s : i64
+    %e = arith.addi %a, %s : i64
+    %z = arith.constant 0 : i64
+    %g = arith.addi %d, %z : i64
+    %dead = arith.muli %a, %a : i64
+    %y = arith.mulf %x, %x : f64
+    %y2 = arith.mulf %x, %x : f64
+    %w = arith.addf %y, %y2 : f64
+    func.return %g, %e, %w : i64, i64, f64
+  }
+}
+"""
+
+
+@og.pipeline
+def dup_pipeline(ev):
+    a = ev.assign(s=ev["value"] * 2 + ev["value"] * 2, unused=ev["value"] + 1)
+    b = ev.assign(s=ev["value"] * 2 + ev["value"] * 2, unused=ev["value"] + 1)
+    a = a[a["s"] > 1.0]
+    return a, b[["user_id", "s"]]
+
+
+def _quick_modules():
+    yield parse_module(ARITH_TEXT)
+    yield dup_pipeline.trace(EV)
+    yield etl.trace(EV, US)
+
+
+@pytest.mark.parametrize("name", ["canonicalize", "cse", "dce", "canonicalize,cse,dce"])
+def test_quick_generic_passes_match_xdsl(name):
+    from opgraph.passes.pipeline import apply_pass
+
+    for index, _ in enumerate(_quick_modules()):
+        ours, theirs = list(_quick_modules())[index], list(_quick_modules())[index]
+        ctx = make_context()
+        for p in parse_pipeline(name):
+            apply_pass(p, ctx, ours)
+            p.apply(ctx, theirs)
+        assert print_module(ours) == print_module(theirs), (name, index)
+        ours.verify()
+
+
+def test_quick_generic_passes_change_what_xdsl_changes():
+    module = parse_module(ARITH_TEXT)
+    run_pipeline(module, "canonicalize,cse,dce")
+    text = print_module(module)
+    assert "arith.muli" not in text  # dead
+    assert text.count("arith.mulf") == 1  # CSE'd
+    assert "arith.constant" in text and text.count("arith.addi") == 1  # folded 1 + 2, + 0 gone
+
+
+def _verdict_xdsl(module: Operation) -> bool:
+    try:
+        module.verify()
+    except Exception:
+        return False
+    return True
+
+
+def _mutations():
+    """(description, function breaking a module in place) pairs."""
+    from xdsl.dialects.builtin import IntegerAttr, i1, i64
+    from xdsl.rewriter import Rewriter
+
+    from opgraph.dialects import dataframe as df
+
+    def first(module, name):
+        return next(o for o in module.walk() if o.name == name)
+
+    def wrong_result_type(m):
+        op = first(m, "df.map")
+        other = first(m, "df.project") if any(o.name == "df.project" for o in m.walk()) else first(m, "df.input")
+        new = other.results[0].type if other.results[0].type != op.results[0].type else df.table_of([])
+        Rewriter.replace_value_with_new_type(op.results[0], new)
+
+    def missing_attribute(m):
+        del first(m, "df.map").attributes["names"]
+
+    def wrong_attribute_kind(m):
+        first(m, "df.map").attributes["names"] = IntegerAttr(1, i64)
+
+    def no_terminator(m):
+        op = first(m, "df.map")
+        op.regions[0].block.last_op.detach()
+
+    def operand_type(m):
+        op = first(m, "arith.mulf")
+        cmp = first(m, "arith.cmpf")
+        op.operands[0] = cmp.results[0] if cmp.results[0].type == i1 else op.operands[0]
+
+    def wrong_column_type(m):
+        col = first(m, "df.col")
+        Rewriter.replace_value_with_new_type(col.results[0], i1 if col.results[0].type != i1 else i64)
+
+    def not_in_scope(m):
+        filt = first(m, "df.filter")
+        mp = first(m, "df.map")
+        inner = next(o for o in mp.walk() if o.name == "df.col")
+        target = next(o for o in filt.walk() if o.name == "arith.cmpf")
+        target.operands[0] = inner.results[0]
+
+    def erased_region(m):
+        op = first(m, "df.filter")
+        for inner in reversed(list(op.regions[0].block.ops)):
+            inner.detach()
+            inner.erase(safe_erase=False)
+
+    yield from [
+        ("result type", wrong_result_type),
+        ("missing attribute", missing_attribute),
+        ("attribute kind", wrong_attribute_kind),
+        ("no terminator", no_terminator),
+        ("operand type", operand_type),
+        ("column type", wrong_column_type),
+        ("value out of scope", not_in_scope),
+        ("empty region", erased_region),
+    ]
+
+
+@pytest.mark.parametrize("lowered", [False, True])
+def test_fast_verify_agrees_with_xdsl(lowered):
+    from opgraph.passes.verify import fast_verify, find_verification_error
+
+    def fresh():
+        module = etl.trace(EV, US)
+        if lowered:
+            run_pipeline(module, "canonicalize,cse,dce,lower-to-islands")
+        return module
+
+    assert fast_verify(fresh()) and _verdict_xdsl(fresh())
+    for what, mutate in _mutations():
+        module = fresh()
+        mutate(module)
+        expected = _verdict_xdsl(module)
+        assert fast_verify(module) == expected or (fast_verify(module) is False and expected), what
+        # whatever the fast check says, the reported error is xDSL's
+        slow, fast = find_verification_error(module), find_verification_error(module, fast=True)
+        assert (slow is None) == (fast is None), what
+        if slow is not None:
+            assert slow[1] == fast[1], what
+
+
+def test_fast_verify_finds_every_mutation_xdsl_finds():
+    from opgraph.passes.verify import fast_verify
+
+    rejected = 0
+    for what, mutate in _mutations():
+        module = etl.trace(EV, US)
+        mutate(module)
+        if not _verdict_xdsl(module):
+            rejected += 1
+            assert not fast_verify(module), what
+    assert rejected >= 6

@@ -422,8 +422,19 @@ def test_island_attribute_checks(attrs, message):
 
 def test_island_attributes_only_on_execute():
     module, tr = _transfer_island()
-    tr.attributes[tg.RANKS_ATTR] = IntegerAttr(2, i64)
+    tr.attributes[tg.ISLAND_ATTR] = StringAttr("x")
     with pytest.raises(VerifyException, match="only allowed on 'async.execute'"):
+        tg.verify_islands(module)
+
+
+def test_annotation_attributes_allowed_on_dataflow_ops():
+    # CONVENTIONS #3: taskgraph.ranks/device/algorithm/... annotate dataflow ops
+    module, tr = _transfer_island()
+    tr.attributes[tg.RANKS_ATTR] = IntegerAttr(2, i64)
+    tr.attributes["taskgraph.algorithm"] = StringAttr("shuffle-hash")
+    tg.verify_islands(module)
+    tr.attributes[tg.RANKS_ATTR] = IntegerAttr(0, i64)
+    with pytest.raises(VerifyException, match="must be >= 1"):
         tg.verify_islands(module)
 
 

@@ -24,7 +24,8 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Self
 
-from xdsl.dialects.builtin import DenseArrayBase, FileLineColLoc, IndexType, i32
+from opgraph.dialects.diagnostics import fail as _fail
+from xdsl.dialects.builtin import DenseArrayBase, IndexType, i32
 from xdsl.ir import (
     Attribute,
     Block,
@@ -92,17 +93,6 @@ class GroupType(ParametrizedAttribute, TypeAttribute):
     """``!async.group``: a group of tokens/values awaited together."""
 
     name = "async.group"
-
-
-def _where(op: Operation) -> str:
-    loc = op.location
-    if isinstance(loc, FileLineColLoc):
-        return f"{loc.filename.data}:{loc.line.data}:{loc.column.data}"
-    return "unknown location"
-
-
-def _fail(op: Operation, message: str) -> VerifyException:
-    return VerifyException(f"'{op.name}' at {_where(op)}: {message}")
 
 
 _TOKEN = TokenType()

@@ -6,25 +6,43 @@
     def etl(path: str):
         t = og.read_parquet(path)
         return t[t["x"] > 0].groupby("k").agg(total=("x", "sum"))
+
+``import opgraph`` is cheap: the tracing API (and with it xDSL, about a second to import)
+is loaded on first use of one of its names, so runtime processes (MPI workers), which only
+need ``opgraph.runtime`` and ``opgraph.plan_schema``, start without it.
 """
 
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING
+
 from opgraph.errors import OpgraphError, TraceError
-from opgraph.expr import Expr, exp, log, sqrt, where
-from opgraph.pipeline import Pipeline, pipeline
-from opgraph.table import (
-    Table,
-    concat,
-    from_arrow,
-    from_pandas,
-    read_csv,
-    read_ipc,
-    read_parquet,
-    write_csv,
-    write_ipc,
-    write_parquet,
-)
 
 __version__ = "0.1.0"
+
+# public name -> module that defines it (imported on first use)
+_LAZY: dict[str, str] = {
+    "Expr": "opgraph.expr",
+    "exp": "opgraph.expr",
+    "log": "opgraph.expr",
+    "sqrt": "opgraph.expr",
+    "where": "opgraph.expr",
+    "Pipeline": "opgraph.pipeline",
+    "pipeline": "opgraph.pipeline",
+    "Table": "opgraph.table",
+    "concat": "opgraph.table",
+    "from_arrow": "opgraph.table",
+    "from_pandas": "opgraph.table",
+    "read_csv": "opgraph.table",
+    "read_ipc": "opgraph.table",
+    "read_parquet": "opgraph.table",
+    "write_csv": "opgraph.table",
+    "write_ipc": "opgraph.table",
+    "write_parquet": "opgraph.table",
+}
 
 __all__ = [
     "Expr",
@@ -47,12 +65,55 @@ __all__ = [
     "write_ipc",
     "write_parquet",
 ]
+assert sorted(__all__) == sorted(["OpgraphError", "TraceError", *_LAZY])
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the names as if imported eagerly
+    from opgraph.expr import Expr, exp, log, sqrt, where
+    from opgraph.pipeline import Pipeline, pipeline
+    from opgraph.table import (
+        Table,
+        concat,
+        from_arrow,
+        from_pandas,
+        read_csv,
+        read_ipc,
+        read_parquet,
+        write_csv,
+        write_ipc,
+        write_parquet,
+    )
 
 
 def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+        if name != "pipeline":  # kept off the module dict: see _Package
+            globals()[name] = value
+        return value
     # og.dl pulls in JAX: import it only when used
     if name == "dl":
-        import importlib
-
         return importlib.import_module("opgraph.dl")
     raise AttributeError(f"module 'opgraph' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY, "dl"})
+
+
+class _Package(types.ModuleType):
+    """``opgraph.pipeline`` is both the decorator and the submodule defining it. Importing
+    the submodule binds the package attribute ``pipeline`` to the module; this property
+    keeps ``og.pipeline`` the decorator whatever was imported first (as the eager
+    ``from opgraph.pipeline import pipeline`` used to)."""
+
+    @property
+    def pipeline(self):
+        return importlib.import_module("opgraph.pipeline").pipeline
+
+    @pipeline.setter
+    def pipeline(self, value) -> None:
+        pass  # the import system binding the submodule
+
+
+sys.modules[__name__].__class__ = _Package

@@ -121,7 +121,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
     plan = compile_traced(traced, hw=args.hw, pass_pipeline=args.pass_pipeline, cwd=Path.cwd())
     extra = {}
     if args.emit == "slurm":
-        raise UsageError("--emit slurm needs the parallelism compiler, which is not in this version yet")
+        from opgraph.driver import resolve_hw
+        from opgraph.slurm import slurm_script
+
+        spec = resolve_hw(args.hw, Path.cwd())
+        extra["job.slurm"] = slurm_script(plan.doc, spec, str(Path(args.output).resolve()))
     plan.write(args.output, print_ir_after_all=args.print_ir_after_all, extra=extra)
     if args.explain:
         print(plan.explain(), end="")
@@ -130,12 +134,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from opgraph.driver import run_traced
+    from opgraph.run_progress import cli_run  # progress on stderr, results on stdout
 
-    pipeline = load_pipeline(args.pipeline, args.entry)
-    traced = _trace(pipeline, parse_args_kv(pipeline, args.arg), Path(args.pipeline))
-    run_traced(traced, engine=args.engine, ranks=args.ranks, hw=args.hw)
-    return 0
+    return cli_run(args)
 
 
 def cmd_opt(args: argparse.Namespace) -> int:
@@ -192,7 +193,9 @@ def cmd_hw(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    raise UsageError("calibrate needs the runtime's kernels and cost model, which are not in this version yet")
+    from opgraph.calibrate import cli_calibrate
+
+    return cli_calibrate(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=["local", "mpi", "ray"], default="local")
     p.add_argument("-n", "--ranks", type=int, default=1)
     p.add_argument("--hw", default=None)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("opt", help="run passes on an MLIR file (like mlir-opt)")
@@ -241,7 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_hw)
 
     p = sub.add_parser("calibrate", help="measure this machine into a spec")
-    p.add_argument("-o", "--output")
+    p.add_argument("-o", "--output", help="spec file to write (default: print the YAML)")
+    p.add_argument("--hw", help="base spec to fill (default: `opgraph hw detect` of this machine)")
+    p.add_argument("--quick", action="store_true", help="small sizes (~10 s; for tests, not for planning)")
+    p.add_argument("--no-mpi", action="store_true", help="skip the MPI ping-pong")
+    p.add_argument("--quiet", action="store_true", help="no per-measurement lines on stderr")
     p.set_defaults(func=cmd_calibrate)
     return parser
 

@@ -23,6 +23,7 @@ unless ``jax_enable_x64``). In the IR a parameter set is one value of type
 
 from __future__ import annotations
 
+import base64
 import difflib
 import functools
 import inspect
@@ -53,7 +54,14 @@ from xdsl.ir import Attribute, Operation, SSAValue
 from opgraph.dialects import dataframe as df
 from opgraph.dialects import dl as dlops
 from opgraph.table import Table
-from opgraph.tracing import SourceLoc, TraceState, current_trace, display_path, trace_error, user_location
+from opgraph.tracing import (
+    SourceLoc,
+    TraceState,
+    current_trace,
+    display_path,
+    trace_error,
+    user_location,
+)
 
 __all__ = [
     "Params",
@@ -501,9 +509,63 @@ def _model(fn: Any, params: Params, x: Tensor, loc: SourceLoc) -> dlops.ModelOp:
         str(params.treedef),
     )
     op.location = _definition(fn, loc).attr()
+    forward = _cost(fn, _param_specs(params), x_type)
+    # a training step: forward + backward, about three forward passes (lowering the gradient
+    # only for its cost analysis would double the tracing time of every DL pipeline)
+    train_cost = (TRAIN_COST_FACTOR * forward[0], TRAIN_COST_FACTOR * forward[1])
+    op.attributes[dlops.FLOPS_ATTR] = FloatAttr(forward[0], f64)
+    op.attributes[dlops.BYTES_ATTR] = FloatAttr(forward[1], f64)
+    blobs = _state_slot(state, "dl_blobs", dict)
+    blobs[op.sym_name.data] = (_serialized(exported, loc), forward, train_cost)
     module_ops(state).append(op)
     cache[key] = (fn, op)
     return op
+
+
+COST_ROWS = 256
+"""Rows of the concrete batch that JAX's cost analysis is run on (figures are per row)."""
+
+TRAIN_COST_FACTOR = 3.0
+"""Cost of a training step (forward + backward) in forward passes."""
+
+
+def _cost(fn: Callable, pspec: Any, x_type: TensorType) -> tuple[float, float]:
+    """(FLOPs, bytes accessed) per row of x, from XLA's cost analysis of ``fn`` lowered for a
+    batch of ``COST_ROWS`` rows (no compilation). (0, 0) when the backend gives none."""
+    try:
+        lowered = jax.jit(fn).lower(pspec, _spec(x_type, COST_ROWS))
+        cost = lowered.cost_analysis()
+    except Exception:  # cost analysis is advice for the cost model, never fatal
+        return 0.0, 0.0
+    if isinstance(cost, list | tuple):
+        cost = cost[0] if cost else {}
+    cost = cost or {}
+    return float(cost.get("flops", 0.0)) / COST_ROWS, float(cost.get("bytes accessed", 0.0)) / COST_ROWS
+
+
+def _serialized(exported: Any, loc: SourceLoc) -> str:
+    """``jax.export`` serialization (with the VJP, so the runtime can differentiate through
+    it), base64: how a plan carries a function for the runtime to call (data, no pickle)."""
+    try:
+        blob = exported.serialize(vjp_order=1)
+    except ImportError as e:  # jax needs 'flatbuffers' to serialize
+        raise trace_error(f"og.dl cannot carry the model in the plan: {e}", loc) from None
+    return base64.b64encode(bytes(blob)).decode("ascii")
+
+
+def _attach_functions(op: Operation, model: dlops.ModelOp, loss: str | None, train: bool) -> None:
+    """What the runtime needs of the model (and custom loss) on the op that runs it: the
+    serialized exports, and per-row cost figures for the cost model."""
+    state = current_trace()
+    blobs = _state_slot(state, "dl_blobs", dict)
+    blob, forward, train_cost = blobs[model.sym_name.data]
+    op.attributes[dlops.MODEL_EXPORT_ATTR] = StringAttr(blob)
+    if loss is not None and loss.startswith(dlops.CUSTOM_LOSS_PREFIX):
+        loss_blob = _state_slot(state, "dl_loss_blobs", dict)[loss[len(dlops.CUSTOM_LOSS_PREFIX):]]
+        op.attributes[dlops.LOSS_EXPORT_ATTR] = StringAttr(loss_blob)
+    flops, nbytes = train_cost if train else forward
+    op.attributes[dlops.FLOPS_ATTR] = FloatAttr(flops, f64)
+    op.attributes[dlops.BYTES_ATTR] = FloatAttr(nbytes, f64)
 
 
 def _custom_loss(fn: Callable, pred: TensorType, y: Tensor, loc: SourceLoc) -> str:
@@ -531,6 +593,7 @@ def _custom_loss(fn: Callable, pred: TensorType, y: Tensor, loc: SourceLoc) -> s
             raise trace_error(f"a custom loss must return one float scalar, got {shapes}", loc)
         op = dlops.LossOp(_symbol(state, _fn_name(fn)), _stablehlo_text(exported), [pred, y_type], out_type)
         op.location = _definition(fn, loc).attr()
+        _state_slot(state, "dl_loss_blobs", dict)[op.sym_name.data] = _serialized(exported, loc)
         module_ops(state).append(op)
         cache[key] = (fn, op)
     return dlops.CUSTOM_LOSS_PREFIX + cache[key][1].sym_name.data
@@ -686,6 +749,7 @@ def train(
     model = _model(model_fn, p, x, loc)
     loss_attr = _loss_attr(loss, model, yt, loc)
     op = dlops.TrainOp(x.ir_value, yt.ir_value, p.ir_value, model.sym_name.data, loss_attr, optimizer, options, *settings)
+    _attach_functions(op, model, loss_attr, train=True)
     current_trace().append(op, loc)
     return Params(op.trained, p.treedef, p.paths), Tensor(op.losses)
 
@@ -701,6 +765,7 @@ def predict(model_fn: Callable, params: Any, X: Tensor) -> Tensor:
     out = model.output_type
     result = TensorType(out.element_type, [x.type.get_shape()[0], *out.get_shape()[1:]])
     op = dlops.PredictOp(x.ir_value, p.ir_value, model.sym_name.data, result)
+    _attach_functions(op, model, None, train=False)
     current_trace().append(op, loc)
     return Tensor(op.result)
 
@@ -770,7 +835,7 @@ def load(path: str | os.PathLike) -> Params:
         if not isinstance(npz, np.lib.npyio.NpzFile):
             raise ValueError("not an .npz archive (write it with og.dl.save or numpy.savez)")
         with npz:
-            members = {(m[:-4] if m.endswith(".npy") else m): m for m in npz.zip.namelist()}
+            members = {(m.removesuffix(".npy")): m for m in npz.zip.namelist()}
             headers = {k: _read_header(npz.zip, m) for k, m in members.items() if k != PATHS_MEMBER}
             paths_text = str(npz[PATHS_MEMBER][()]) if PATHS_MEMBER in members else None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
@@ -880,6 +945,7 @@ def sweep(
     op = dlops.SweepOp(
         x.ir_value, yt.ir_value, p.ir_value, model.sym_name.data, loss_attr, optimizer, options, grid_attrs, *settings
     )
+    _attach_functions(op, model, loss_attr, train=True)
     current_trace().append(op, loc)
     return Table(op.result)
 

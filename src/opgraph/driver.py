@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,29 +41,81 @@ class Plan:
         return plan_json_text(self.doc)
 
     def explain(self) -> str:
-        """A table: per op its pattern, island, ranks, device and source location."""
+        """Per op: island, pattern, algorithm, ranks, device, predicted time, bytes moved and
+        source location; then per island its ranks, device, nodes and predicted start/end;
+        then the predicted makespan and peak memory (plain aligned text, via rich)."""
         from rich.console import Console
         from rich.table import Table as RichTable
 
-        table = RichTable(title=f"plan for {self.name} on {self.hardware}")
-        for col in ("op", "pattern", "island", "ranks", "device", "predicted time", "bytes moved", "location"):
-            table.add_column(col)
-        for island in self.doc.islands:
+        def fmt_s(v: Any) -> str:
+            if not isinstance(v, int | float):
+                return "-"
+            v = float(v)
+            if v == 0:
+                return "0 s"
+            if v < 1e-3:
+                return f"{v * 1e6:.1f} us"
+            if v < 1:
+                return f"{v * 1e3:.2f} ms"
+            return f"{v:.3f} s"
+
+        def fmt_b(v: Any) -> str:
+            if not isinstance(v, int | float):
+                return "-"
+            v = float(v)
+            for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+                if v >= size:
+                    return f"{v / size:.2f} {unit}"
+            return f"{int(v)} B"
+
+        doc = self.doc
+        ops = RichTable(title=f"plan for {self.name} on {self.hardware}")
+        for col in ("op", "island", "pattern", "algorithm", "ranks", "device", "predicted time", "bytes moved", "location"):
+            ops.add_column(col, justify="right" if col in ("ranks", "predicted time", "bytes moved") else "left")
+        for island in doc.islands:
             for op in island.ops:
-                table.add_row(
+                a = op.attributes
+                ops.add_row(
                     op.op,
-                    PATTERNS.get(op.op, "-"),
                     island.name,
-                    str(island.ranks),
-                    island.device,
-                    "n/a (no cost model yet)",
-                    "n/a",
+                    str(a.get("taskgraph.pattern") or PATTERNS.get(op.op) or island.pattern or "-"),
+                    str(a.get("taskgraph.algorithm") or island.algorithm or "-"),
+                    str(a.get("taskgraph.ranks", island.ranks)),
+                    str(a.get("taskgraph.device", island.device)),
+                    fmt_s(a.get("taskgraph.cost")),
+                    fmt_b(a.get("taskgraph.bytes_moved")),
                     op.loc or "-",
                 )
-        console = Console(width=160, record=True, file=open(os.devnull, "w"))
-        console.print(table)
-        console.print(f"islands: {len(self.doc.islands)}; predicted makespan: n/a (no cost model yet)")
-        return console.export_text()
+        isl = RichTable(title="islands (predicted timeline)")
+        for col in ("island", "ops", "ranks", "device", "nodes", "start", "end", "inputs from"):
+            isl.add_column(col, justify="right" if col in ("ops", "ranks", "start", "end") else "left")
+        for island in doc.islands:
+            nodes = island.nodes
+            node_text = "-" if not nodes else (
+                ",".join(map(str, nodes)) if len(nodes) <= 4 else f"{nodes[0]}..{nodes[-1]} ({len(nodes)})"
+            )
+            isl.add_row(
+                island.name,
+                str(len(island.ops)),
+                str(island.ranks),
+                island.device,
+                node_text,
+                fmt_s(island.start),
+                fmt_s(island.end),
+                ", ".join(t.from_island for t in island.transfers) or "-",
+            )
+        with open(os.devnull, "w") as sink:
+            console = Console(width=200, record=True, file=sink)
+            console.print(ops)
+            console.print(isl)
+            if doc.makespan is not None:
+                console.print(
+                    f"islands: {len(doc.islands)}; predicted makespan: {fmt_s(doc.makespan)}; "
+                    f"nodes used: {doc.nodes_used}; peak memory per node: {fmt_b(doc.peak_memory)}"
+                )
+            else:
+                console.print(f"islands: {len(doc.islands)}; predicted makespan: n/a (run schedule-islands)")
+            return console.export_text()
 
     def write(self, out_dir: str | os.PathLike, print_ir_after_all: bool = False, extra: dict[str, str] | None = None) -> None:
         """Writes plan.mlir, plan.json (and ir/NN-*.mlir) atomically: into a temporary sibling
@@ -112,17 +165,35 @@ def compile_traced(
     pass_pipeline: str | None = None,
     cwd: Path | None = None,
     keep_dumps: bool = True,
+    timings: dict[str, float] | None = None,
 ) -> Plan:
+    """Runs the passes (default pipeline unless ``pass_pipeline``) on the traced module for
+    ``hw`` and builds the plan. ``timings``, when given, receives seconds per step (machine
+    ops, each pass as ``NN-<pass>``, verification, plan.json doc)."""
     with gc_paused():
-        return _compile_traced(traced, hw, pass_pipeline, cwd, keep_dumps)
+        return _compile_traced(traced, hw, pass_pipeline, cwd, keep_dumps, timings)
 
 
-def _compile_traced(traced: Traced, hw: Any, pass_pipeline: str | None, cwd: Path | None, keep_dumps: bool) -> Plan:
+def _compile_traced(
+    traced: Traced,
+    hw: Any,
+    pass_pipeline: str | None,
+    cwd: Path | None,
+    keep_dumps: bool,
+    timings: dict[str, float] | None = None,
+) -> Plan:
     from opgraph.passes.pipeline import run_pipeline
 
+    clock = getattr(timings, "clock", time.perf_counter)
+    start = clock()
     spec = resolve_hw(hw, cwd)
+    if timings is not None:
+        timings["hw spec"] = clock() - start
     module = traced.module
+    start = clock()
     attach_machine(module, spec)
+    if timings is not None:
+        timings["machine ops"] = clock() - start
     dumps: list[tuple[str, str]] = []
     if keep_dumps:
         dumps.append((_dump_name(0, "traced"), print_module(module)))
@@ -132,9 +203,15 @@ def _compile_traced(traced: Traced, hw: Any, pass_pipeline: str | None, cwd: Pat
             dumps.append((_dump_name(index, pass_name), print_module(mod)))
 
     ctx = make_context()
-    # our default pipeline is verified on input and output; a user's pipeline after each pass
-    run_pipeline(module, pass_pipeline, ctx, after_each, verify_each=pass_pipeline is not None)
+    # A user's pipeline is verified (xDSL's verifier) on input and after each pass. Our
+    # default pipeline runs on traced IR, which the op constructors built with inferred
+    # types, and is verified once, on output, with the fast verifier (run_pipeline).
+    user = pass_pipeline is not None
+    run_pipeline(module, pass_pipeline, ctx, after_each, verify_each=user, verify_input=user, timings=timings)
+    start = clock()
     doc = build_plan_doc(module, traced.name, spec.name)
+    if timings is not None:
+        timings["plan.json doc"] = clock() - start
     return Plan(traced.name, spec.name, module, doc, dumps, traced.inputs)
 
 

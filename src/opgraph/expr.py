@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from xdsl.dialects import arith, math
@@ -20,6 +21,7 @@ from xdsl.dialects.builtin import (
     IntegerAttr,
     IntegerType,
     StringAttr,
+    UnknownLoc,
     f64,
     i1,
     i64,
@@ -396,14 +398,55 @@ def walk(e: Expr):
 # ------------------------------------------------------------------- IR emission
 
 
+# Op "shapes": what an arith/math op builder makes of its arguments (result types,
+# properties, attributes) depends only on the builder, the operand types and the other
+# arguments. The first op of each shape is built by its IRDL builder; the next ones copy its
+# shape with the plain ``Operation`` constructor, without the builder's per-op argument
+# processing (the ops are identical; a traced pipeline builds thousands of them).
+_SHAPES: dict[tuple, tuple[tuple[Attribute, ...], dict[str, Attribute], dict[str, Attribute]]] = {}
+_PLACEHOLDER_LOC = UnknownLoc()  # replaced by RegionBuilder.add
+
+
+def _mk(cls: type[Operation], *args: Any) -> Operation:
+    """``cls(*args)``; ``args`` are the operands (SSA values) followed by hashable others."""
+    key = (cls, *[a.type if isinstance(a, SSAValue) else a for a in args])
+    shape = _SHAPES.get(key)
+    if shape is None:
+        op = cls(*args)
+        if not op.regions and not op.successors:
+            _SHAPES[key] = (tuple(op.result_types), dict(op.properties), dict(op.attributes))
+        return op
+    result_types, properties, attributes = shape
+    return cls.create(
+        operands=[a for a in args if isinstance(a, SSAValue)],
+        result_types=result_types,
+        properties=properties,
+        attributes=attributes,
+        location=_PLACEHOLDER_LOC,
+    )
+
+
 def _const(value: Any, t: Attribute) -> Operation:
     if isinstance(t, df.StringType):
         return df.StringConstantOp(value)
+    attr = _const_attr(type(value), value.hex() if isinstance(value, float) else value, t)
+    # = arith.ConstantOp(attr) (not through _mk: 0.0 and -0.0 attributes compare equal)
+    return arith.ConstantOp.create(
+        result_types=[attr.get_type()], properties={"value": attr}, location=_PLACEHOLDER_LOC
+    )
+
+
+@lru_cache(maxsize=4096)
+def _const_attr(kind: type, value: Any, t: Attribute) -> Attribute:
+    """The (immutable, shared) attribute of a constant; floats come as ``float.hex`` so
+    that 0.0 and -0.0 (equal as keys) stay distinct."""
+    if kind is float:
+        value = float.fromhex(value)
     if df.is_bool(t):
-        return arith.ConstantOp(BoolAttr.from_bool(bool(value)))
+        return BoolAttr.from_bool(bool(value))
     if df.is_float(t):
-        return arith.ConstantOp(FloatAttr(float(value), t))
-    return arith.ConstantOp(IntegerAttr(int(value), t))
+        return FloatAttr(float(value), t)
+    return IntegerAttr(int(value), t)
 
 
 _CMPI = {"eq": "eq", "ne": "ne", "lt": "slt", "le": "sle", "gt": "sgt", "ge": "sge"}
@@ -464,27 +507,27 @@ class RegionBuilder:
             if isinstance(at, df.StringType):
                 return self.add(df.StringCompareOp(k, args[0], args[1]), loc)
             if df.is_float(at):
-                return self.add(arith.CmpfOp(args[0], args[1], _CMPF[k]), loc)
-            return self.add(arith.CmpiOp(args[0], args[1], _CMPI[k]), loc)
+                return self.add(_mk(arith.CmpfOp, args[0], args[1], _CMPF[k]), loc)
+            return self.add(_mk(arith.CmpiOp, args[0], args[1], _CMPI[k]), loc)
         if k == "and":
-            return self.add(arith.AndIOp(args[0], args[1]), loc)
+            return self.add(_mk(arith.AndIOp, args[0], args[1]), loc)
         if k == "or":
-            return self.add(arith.OrIOp(args[0], args[1]), loc)
+            return self.add(_mk(arith.OrIOp, args[0], args[1]), loc)
         if k == "not":
             true = self.add(_const(True, i1), loc)
-            return self.add(arith.XOrIOp(args[0], true), loc)
+            return self.add(_mk(arith.XOrIOp, args[0], true), loc)
         if k == "neg":
             if df.is_float(t):
-                return self.add(arith.NegfOp(args[0]), loc)
+                return self.add(_mk(arith.NegfOp, args[0]), loc)
             zero = self.add(_const(0, t), loc)
-            return self.add(arith.SubiOp(zero, args[0]), loc)
+            return self.add(_mk(arith.SubiOp, zero, args[0]), loc)
         if k == "abs":
-            return self.add(math.AbsFOp(args[0]) if df.is_float(t) else math.AbsIOp(args[0]), loc)
+            return self.add(_mk(math.AbsFOp, args[0]) if df.is_float(t) else _mk(math.AbsIOp, args[0]), loc)
         if k in ("log", "exp", "sqrt"):
-            op = {"log": math.LogOp, "exp": math.ExpOp, "sqrt": math.SqrtOp}[k](args[0])
+            op = _mk({"log": math.LogOp, "exp": math.ExpOp, "sqrt": math.SqrtOp}[k], args[0])
             return self.add(op, loc)
         if k == "where":
-            return self.add(arith.SelectOp(args[0], args[1], args[2]), loc)
+            return self.add(_mk(arith.SelectOp, args[0], args[1], args[2]), loc)
         if k == "isnull":
             return self.add(df.IsNullOp(args[0]), loc)
         if k == "fillna":
@@ -509,55 +552,55 @@ class RegionBuilder:
     def _arith(self, k: str, a: SSAValue, b: SSAValue, t: Attribute, loc: SourceLoc) -> SSAValue:
         fl = df.is_float(t)
         if k == "add":
-            return self.add(arith.AddfOp(a, b) if fl else arith.AddiOp(a, b), loc)
+            return self.add(_mk(arith.AddfOp, a, b) if fl else _mk(arith.AddiOp, a, b), loc)
         if k == "sub":
-            return self.add(arith.SubfOp(a, b) if fl else arith.SubiOp(a, b), loc)
+            return self.add(_mk(arith.SubfOp, a, b) if fl else _mk(arith.SubiOp, a, b), loc)
         if k == "mul":
-            return self.add(arith.MulfOp(a, b) if fl else arith.MuliOp(a, b), loc)
+            return self.add(_mk(arith.MulfOp, a, b) if fl else _mk(arith.MuliOp, a, b), loc)
         if k == "truediv":
-            return self.add(arith.DivfOp(a, b), loc)
+            return self.add(_mk(arith.DivfOp, a, b), loc)
         if k == "floordiv":
             if fl:
-                q = self.add(arith.DivfOp(a, b), loc)
-                return self.add(math.FloorOp(q), loc)
-            return self.add(arith.FloorDivSIOp(a, b), loc)
+                q = self.add(_mk(arith.DivfOp, a, b), loc)
+                return self.add(_mk(math.FloorOp, q), loc)
+            return self.add(_mk(arith.FloorDivSIOp, a, b), loc)
         if k == "pow":
-            return self.add(math.PowFOp(a, b) if fl else math.IPowIOp(a, b), loc)
+            return self.add(_mk(math.PowFOp, a, b) if fl else _mk(math.IPowIOp, a, b), loc)
         # mod: Python/pandas semantics, the result takes the divisor's sign
         if fl:  # a - floor(a / b) * b (xDSL's arith has no remf)
-            q = self.add(math.FloorOp(self.add(arith.DivfOp(a, b), loc)), loc)
-            return self.add(arith.SubfOp(a, self.add(arith.MulfOp(q, b), loc)), loc)
-        r = self.add(arith.RemSIOp(a, b), loc)
+            q = self.add(_mk(math.FloorOp, self.add(_mk(arith.DivfOp, a, b), loc)), loc)
+            return self.add(_mk(arith.SubfOp, a, self.add(_mk(arith.MulfOp, q, b), loc)), loc)
+        r = self.add(_mk(arith.RemSIOp, a, b), loc)
         zero = self.add(_const(0, t), loc)
-        r_nonzero = self.add(arith.CmpiOp(r, zero, "ne"), loc)
-        r_neg = self.add(arith.CmpiOp(r, zero, "slt"), loc)
-        b_neg = self.add(arith.CmpiOp(b, zero, "slt"), loc)
-        signs_differ = self.add(arith.XOrIOp(r_neg, b_neg), loc)
-        fix = self.add(arith.AndIOp(r_nonzero, signs_differ), loc)
-        adjusted = self.add(arith.AddiOp(r, b), loc)
-        return self.add(arith.SelectOp(fix, adjusted, r), loc)
+        r_nonzero = self.add(_mk(arith.CmpiOp, r, zero, "ne"), loc)
+        r_neg = self.add(_mk(arith.CmpiOp, r, zero, "slt"), loc)
+        b_neg = self.add(_mk(arith.CmpiOp, b, zero, "slt"), loc)
+        signs_differ = self.add(_mk(arith.XOrIOp, r_neg, b_neg), loc)
+        fix = self.add(_mk(arith.AndIOp, r_nonzero, signs_differ), loc)
+        adjusted = self.add(_mk(arith.AddiOp, r, b), loc)
+        return self.add(_mk(arith.SelectOp, fix, adjusted, r), loc)
 
     def _cast(self, v: SSAValue, src: Attribute, dst: Attribute, loc: SourceLoc) -> SSAValue:
         if isinstance(src, df.StringType) or isinstance(dst, df.StringType):
             return self.add(df.CastOp(v, dst), loc)
         if df.is_bool(dst):
             zero = self.add(_const(0, src), loc)
-            cmp = arith.CmpfOp(v, zero, "une") if df.is_float(src) else arith.CmpiOp(v, zero, "ne")
+            cmp = _mk(arith.CmpfOp, v, zero, "une") if df.is_float(src) else _mk(arith.CmpiOp, v, zero, "ne")
             return self.add(cmp, loc)
         if df.is_bool(src):
             if df.is_float(dst):
-                return self.add(arith.UIToFPOp(v, dst), loc)
-            return self.add(arith.ExtUIOp(v, dst), loc)
+                return self.add(_mk(arith.UIToFPOp, v, dst), loc)
+            return self.add(_mk(arith.ExtUIOp, v, dst), loc)
         if df.is_float(src) and df.is_float(dst):
             wider = isinstance(dst, Float64Type)
-            return self.add(arith.ExtFOp(v, dst) if wider else arith.TruncFOp(v, dst), loc)
+            return self.add(_mk(arith.ExtFOp, v, dst) if wider else _mk(arith.TruncFOp, v, dst), loc)
         if df.is_float(dst):
-            return self.add(arith.SIToFPOp(v, dst), loc)
+            return self.add(_mk(arith.SIToFPOp, v, dst), loc)
         if df.is_float(src):
-            return self.add(arith.FPToSIOp(v, dst), loc)
+            return self.add(_mk(arith.FPToSIOp, v, dst), loc)
         if dst.width.data > src.width.data:
-            return self.add(arith.ExtSIOp(v, dst), loc)
-        return self.add(arith.TruncIOp(v, dst), loc)
+            return self.add(_mk(arith.ExtSIOp, v, dst), loc)
+        return self.add(_mk(arith.TruncIOp, v, dst), loc)
 
 
 def _literal_attr(value: Any, t: Attribute) -> Attribute:

@@ -3,12 +3,10 @@ of the island task graph that the runtime reads (no code, nothing pickled)."""
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from io import StringIO
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
 from xdsl.dialects.builtin import (
     ArrayAttr,
     DictionaryAttr,
@@ -24,86 +22,17 @@ from xdsl.ir import Attribute, Operation, SSAValue
 from xdsl.printer import Printer
 
 from opgraph.dialects import dataframe as df
-
-PLAN_VERSION = 1
-
-# DESIGN §2: the parallel pattern of each dataframe/DL op (the compiler's vocabulary)
-PATTERNS: dict[str, str] = {
-    "df.filter": "embarrassingly-parallel",
-    "df.project": "embarrassingly-parallel",
-    "df.map": "embarrassingly-parallel",
-    "df.rename": "embarrassingly-parallel",
-    "df.drop": "embarrassingly-parallel",
-    "df.join": "shuffle-compute",
-    "df.concat": "embarrassingly-parallel",
-    "df.union": "shuffle-compute",
-    "df.intersect": "shuffle-compute",
-    "df.difference": "shuffle-compute",
-    "df.distinct": "combine-shuffle-reduce",
-    "df.groupby_agg": "combine-shuffle-reduce",
-    "df.sort": "sample-shuffle-compute",
-    "df.head": "globally-reduce",
-    "df.aggregate": "globally-reduce",
-    "df.window": "halo-exchange",
-    "df.read_parquet": "partitioned-io",
-    "df.read_csv": "partitioned-io",
-    "df.read_ipc": "partitioned-io",
-    "df.write_parquet": "partitioned-io",
-    "df.write_csv": "partitioned-io",
-    "df.write_ipc": "partitioned-io",
-    "df.input": "partitioned-io",
-}
-
-
-class Column(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    name: str
-    type: str
-    nullable: bool
-
-
-class OpDoc(BaseModel):
-    """One op: its name, attributes as JSON, operand/result value ids, result schema and, for
-    expression ops, nested regions (each a list of ops; the last is ``vector.yield``)."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    op: str
-    loc: str | None = None
-    operands: list[str] = []
-    results: list[str] = []
-    result_types: list[str] = []
-    schema_: list[Column] | None = Field(None, alias="schema")
-    attributes: dict[str, Any] = {}
-    regions: list[list[OpDoc]] = []
-
-
-class IslandDoc(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    name: str
-    ranks: int
-    device: str
-    pattern: str | None = None
-    depends_on: list[str] = []
-    inputs: list[str] = []  # value ids produced by other islands
-    outputs: list[str] = []  # value ids this island yields
-    ops: list[OpDoc]
-
-
-class TableInput(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    index: int
-    name: str
-    schema_: list[Column] = Field(alias="schema")
-
-
-class PlanDoc(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    version: Literal[1] = PLAN_VERSION
-    pipeline: str
-    hardware: str
-    islands: list[IslandDoc]
-    inputs: list[TableInput] = []
-    outputs: list[str] = []  # value ids returned by the pipeline, in order
+from opgraph.plan_schema import (  # noqa: F401  (re-exported: the plan.json models)
+    PATTERNS,
+    PLAN_VERSION,
+    Column,
+    IslandDoc,
+    OpDoc,
+    PlanDoc,
+    TableInput,
+    TransferDoc,
+    plan_json_text,
+)
 
 
 def attr_to_json(attr: Attribute) -> Any:
@@ -218,9 +147,15 @@ def build_plan_doc(module: ModuleOp, pipeline: str, hardware: str) -> PlanDoc:
     inputs: list[TableInput] = []
     outputs: list[str] = []
     island_of_token: dict[SSAValue, str] = {}
+    # kernel functions of lower-to-kernels: an island's func.call runs the callee's ops
+    functions = {
+        f.attributes["sym_name"].data if "sym_name" in f.attributes else f.properties["sym_name"].data: f  # type: ignore[union-attr]
+        for f in module.ops
+        if f.name == "func.func"
+    }
     for fn in module.ops:
-        if fn.name != "func.func":
-            continue
+        if fn.name != "func.func" or "taskgraph.kernel" in fn.attributes:
+            continue  # kernel functions are read through the islands' calls
         for op in fn.regions[0].ops:
             if op.name == "async.execute":
                 name = attr_to_json(op.attributes.get("taskgraph.island", StringAttr(f"island{len(islands)}")))
@@ -230,7 +165,7 @@ def build_plan_doc(module: ModuleOp, pipeline: str, hardware: str) -> PlanDoc:
                 body_operands = [o for o in op.operands if o not in island_of_token]
                 for arg, outer in zip(body.args, body_operands):
                     names.alias(arg, outer)
-                ops = [o for o in body.ops if o.name != "async.yield"]
+                ops = _expand_kernels([o for o in body.ops if o.name != "async.yield"], functions, names)
                 yielded = [o for o in body.ops if o.name == "async.yield"]
                 for res, val in zip(op.results[1:], yielded[0].operands if yielded else []):
                     names.alias(res, val)
@@ -243,29 +178,133 @@ def build_plan_doc(module: ModuleOp, pipeline: str, hardware: str) -> PlanDoc:
                 ranks = op.attributes.get("taskgraph.ranks")
                 device = op.attributes.get("taskgraph.device")
                 pattern = op.attributes.get("taskgraph.pattern")
+                island_ranks = attr_to_json(ranks) if ranks is not None else 1
                 islands.append(
                     IslandDoc(
                         name=name,
-                        ranks=attr_to_json(ranks) if ranks is not None else 1,
+                        ranks=island_ranks,
                         device=attr_to_json(device) if device is not None else "cpu",
                         pattern=attr_to_json(pattern) if pattern is not None else _island_pattern(ops),
                         depends_on=[island_of_token[o] for o in op.operands if o in island_of_token],
                         inputs=[names(o) for o in body_operands],
                         outputs=[names(r) for r in op.results[1:]],
                         ops=island_ops,
+                        **_island_extras(op, ops, yielded, body_operands, island_ranks, names),
                     )
                 )
             elif op.name == "async.await":
                 names.alias(op.results[0], op.operands[0]) if op.results else None
             elif op.name == "func.return":
                 outputs = [names(o) for o in op.operands]
-    return PlanDoc(pipeline=pipeline, hardware=hardware, islands=islands, inputs=inputs, outputs=outputs)
+    extras: dict[str, Any] = {}
+    for fn in module.ops:
+        if fn.name == "func.func" and "taskgraph.makespan" in fn.attributes:
+            a = fn.attributes
+            makespan = attr_to_json(a["taskgraph.makespan"])
+            if extras.get("makespan") is None or makespan > extras["makespan"]:
+                extras = {
+                    "makespan": makespan,
+                    "nodes_used": attr_to_json(a.get("taskgraph.nodes_used", IntegerAttr(0, 64))),
+                    "peak_memory": attr_to_json(a.get("taskgraph.peak_memory", IntegerAttr(0, 64))),
+                    "node_peak_memory": attr_to_json(a.get("taskgraph.node_peak_memory", ArrayAttr([]))),
+                }
+    return PlanDoc(pipeline=pipeline, hardware=hardware, islands=islands, inputs=inputs, outputs=outputs, **extras)
+
+
+def _expand_kernels(ops: list[Operation], functions: dict[str, Operation], names: ValueNames) -> list[Operation]:
+    """Island body ops with each ``func.call`` of a kernel function replaced by the kernel's
+    ops (its arguments and results aliased to the call's), and MPI setup ops dropped: the
+    runtime executes the dataframe ops and brings its own communicator."""
+    out: list[Operation] = []
+    for o in ops:
+        if o.name.startswith("mpi."):
+            continue
+        if o.name == "func.call":
+            callee = o.properties.get("callee") or o.attributes.get("callee")
+            target = functions.get(callee.root_reference.data) if isinstance(callee, SymbolRefAttr) else None
+            if target is not None and target.regions[0].blocks:
+                kblock = target.regions[0].block
+                for arg, operand in zip(kblock.args, o.operands):
+                    names.alias(arg, operand)
+                ret = kblock.last_op
+                out.extend(k for k in kblock.ops if k is not ret and not k.name.startswith("mpi."))
+                if ret is not None:
+                    for res, val in zip(o.results, ret.operands):
+                        names.alias(res, val)
+                continue
+        out.append(o)
+    return out
+
+
+def kernel_name(op_name: str) -> str:
+    """The named kernel an op runs as: ``df.join`` -> ``og_kernel_join``, ``comm.shuffle`` ->
+    ``og_kernel_comm_shuffle``, ``dl.train`` -> ``og_kernel_dl_train``."""
+    dialect, _, rest = op_name.partition(".")
+    rest = rest.replace(".", "_")
+    return f"og_kernel_{rest}" if dialect == "df" else f"og_kernel_{dialect}_{rest}"
+
+
+def _island_extras(
+    island: Operation,
+    ops: list[Operation],
+    yielded: list[Operation],
+    body_operands: list[SSAValue],
+    ranks: int,
+    names: ValueNames,
+) -> dict[str, Any]:
+    """The compiler's choices and predictions for one island (plan.json fields)."""
+    a = island.attributes
+    out: dict[str, Any] = {"kernels": [kernel_name(o.name) for o in ops]}
+    for key, field_name in (
+        ("taskgraph.algorithm", "algorithm"),
+        ("taskgraph.start", "start"),
+        ("taskgraph.end", "end"),
+        ("taskgraph.cost", "cost"),
+        ("taskgraph.bytes_moved", "bytes_moved"),
+    ):
+        if key in a:
+            out[field_name] = attr_to_json(a[key])
+    nodes = a.get("taskgraph.nodes")
+    if type(nodes) is StringAttr and nodes.data:
+        ids: list[int] = []
+        for part in nodes.data.split(","):
+            lo, _, hi = part.partition("-")
+            ids.extend(range(int(lo), int(hi or lo) + 1))
+        out["nodes"] = ids
+    parts: dict[str, str] = {}
+    if yielded:
+        for v in yielded[0].operands:
+            owner = v.owner
+            p = owner.attributes.get("taskgraph.partitioning") if isinstance(owner, Operation) else None
+            parts[names(v)] = p.data if type(p) is StringAttr else "any"
+    out["partitionings"] = parts
+    transfers = []
+    for v in body_operands:
+        src = v.owner
+        if not isinstance(src, Operation) or src.name != "async.execute":
+            continue
+        src_name = src.attributes.get("taskgraph.island")
+        index = list(src.results).index(v) - 1
+        src_yield = src.regions[0].block.last_op
+        produced = src_yield.operands[index] if src_yield is not None and 0 <= index < len(src_yield.operands) else None
+        producer = produced.owner if produced is not None else None
+        nbytes = producer.attributes.get("df.bytes") if isinstance(producer, Operation) else None
+        part = producer.attributes.get("taskgraph.partitioning") if isinstance(producer, Operation) else None
+        src_ranks = src.attributes.get("taskgraph.ranks")
+        transfers.append(
+            {
+                "value": names(v),
+                "from_island": src_name.data if type(src_name) is StringAttr else "?",
+                "from_ranks": attr_to_json(src_ranks) if src_ranks is not None else 1,
+                "to_ranks": ranks,
+                "bytes": attr_to_json(nbytes) if type(nbytes) is IntegerAttr else 0,
+                "partitioning": part.data if type(part) is StringAttr else "any",
+            }
+        )
+    out["transfers"] = transfers
+    return out
 
 
 def _island_pattern(ops: list[Operation]) -> str | None:
     kinds = [PATTERNS.get(o.name) for o in ops if o.name in PATTERNS]
     return kinds[0] if kinds else None
-
-
-def plan_json_text(doc: PlanDoc) -> str:
-    return json.dumps(doc.model_dump(mode="json", by_alias=True), indent=2) + "\n"

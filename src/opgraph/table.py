@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
-from xdsl.dialects.builtin import Float32Type, Float64Type, IntegerType, i1
+from xdsl.dialects.builtin import Float32Type, Float64Type, IntegerAttr, IntegerType, i1, i64
 from xdsl.ir import Attribute, SSAValue
 
 from opgraph.dialects import dataframe as df
@@ -455,6 +455,9 @@ def input_table(name: str, data: Any, loc: SourceLoc) -> Table:
         raise trace_error(f"expected a pyarrow.Table or pandas.DataFrame, got {type(data).__name__}", loc)
     state = current_trace()
     op = df.InputOp(len(state.inputs), name, table_type(data.schema, loc))
+    # sizes for the cost model (pass annotate-statistics): discardable attributes
+    op.attributes["df.rows"] = IntegerAttr(int(data.num_rows), i64)
+    op.attributes["df.bytes"] = IntegerAttr(int(data.nbytes), i64)
     state.inputs.append(data)
     state.append(op, loc)
     return Table(op.results[0])

@@ -1,0 +1,383 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+# distutils: language = c++
+"""Compiled operator kernels (C++ in op_kernels.hpp, bound with Cython; GIL released).
+
+* ``sort_indices(columns, descending)``: stable sort order of numeric key columns (radix
+  sort; nulls last, NaN after numbers) -> numpy int32/int64 indices.
+* ``radix_keys(column, descending)``: the order-preserving uint64 key of every row (and a
+  null mask), for range partitioning by splitters.
+* ``hash_join_i64(left_keys, right_keys, how)``: (left indices, right indices) int64 numpy
+  arrays of the matching row pairs (-1 = no row on that side); null keys never match.
+* ``take(array, indices)``: gather of a fixed-width/bool Arrow array by int32/int64 indices
+  (negative -> null), multithreaded; None for types it does not cover.
+* ``mask_to_indices(mask)``: positions of the true, valid rows of a boolean Arrow array.
+* ``range_partition(keys, nulls, splitter_keys, splitter_nulls)``: part per row.
+
+Threads: ``OPGRAPH_KERNEL_THREADS`` (default: the machine's cores).
+"""
+
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
+from libcpp.vector cimport vector
+
+import os
+
+import numpy as np
+import pyarrow as pa
+
+cdef extern from "op_kernels.hpp" namespace "opgraph::opk" nogil:
+    cdef struct SortKey:
+        int kind
+        const void* values
+        const uint8_t* validity
+        int64_t validity_offset
+        int desc
+    int KEY_INT64
+    int KEY_UINT64
+    int KEY_FLOAT64
+    uint64_t radix_key(int kind, const void* values, int64_t i, bint desc)
+    void k_sort_indices[IdxT](const SortKey* ks, int nkeys, int64_t n, IdxT* out, int nthreads)
+    cdef cppclass JoinResult:
+        int64_t total
+    JoinResult* k_hash_join_i64(const int64_t* lk, const uint8_t* lvalid, int64_t lvoff, int64_t nl,
+                              const int64_t* rk, const uint8_t* rvalid, int64_t rvoff, int64_t nr,
+                              int how, int nthreads)
+    void join_copy_out(JoinResult* res, int64_t* li, int64_t* ri, int nthreads)
+    int64_t take_fixed[IdxT](int width, const uint8_t* src, int64_t src_off, const uint8_t* src_valid,
+                             int64_t src_voff, const IdxT* idx, int64_t n, uint8_t* out,
+                             uint8_t* out_valid, int nthreads)
+    int64_t k_mask_to_indices[IdxT](const uint8_t* mask, int64_t moff, const uint8_t* mvalid, int64_t mvoff,
+                                  int64_t n, IdxT* out, int nthreads)
+    void k_range_partition(const uint64_t* const* keys, const uint8_t* const* nulls, int nkeys, int64_t n,
+                         const uint64_t* const* skeys, const uint8_t* const* snulls, int64_t nsplit,
+                         int32_t* out, int nthreads)
+
+cdef extern from *:
+    """
+    template <class T> void opg_delete(T* p) { delete p; }
+    """
+    void opg_delete[T](T* p) nogil
+
+
+def _threads():
+    v = os.environ.get("OPGRAPH_KERNEL_THREADS")
+    if v:
+        return max(1, int(v))
+    return os.cpu_count() or 1
+
+
+cdef const uint8_t* _ptr(object buf) except? NULL:
+    cdef const uint8_t[::1] mv
+    if buf is None:
+        return NULL
+    mv = memoryview(buf).cast("B")
+    if mv.shape[0] == 0:
+        return NULL
+    return &mv[0]
+
+
+def _single(arr):
+    """One contiguous Arrow array (ChunkedArray chunks concatenated)."""
+    if isinstance(arr, pa.ChunkedArray):
+        if arr.num_chunks == 1:
+            return arr.chunk(0)
+        if arr.num_chunks == 0:
+            return pa.array([], arr.type)
+        return pa.concat_arrays(arr.chunks)
+    return arr
+
+
+_INT_TYPES = (pa.int8(), pa.int16(), pa.int32(), pa.uint8(), pa.uint16(), pa.uint32())
+
+
+def _sort_view(arr):
+    """(kind, array) with the array's values laid out as int64/uint64/float64, or None."""
+    t = arr.type
+    if t == pa.int64():
+        return KEY_INT64, arr
+    if t == pa.uint64():
+        return KEY_UINT64, arr
+    if t == pa.float64():
+        return KEY_FLOAT64, arr
+    if t == pa.float32() or t == pa.float16():
+        return KEY_FLOAT64, arr.cast(pa.float64())
+    if t in _INT_TYPES or pa.types.is_boolean(t):
+        return KEY_INT64, arr.cast(pa.int64())
+    if (pa.types.is_timestamp(t) or pa.types.is_date64(t) or pa.types.is_duration(t)
+            or pa.types.is_time64(t)):
+        return KEY_INT64, arr.view(pa.int64())
+    if pa.types.is_date32(t) or pa.types.is_time32(t):
+        return KEY_INT64, arr.view(pa.int32()).cast(pa.int64())
+    return None
+
+
+def sortable(types):
+    """Whether ``sort_indices`` handles key columns of these Arrow types."""
+    for t in types:
+        if not (t in (pa.int64(), pa.uint64(), pa.float64(), pa.float32(), pa.float16()) or t in _INT_TYPES
+                or pa.types.is_boolean(t) or pa.types.is_timestamp(t) or pa.types.is_date(t)
+                or pa.types.is_duration(t) or pa.types.is_time(t)):
+            return False
+    return True
+
+
+def sort_indices(columns, descending):
+    """Stable sort order (numpy int32 when fewer than 2^31 rows, else int64) of the rows of
+    the key ``columns`` (first most significant), nulls last, NaN after numbers."""
+    cdef int nkeys = len(columns)
+    if nkeys == 0:
+        raise ValueError("sort_indices: no key columns")
+    arrays = []
+    kinds = []
+    for c in columns:
+        a = _single(c)
+        v = _sort_view(a)
+        if v is None:
+            raise TypeError(f"sort_indices: unsupported key type {a.type}")
+        kinds.append(v[0])
+        arrays.append(v[1])
+    cdef int64_t n = len(arrays[0])
+    idt = np.int32 if n < 2**31 else np.int64
+    out = np.empty(n, dtype=idt)
+    if n == 0:
+        return out
+    cdef vector[SortKey] ks
+    ks.resize(nkeys)
+    keep = []
+    cdef int i
+    cdef int64_t off
+    for i in range(nkeys):
+        a = arrays[i]
+        bufs = a.buffers()
+        keep.append(bufs)
+        off = a.offset
+        ks[i].kind = kinds[i]
+        ks[i].values = <const void*>(_ptr(bufs[1]) + off * 8)
+        ks[i].validity = _ptr(bufs[0]) if a.null_count else NULL
+        ks[i].validity_offset = off
+        ks[i].desc = 1 if descending[i] else 0
+    cdef int nt = _threads()
+    cdef int32_t[::1] o32
+    cdef int64_t[::1] o64
+    if idt == np.int32:
+        o32 = out
+        with nogil:
+            k_sort_indices[int32_t](ks.data(), nkeys, n, &o32[0], nt)
+    else:
+        o64 = out
+        with nogil:
+            k_sort_indices[int64_t](ks.data(), nkeys, n, &o64[0], nt)
+    return out
+
+
+def radix_keys(column, bint descending=False):
+    """(uint64 keys, uint8 null flags or None): keys compare as the sort orders the rows."""
+    a = _single(column)
+    v = _sort_view(a)
+    if v is None:
+        raise TypeError(f"radix_keys: unsupported key type {a.type}")
+    kind, a = v
+    cdef int64_t n = len(a)
+    out = np.empty(n, dtype=np.uint64)
+    if n == 0:
+        return out, None
+    bufs = a.buffers()
+    cdef int64_t aoff = a.offset
+    cdef const void* vals = <const void*>(_ptr(bufs[1]) + aoff * 8)
+    cdef uint64_t[::1] ov = out
+    cdef int64_t i
+    cdef int k = kind
+    with nogil:
+        for i in range(n):
+            ov[i] = radix_key(k, vals, i, descending)
+    nulls = None
+    if a.null_count:
+        nulls = np.ascontiguousarray(a.is_null().to_numpy(zero_copy_only=False)).view(np.uint8)
+    return out, nulls
+
+
+def range_partition(keys, nulls, skeys, snulls):
+    """Part (0..len(splitters)) of every row: the first splitter the row sorts at or before;
+    keys/skeys: lists of uint64 arrays (one per key column), nulls/snulls: uint8 arrays or None."""
+    cdef int nkeys = len(keys)
+    cdef int64_t n = len(keys[0]) if nkeys else 0
+    cdef int64_t ns = len(skeys[0]) if nkeys else 0
+    out = np.zeros(n, dtype=np.int32)
+    if n == 0 or ns == 0:
+        return out
+    cdef vector[const uint64_t*] kp, skp
+    cdef vector[const uint8_t*] np_, snp
+    cdef const uint64_t[::1] kv
+    cdef const uint8_t[::1] nv
+    keep = []
+    for c in range(nkeys):
+        k = np.ascontiguousarray(keys[c], dtype=np.uint64)
+        s = np.ascontiguousarray(skeys[c], dtype=np.uint64)
+        keep += [k, s]
+        kv = k
+        kp.push_back(&kv[0])
+        kv = s
+        skp.push_back(&kv[0])
+        if nulls[c] is not None:
+            a = np.ascontiguousarray(nulls[c], dtype=np.uint8)
+            keep.append(a)
+            nv = a
+            np_.push_back(&nv[0])
+        else:
+            np_.push_back(NULL)
+        if snulls[c] is not None:
+            a = np.ascontiguousarray(snulls[c], dtype=np.uint8)
+            keep.append(a)
+            nv = a
+            snp.push_back(&nv[0])
+        else:
+            snp.push_back(NULL)
+    cdef int32_t[::1] ov = out
+    cdef int nt = _threads()
+    with nogil:
+        k_range_partition(kp.data(), np_.data(), nkeys, n, skp.data(), snp.data(), ns, &ov[0], nt)
+    return out
+
+
+_HOW = {"inner": 0, "left": 1, "right": 2, "outer": 3}
+
+
+def hash_join_i64(left_keys, right_keys, how="inner"):
+    """Matching row pairs of two int64 key arrays: (left indices, right indices), numpy
+    int64, -1 where an outer join has no row on that side. Null keys never match."""
+    la = _single(left_keys)
+    ra = _single(right_keys)
+    if la.type != pa.int64() or ra.type != pa.int64():
+        raise TypeError("hash_join_i64: keys must be int64")
+    cdef int h = _HOW[how]
+    cdef int64_t nl = len(la)
+    cdef int64_t nr = len(ra)
+    lb = la.buffers()
+    rb = ra.buffers()
+    cdef int64_t lo = la.offset
+    cdef int64_t ro = ra.offset
+    cdef const int64_t* lk = NULL
+    cdef const int64_t* rk = NULL
+    cdef const uint8_t* lv = NULL
+    cdef const uint8_t* rv = NULL
+    if nl:
+        lk = (<const int64_t*>_ptr(lb[1])) + lo
+        if la.null_count:
+            lv = _ptr(lb[0])
+    if nr:
+        rk = (<const int64_t*>_ptr(rb[1])) + ro
+        if ra.null_count:
+            rv = _ptr(rb[0])
+    cdef int nt = _threads()
+    cdef JoinResult* res
+    with nogil:
+        res = k_hash_join_i64(lk, lv, lo, nl, rk, rv, ro, nr, h, nt)
+    cdef int64_t total = res.total
+    li = np.empty(total, dtype=np.int64)
+    ri = np.empty(total, dtype=np.int64)
+    cdef int64_t[::1] liv = li
+    cdef int64_t[::1] riv = ri
+    cdef int64_t* lp = &liv[0] if total else NULL
+    cdef int64_t* rp = &riv[0] if total else NULL
+    with nogil:
+        join_copy_out(res, lp, rp, nt)
+        opg_delete(res)
+    return li, ri
+
+
+cdef int _width(object t):
+    if pa.types.is_boolean(t):
+        return 0
+    try:
+        w = t.bit_width
+    except (ValueError, AttributeError):
+        return -1
+    if w % 8 or w <= 0:
+        return -1
+    if pa.types.is_decimal(t) or pa.types.is_fixed_size_binary(t):
+        return w // 8
+    if (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_temporal(t)):
+        return w // 8
+    return -1
+
+
+def can_take(t):
+    return _width(t) >= 0 and not pa.types.is_dictionary(t) and not isinstance(t, pa.ExtensionType)
+
+
+def take(column, indices):
+    """``column`` gathered by ``indices`` (numpy int32/int64; negative -> null) as one Arrow
+    array, or None when the type is not fixed-width/bool (use Arrow's take then)."""
+    t = column.type
+    if not can_take(t):
+        return None
+    a = _single(column)
+    idx = np.ascontiguousarray(indices)
+    if idx.dtype != np.int32 and idx.dtype != np.int64:
+        idx = idx.astype(np.int64)
+    cdef int w = _width(t)
+    cdef int64_t n = len(idx)
+    if len(a) == 0 and n:
+        if (idx >= 0).any():
+            raise IndexError("take: index out of bounds")
+        return pa.nulls(n, t)
+    cdef bint any_neg = n > 0 and bool(idx.min() < 0)
+    if n and idx.max() >= len(a):
+        raise IndexError("take: index out of bounds")
+    cdef bint nulls = a.null_count > 0 or any_neg
+    bufs = a.buffers()
+    cdef const uint8_t* src = _ptr(bufs[1])
+    cdef const uint8_t* sv = _ptr(bufs[0]) if a.null_count else NULL
+    cdef int64_t off = a.offset
+    values = pa.allocate_buffer(max((n + 7) // 8 if w == 0 else n * w, 1))
+    validity = pa.allocate_buffer(max((n + 7) // 8, 1)) if nulls else None
+    cdef uint8_t[::1] vv = memoryview(values).cast("B")
+    cdef uint8_t[::1] qv
+    cdef uint8_t* outp = &vv[0]
+    cdef uint8_t* outv = NULL
+    if validity is not None:
+        qv = memoryview(validity).cast("B")
+        outv = &qv[0]
+    cdef int nt = _threads()
+    cdef int64_t nn = 0
+    cdef const int32_t[::1] i32
+    cdef const int64_t[::1] i64
+    if n:
+        if idx.dtype == np.int32:
+            i32 = idx
+            with nogil:
+                nn = take_fixed[int32_t](w, src, off, sv, off, &i32[0], n, outp, outv, nt)
+        else:
+            i64 = idx
+            with nogil:
+                nn = take_fixed[int64_t](w, src, off, sv, off, &i64[0], n, outp, outv, nt)
+    return pa.Array.from_buffers(t, n, [validity if nn else None, values], null_count=nn)
+
+
+def mask_to_indices(mask):
+    """Row positions (numpy int32/int64) where the boolean Arrow ``mask`` is true (null =
+    false)."""
+    m = _single(mask)
+    if not pa.types.is_boolean(m.type):
+        raise TypeError("mask_to_indices: mask must be boolean")
+    cdef int64_t n = len(m)
+    idt = np.int32 if n < 2**31 else np.int64
+    out = np.empty(n, dtype=idt)
+    if n == 0:
+        return out
+    bufs = m.buffers()
+    cdef const uint8_t* mb = _ptr(bufs[1])
+    cdef const uint8_t* mv = _ptr(bufs[0]) if m.null_count else NULL
+    cdef int64_t off = m.offset
+    cdef int nt = _threads()
+    cdef int64_t cnt
+    cdef int32_t[::1] o32
+    cdef int64_t[::1] o64
+    if idt == np.int32:
+        o32 = out
+        with nogil:
+            cnt = k_mask_to_indices[int32_t](mb, off, mv, off, n, &o32[0], nt)
+    else:
+        o64 = out
+        with nogil:
+            cnt = k_mask_to_indices[int64_t](mb, off, mv, off, n, &o64[0], nt)
+    return out[:cnt]
