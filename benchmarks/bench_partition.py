@@ -15,7 +15,6 @@ import time
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-
 from opgraph.runtime.partition import hash_partition
 
 
@@ -49,9 +48,9 @@ def main() -> None:
     args = ap.parse_args()
     for strings, label in ((False, "k:int64 v:float64 w:int32"), (True, "k:int64 v:float64 s:string")):
         table = make_table(args.rows, strings)
-        part_best, part_med = timings(lambda: hash_partition(table, ["k"], args.parts), args.repeat)
+        part_best, part_med = timings(lambda t=table: hash_partition(t, ["k"], args.parts), args.repeat)
         sort_best, sort_med = timings(
-            lambda: table.take(pc.sort_indices(table, [("k", "ascending")])), args.repeat
+            lambda t=table: t.take(pc.sort_indices(t, [("k", "ascending")])), args.repeat
         )
         print(
             f"{args.rows:,} rows x 3 cols ({label}), key k, {args.parts} parts, {args.repeat} runs:\n"

@@ -43,7 +43,8 @@ AfterEach = Callable[[int, str, ModuleOp], None]
 # run_pipeline verifies its input and output itself, so no explicit verify passes here
 DEFAULT_PIPELINE = (
     "builtin.module(fold-constants,predicate-pushdown,projection-pushdown,fuse-expressions,"
-    "fold-constants,canonicalize,cse,dce,lower-to-islands)"
+    "fold-constants,canonicalize,cse,dce,annotate-statistics,classify-patterns,"
+    "choose-parallelism,insert-communication,form-islands,schedule-islands,lower-to-kernels)"
 )
 
 ANCHORS = ("builtin.module", "func.func", "any")
@@ -233,11 +234,12 @@ def pipeline_text(passes: Sequence[ModulePass]) -> str:
 
 
 def default_pipeline(ranks: int = 1) -> list[ModulePass]:
-    """The passes of ``DEFAULT_PIPELINE`` (lower-to-islands with ``ranks``)."""
+    """The passes of ``DEFAULT_PIPELINE``; ``ranks`` is the island grouping's rank count for
+    ops that choose-parallelism left unannotated."""
     passes = parse_pipeline(DEFAULT_PIPELINE)
     if ranks != 1:
         passes = [
-            dataclasses.replace(p, ranks=ranks) if p.name == "lower-to-islands" else p  # type: ignore[type-var]
+            dataclasses.replace(p, ranks=ranks) if p.name == "form-islands" else p  # type: ignore[type-var]
             for p in passes
         ]
     return passes

@@ -28,14 +28,14 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
 
 __all__ = [
     "HASH_VERSION",
-    "hash_columns",
-    "partition_ids",
     "group_by_partition",
+    "hash_columns",
+    "hash_partition",
+    "invert_permutation",
+    "partition_ids",
     "partition_indices",
     "partition_positions",
-    "invert_permutation",
     "scatter_column",
-    "hash_partition",
 ]
 
 HASH_VERSION: str = _hashing.HASH_VERSION

@@ -60,7 +60,7 @@ def test_compile_writes_plan_files(compiled):
         dumps = sorted(p.name for p in (target / "ir").iterdir())
         assert dumps[0] == "00-traced.mlir"
         assert dumps[1:] == [f"{i:02d}-{p.name}.mlir" for i, p in enumerate(default_pipeline(), start=1)]
-        assert dumps[-1].endswith("lower-to-islands.mlir")
+        assert dumps[-1].endswith("lower-to-kernels.mlir")
         assert (target / "ir" / dumps[-1]).read_text() == (target / "plan.mlir").read_text()
         traced = (target / "ir" / "00-traced.mlir").read_text()
         assert '"machine.system"' in traced and "#dlti.target_system_spec" in traced

@@ -41,6 +41,7 @@ from opgraph.dialects import taskgraph as tg
 from opgraph.dialects.context import make_context, parse_module, print_module
 from opgraph.dialects.upstream.async_dialect import ExecuteOp
 from opgraph.errors import IRError, PassError
+from opgraph.passes.form_islands import FormIslands
 from opgraph.passes.lower_to_islands import LowerToIslands, islands_of
 from opgraph.passes.pipeline import (
     DEFAULT_PIPELINE,
@@ -248,7 +249,8 @@ def test_pipeline_text_round_trip():
     text = pipeline_text(passes)
     assert text == (
         "builtin.module(fold-constants,predicate-pushdown,projection-pushdown,fuse-expressions,"
-        "fold-constants,canonicalize,cse,dce,lower-to-islands{ranks=4})"
+        "fold-constants,canonicalize,cse,dce,annotate-statistics,classify-patterns,"
+        "choose-parallelism,insert-communication,form-islands{ranks=4},schedule-islands,lower-to-kernels)"
     )
     assert parse_pipeline(text) == passes
     assert pipeline_text(parse_pipeline("verify{upstream=true},lower-to-islands{device=gpu}")) == (
@@ -267,10 +269,16 @@ def test_default_pipeline():
         "canonicalize",
         "cse",
         "dce",
-        "lower-to-islands",
+        "annotate-statistics",
+        "classify-patterns",
+        "choose-parallelism",
+        "insert-communication",
+        "form-islands",
+        "schedule-islands",
+        "lower-to-kernels",
     ]
     assert parse_pipeline(DEFAULT_PIPELINE) == default_pipeline()
-    assert default_pipeline(ranks=2)[-1] == LowerToIslands(ranks=2)
+    assert [p for p in default_pipeline(ranks=2) if p.name == "form-islands"] == [FormIslands(ranks=2)]
 
 
 # ------------------------------------------------------------------------- registry
@@ -675,7 +683,13 @@ def test_print_ir_after_all_dumps_verify_upstream(tmp_path):
         "06-canonicalize.mlir",
         "07-cse.mlir",
         "08-dce.mlir",
-        "09-lower-to-islands.mlir",
+        "09-annotate-statistics.mlir",
+        "10-classify-patterns.mlir",
+        "11-choose-parallelism.mlir",
+        "12-insert-communication.mlir",
+        "13-form-islands.mlir",
+        "14-schedule-islands.mlir",
+        "15-lower-to-kernels.mlir",
     ]
     ok, out = upstream_check(dumps[-1][1], tmp_path, {"df": DataFrame, "taskgraph": tg.TaskGraph})
     assert ok, out
