@@ -29,6 +29,15 @@ extensions = [
         extra_compile_args=[*CXX_FLAGS, "-pthread"],
         extra_link_args=["-pthread"],
     ),
+    # halo plan/packing and rolling/diff/shift window kernels (window_kernels.hpp)
+    Extension(
+        "opgraph.runtime.kernels.windowing",
+        sources=["runtime/kernels/windowing.pyx"],
+        depends=["runtime/kernels/window_kernels.hpp"],
+        include_dirs=["runtime/kernels"],
+        language="c++",
+        extra_compile_args=CXX_FLAGS,
+    ),
 ]
 
 setup(

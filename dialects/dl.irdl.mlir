@@ -104,4 +104,12 @@ irdl.dialect @dl {
     irdl.results(result: %out_result)
     irdl.attributes {"model" = %attr_model, "loss" = %attr_loss, "optimizer" = %attr_optimizer, "optimizer_options" = %attr_optimizer_options, "grid" = %attr_grid, "epochs" = %attr_epochs, "batch_size" = %attr_batch_size, "shuffle" = %attr_shuffle, "seed" = %attr_seed}
   }
+  irdl.operation @sweep_result {
+    %in_losses = irdl.is tensor<?xf32>
+    %out_result = irdl.base "!df.table"
+    %attr_grid = irdl.base "#builtin.dictionary"
+    irdl.operands(losses: variadic %in_losses)
+    irdl.results(result: %out_result)
+    irdl.attributes {"grid" = %attr_grid}
+  }
 }

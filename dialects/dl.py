@@ -49,12 +49,14 @@ from xdsl.dialects.builtin import (
 )
 from xdsl.ir import Attribute, Dialect, Operation, SSAValue
 from xdsl.irdl import (
+    EqAttrConstraint,
     IRDLOperation,
     attr_def,
     irdl_op_definition,
     operand_def,
     result_def,
     traits_def,
+    var_operand_def,
 )
 from xdsl.traits import HasParent, Pure, SymbolOpInterface
 
@@ -877,6 +879,47 @@ class SweepOp(IRDLOperation):
         _check_loss(self, self.loss.data, model.output_type, y)
 
 
+@irdl_op_definition
+class SweepResultOp(IRDLOperation):
+    """The result table of a sweep expanded into one ``dl.train`` per grid point (pass
+    ``expand-sweeps``): ``losses`` are the runs' loss histories (``tensor<?xf32>``) in grid
+    order (keys sorted, last key varying fastest), ``grid`` the sweep's grid. Result: the same table as
+    ``dl.sweep``'s - one row per run, the grid values then ``final_loss`` (the last epoch's
+    mean training loss)."""
+
+    name = "dl.sweep_result"
+    # one exact type (upstream IRDL: a variadic group's operands share one type)
+    losses = var_operand_def(EqAttrConstraint(TensorType(Float32Type(), [DYNAMIC_INDEX])))
+    grid = attr_def(DictionaryAttr)
+    result = result_def(TableType)
+    traits = traits_def(Pure())
+
+    def __init__(self, losses: Sequence[SSAValue], grid: DictionaryAttr):
+        grid_attr = DictionaryAttr(dict(sorted(grid.data.items())))
+        super().__init__(
+            operands=[list(losses)],
+            attributes={"grid": grid_attr},
+            result_types=[infer_sweep(grid_attr)],
+        )
+
+    @property
+    def num_runs(self) -> int:
+        n = 1
+        for values in self.grid.data.values():
+            n *= len(values)  # type: ignore[arg-type]
+        return n
+
+    def verify_(self) -> None:
+        try:
+            expected = infer_sweep(self.grid)
+        except SchemaError as e:
+            raise fail(self, str(e)) from None
+        if self.result.type != expected:
+            raise fail(self, f"result type {self.result.type} does not match the inferred schema {expected}")
+        if len(self.losses) != self.num_runs:
+            raise fail(self, f"has {len(self.losses)} loss histories for a grid of {self.num_runs} runs")
+
+
 DL = Dialect(
     "dl",
     [
@@ -890,6 +933,7 @@ DL = Dialect(
         SaveOp,
         LoadOp,
         SweepOp,
+        SweepResultOp,
     ],
     [],
 )
@@ -903,6 +947,7 @@ __all__ = [
     "PredictOp",
     "SaveOp",
     "SweepOp",
+    "SweepResultOp",
     "ToTableOp",
     "ToTensorOp",
     "TrainOp",

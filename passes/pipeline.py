@@ -43,7 +43,7 @@ AfterEach = Callable[[int, str, ModuleOp], None]
 # run_pipeline verifies its input and output itself, so no explicit verify passes here
 DEFAULT_PIPELINE = (
     "builtin.module(fold-constants,predicate-pushdown,projection-pushdown,fuse-expressions,"
-    "fold-constants,canonicalize,cse,dce,annotate-statistics,classify-patterns,"
+    "fold-constants,canonicalize,cse,dce,expand-sweeps,annotate-statistics,classify-patterns,"
     "choose-parallelism,insert-communication,form-islands,schedule-islands,lower-to-kernels)"
 )
 
@@ -264,6 +264,8 @@ def default_pipeline(ranks: int = 1) -> list[ModulePass]:
 #   the module is already canonical. At the first change, xDSL's full pass takes over.
 # * cse: xDSL's CSE driver with a scoped table (entries added inside a region are undone
 #   when leaving it) instead of a copy per region; same visiting order, same decisions.
+#   For region-free ops of classes whose only effect trait is NoMemoryEffect (arith, df.col,
+#   ...) the driver's trait/effect queries are answered once per class.
 
 
 _MISSING = object()
@@ -424,11 +426,49 @@ class _ScopedKnownOps:
                 self.known[key] = previous
 
 
+def _simple_pure(op: Operation) -> bool:
+    """Whether xDSL's CSE driver treats every op of this class (when it has no regions) as
+    a side-effect-free, non-terminator, non-symbol op: effects only from NoMemoryEffect."""
+    from xdsl.dialects.builtin import UnregisteredOp
+    from xdsl.traits import IsTerminator, MemoryEffect, NoMemoryEffect, SymbolOpInterface
+
+    if isinstance(op, UnregisteredOp) or op.has_trait(IsTerminator) or op.has_trait(SymbolOpInterface):
+        return False
+    effects = op.get_traits_of_type(MemoryEffect)
+    no_effect = NoMemoryEffect.get_effects.__func__  # type: ignore[attr-defined]
+    return bool(effects) and all(
+        isinstance(t, NoMemoryEffect) and type(t).get_effects.__func__ is no_effect  # type: ignore[attr-defined]
+        for t in effects
+    )
+
+
 def _cse(module: ModuleOp) -> None:
     from xdsl.traits import IsolatedFromAbove
     from xdsl.transforms.common_subexpression_elimination import CSEDriver
 
     class Driver(CSEDriver):
+        def _simplify_operation(self, op):  # type: ignore[override]
+            # xDSL's steps, with what depends only on the op's class looked up once: for
+            # ops without regions whose only effect trait is NoMemoryEffect (Pure), the
+            # driver's checks come down to "dead -> erase; else look up / record"
+            simple = simple_pure.get(type(op))
+            if simple is None:
+                simple = simple_pure[type(op)] = _simple_pure(op)
+            if not simple or op.regions:
+                CSEDriver._simplify_operation(self, op)
+                return
+            for r in op.results:
+                if r.first_use is not None:
+                    break
+            else:
+                self._mark_erasure(op)
+                return
+            existing = self._known_ops.get(op)
+            if existing:
+                self._replace_and_delete(op, existing)
+                return
+            self._known_ops[op] = op
+
         def _simplify_block(self, block):  # type: ignore[override]
             for op in block.ops:
                 if op.regions:
@@ -451,6 +491,7 @@ def _cse(module: ModuleOp) -> None:
                 known.restore(mark)
 
     attr_hashes: dict[int, tuple[typing.Any, int]] = {}
+    simple_pure: dict[type, bool] = {}
     Driver(_known_ops=_ScopedKnownOps(attr_hashes)).simplify(module)  # type: ignore[arg-type]
 
 

@@ -66,10 +66,17 @@ def _first_error(op: Operation) -> tuple[Operation, str] | None:
 # (``HasParent``, ...), terminators, and that operands are defined in scope (which covers
 # ``IsolatedFromAbove``). Anything it rejects is re-checked by xDSL's verifier, which has
 # the final word and the error message.
+#
+# Signatures are abstract where the op definition allows it (``_abstract_keys``): a value
+# whose constraint is AnyAttr or BaseAttr only counts through its class, so the kernels of
+# lower-to-kernels (a func.func and a func.call with their own name and table types each)
+# and the df ops share a handful of signatures. func.call's callee check looks the symbol
+# up in a table built once (xDSL scans the module per call: quadratic in kernels).
 
 
 class _OpInfo:
     __slots__ = (
+        "abstract",
         "attr_names",
         "context_traits",
         "custom",
@@ -79,7 +86,7 @@ class _OpInfo:
         "signature_traits",
     )
 
-    def __init__(self, op: Operation):
+    def __init__(self, op: Operation, verifier: _FastVerifier):
         from xdsl.traits import IsolatedFromAbove, IsTerminator
 
         cls = type(op)
@@ -101,7 +108,7 @@ class _OpInfo:
             (*(self.op_def.attributes if self.op_def is not None else ()), *_SEGMENT_SIZES)
         )
 
-        traits = self.op_def.traits if self.op_def is not None else ()
+        traits = tuple(verifier.fast_trait(t) for t in (self.op_def.traits if self.op_def is not None else ()))
         # IsolatedFromAbove is checked by the scoping of fast_verify's walk
         self.signature_traits = tuple(t for t in traits if not isinstance(t, IsolatedFromAbove))
         self.context_traits = tuple(
@@ -113,6 +120,133 @@ class _OpInfo:
         )
         self.is_terminator = op.has_trait(IsTerminator)
         self.no_terminator = op.has_trait(NoTerminator)
+        self.abstract = _abstract_keys(self.op_def, self.signature_traits, self.context_traits)
+
+    def signature(self, op: Operation) -> tuple:
+        """What the IRDL checks of ``op`` depend on (see ``_abstract_keys``)."""
+        abstract = self.abstract
+        names = self.attr_names
+        if abstract is None:
+            return (
+                type(op),
+                tuple([v.type for v in op._operands]),
+                tuple([r.type for r in op.results]),
+                tuple([item for item in op.attributes.items() if item[0] in names]),
+                tuple(op.properties.items()),
+                tuple([tuple([a.type for b in r.blocks for a in b.args]) for r in op.regions]),
+                tuple([len(r.blocks) for r in op.regions]),
+            )
+        operand_key, result_key, attr_keys, prop_keys, arg_key = abstract
+        return (
+            type(op),
+            tuple([operand_key(v.type) for v in op._operands]),
+            tuple([result_key(r.type) for r in op.results]),
+            tuple([(k, attr_keys.get(k, _same)(v)) for k, v in op.attributes.items() if k in names]),
+            tuple([(k, prop_keys.get(k, _same)(v)) for k, v in op.properties.items()]),
+            tuple([tuple([tuple([arg_key(a.type) for a in b.args]) for b in r.blocks]) for r in op.regions]),
+        )
+
+
+# ---- abstract signatures: an op's IRDL verdict depends on each constrained value only
+# through what its constraint reads - nothing for AnyAttr, the class for BaseAttr (and
+# SymbolNameConstraint), the class and parameters' keys for ParamAttrConstraint - so kernels
+# (func.func / func.call, each with its own name and table types) and df ops (each with its
+# own table type) share a few signatures. Only for op definitions without constraint
+# variables (which tie values together) and whose per-signature traits check nothing.
+
+
+def _same(a):
+    return a
+
+
+def _nothing(a):
+    return None
+
+
+def _attr_key(constr):
+    """A function mapping an attribute to what ``constr.verify`` depends on (``_same``
+    when unknown: the attribute itself)."""
+    from xdsl.dialects.builtin import ArrayOfConstraint, SymbolNameConstraint
+    from xdsl.irdl.constraints import (
+        AnyAttr,
+        BaseAttr,
+        MessageConstraint,
+        ParamAttrConstraint,
+        RangeOf,
+    )
+
+    kind = type(constr)
+    if kind is AnyAttr:
+        return _nothing
+    if kind is BaseAttr or kind is SymbolNameConstraint:
+        return type
+    if kind is MessageConstraint:
+        return _attr_key(constr.constr)
+    if kind is ParamAttrConstraint:
+        keys = tuple(_attr_key(c) for c in constr.param_constrs)
+        n = len(keys)
+
+        def param_key(a, keys=keys, n=n):
+            params = a.parameters
+            if len(params) != n:
+                return (type(a), params)
+            return (type(a), tuple([f(p) for f, p in zip(keys, params)]))
+
+        return param_key
+    if kind is ArrayOfConstraint and type(constr.elem_range_constraint) is RangeOf:
+        elem = _attr_key(constr.elem_range_constraint.constr)
+        return lambda a, elem=elem: (type(a), tuple([elem(e) for e in a.data]))
+    return _same
+
+
+def _range_key(range_constr):
+    """Per-element key of an operand/result/block-argument range constraint."""
+    from xdsl.irdl.constraints import RangeLengthConstraint, RangeOf
+
+    if type(range_constr) is RangeLengthConstraint:
+        range_constr = range_constr.constraint
+    if type(range_constr) is RangeOf:
+        return _attr_key(range_constr.constr)
+    return _same
+
+
+def _uniform(keys: list):
+    """One element key for several definitions (whose extents depend on segment sizes)."""
+    kinds = set(keys)
+    if not kinds or kinds == {_nothing}:
+        return _nothing
+    if kinds <= {_nothing, type}:
+        return type
+    return _same
+
+
+def _abstract_keys(op_def, signature_traits, context_traits):
+    from xdsl.traits import OpTrait
+
+    if op_def is None:
+        return None
+    try:
+        constraints = [
+            *(d.constr for _, d in op_def.operands),
+            *(d.constr for _, d in op_def.results),
+            *(d.constr for d in op_def.attributes.values()),
+            *(d.constr for d in op_def.properties.values()),
+            *(d.entry_args for _, d in op_def.regions),
+        ]
+        if any(c.variables() for c in constraints):
+            return None
+    except Exception:  # noqa: BLE001  (an unusual definition: full signatures)
+        return None
+    for trait in signature_traits:
+        if trait not in context_traits and type(trait).verify is not OpTrait.verify:
+            return None  # a per-signature trait check may read the types
+    return (
+        _uniform([_range_key(d.constr) for _, d in op_def.operands]),
+        _uniform([_range_key(d.constr) for _, d in op_def.results]),
+        {k: _attr_key(d.constr) for k, d in op_def.attributes.items()},
+        {k: _attr_key(d.constr) for k, d in op_def.properties.items()},
+        _uniform([_range_key(d.entry_args) for _, d in op_def.regions]),
+    )
 
 
 _SEGMENT_SIZES = ("operandSegmentSizes", "resultSegmentSizes")
@@ -138,10 +272,78 @@ _SIGNATURE_ONLY_TRAITS = frozenset(
 )
 
 
+class _FastCallee:
+    """``func.call``'s symbol-user check (xdsl.dialects.func.CallOpSymbolUserOpInterface)
+    with the callee found in a symbol table built once per symbol-table op: xDSL's
+    ``SymbolTable.lookup_symbol`` scans the module's ops for every call (quadratic in the
+    number of kernels that lower-to-kernels outlines)."""
+
+    __slots__ = ("verifier",)
+
+    def __init__(self, verifier: _FastVerifier) -> None:
+        self.verifier = verifier
+
+    def verify(self, op: Operation) -> None:
+        from xdsl.dialects.func import FuncOp
+
+        callee = self.verifier.lookup_symbol(op, op.callee)  # type: ignore[attr-defined]
+        if callee is None or not isinstance(callee, FuncOp):
+            raise VerifyException("callee not found: left to xDSL")
+        fn_type = callee.function_type
+        if tuple(fn_type.inputs.data) != tuple(a.type for a in op.arguments):  # type: ignore[attr-defined]
+            raise VerifyException("callee operand types: left to xDSL")
+        if tuple(fn_type.outputs.data) != tuple(op.result_types):
+            raise VerifyException("callee result types: left to xDSL")
+
+
 class _FastVerifier:
     def __init__(self) -> None:
         self.infos: dict[type, _OpInfo] = {}
         self.signatures: set[tuple] = set()
+        self.symbol_tables: dict[int, tuple[Operation, dict]] = {}
+        self.anchors: dict[int, tuple] = {}  # id(block) -> (block, its symbol-table op)
+
+    def fast_trait(self, trait):
+        """``trait``, or a quicker equivalent check of it."""
+        from xdsl.dialects.func import CallOpSymbolUserOpInterface
+
+        if type(trait) is CallOpSymbolUserOpInterface:
+            return _FastCallee(self)
+        return trait
+
+    def lookup_symbol(self, op: Operation, name) -> Operation | None:
+        """``SymbolTable.lookup_symbol(op, name)`` (xdsl.traits) with one name -> op table per
+        symbol-table op (the first op defining each name, like xDSL's scan)."""
+        from xdsl.dialects.builtin import StringAttr, SymbolRefAttr
+        from xdsl.traits import SymbolOpInterface, SymbolTable
+
+        block = op.parent
+        cached_anchor = self.anchors.get(id(block)) if not op.regions else None  # op itself no table
+        if cached_anchor is not None and cached_anchor[0] is block:
+            anchor: Operation | None = cached_anchor[1]
+        else:
+            anchor = op
+            while anchor is not None and not anchor.has_trait(SymbolTable):
+                anchor = anchor.parent_op()
+            if not op.regions:
+                self.anchors[id(block)] = (block, anchor)
+        if anchor is None:
+            raise VerifyException("no symbol table: left to xDSL")
+        if isinstance(name, str | StringAttr):
+            name = SymbolRefAttr(name)
+        cached = self.symbol_tables.get(id(anchor))
+        if cached is None or cached[0] is not anchor:
+            table: dict = {}
+            for o in anchor.regions[0].block.ops:
+                interface = o.get_trait(SymbolOpInterface)
+                if interface is not None:
+                    table.setdefault(interface.get_sym_attr_name(o), o)
+            cached = self.symbol_tables[id(anchor)] = (anchor, table)
+        found = cached[1].get(name.root_reference)
+        if found is None or not name.nested_references:
+            return found
+        nested_root, *nested = name.nested_references.data
+        return self.lookup_symbol(found, SymbolRefAttr(nested_root, nested))
 
     def region(self, region, visible: set) -> None:
         parent = region.parent
@@ -166,14 +368,14 @@ class _FastVerifier:
             visible.difference_update(added)
 
     def _info(self, op: Operation) -> _OpInfo:
-        info = self.infos[type(op)] = _OpInfo(op)
+        info = self.infos[type(op)] = _OpInfo(op, self)
         return info
 
     def op(self, op: Operation, visible: set) -> None:
-        for v in op.operands:
+        for v in op._operands:
             if v not in visible:
                 raise VerifyException("operand not defined in scope")
-        if op.successors:
+        if op._successors:
             raise VerifyException("successors: left to xDSL")
         info = self.infos.get(type(op)) or self._info(op)
         if op.regions:
@@ -185,15 +387,7 @@ class _FastVerifier:
         if info.op_def is None:
             op.verify_()
             return
-        signature = (
-            type(op),
-            tuple([v.type for v in op._operands]),
-            tuple([r.type for r in op.results]),
-            tuple([item for item in op.attributes.items() if item[0] in info.attr_names]),
-            tuple(op.properties.items()),
-            tuple([tuple([a.type for b in r.blocks for a in b.args]) for r in op.regions]),
-            tuple([len(r.blocks) for r in op.regions]),
-        )
+        signature = info.signature(op)
         if signature not in self.signatures:
             _verify_signature(op, info)
             self.signatures.add(signature)

@@ -27,7 +27,11 @@ Values: a tensor is a :class:`TensorValue` (this rank's rows, or the whole tenso
   summation order. The loss of an epoch is the mean per-row loss over the epoch. Builtin
   losses are sums of per-row terms; a custom ``loss(pred, y)`` is taken to be a mean over the
   rows (each share's value is weighted by its row count).
-* ``dl.sweep``: each grid point is an independent training ("run"). Run k goes to rank
+* Sweeps: the default pipeline's ``expand-sweeps`` turns a ``dl.sweep`` into one ``dl.train``
+  island per grid point and a ``dl.sweep_result`` (the table from the runs' last losses);
+  the executor runs those islands concurrently (:func:`run_concurrent_islands`).
+* ``dl.sweep`` (a plan compiled without ``expand-sweeps``): each grid point is an
+  independent training ("run"). Run k goes to rank
   ``k % size``; a rank's runs train concurrently in threads (XLA releases the GIL), each on
   one rank's data, without communication; final losses are then exchanged. Every run's
   start/end time, rank and device go to :data:`TIMELINE`.
@@ -69,6 +73,7 @@ __all__ = [
     "TensorValue",
     "comm_on_dl_value",
     "is_dl_value",
+    "run_concurrent_islands",
     "run_dl_op",
     "select_device",
     "table_to_array",
@@ -782,6 +787,102 @@ def _sweep(
     return pa.table(cols)
 
 
+# ------------------------------------------------------------- concurrent islands
+
+
+def _value_table(value: Any) -> pa.Table:
+    """A DL value as a table of its leaves (raw bytes, dtype, shape) for ``comm.bcast``."""
+    if isinstance(value, ParamsValue):
+        leaves, kind, replicated = value.leaves, "params", True
+    elif isinstance(value, TensorValue):
+        leaves, kind, replicated = [value.data], "tensor", value.replicated
+    else:
+        raise OpgraphError(f"concurrent islands: cannot send a {type(value).__name__}")
+    arrays = [np.ascontiguousarray(leaf) for leaf in leaves]
+    table = pa.table(
+        {
+            "data": pa.array([a.tobytes() for a in arrays], pa.binary()),
+            "dtype": pa.array([a.dtype.str for a in arrays], pa.string()),
+            "shape": pa.array([json.dumps(list(a.shape)) for a in arrays], pa.string()),
+        }
+    )
+    return table.replace_schema_metadata({"kind": kind, "replicated": "1" if replicated else "0"})
+
+
+def _table_value(table: pa.Table) -> Any:
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    leaves = [
+        np.frombuffer(d, dtype=np.dtype(t)).reshape(json.loads(sh)).copy()
+        for d, t, sh in zip(
+            table.column("data").to_pylist(), table.column("dtype").to_pylist(), table.column("shape").to_pylist()
+        )
+    ]
+    if meta.get("kind") == "params":
+        return ParamsValue(leaves)
+    return TensorValue(leaves[0], meta.get("replicated") == "1")
+
+
+def run_concurrent_islands(ex: Any, batch: Sequence[Any]) -> None:
+    """Runs independent DL islands (their ops ``dl.train``; no island of ``batch`` reads
+    another's values) at the same time on disjoint resources (issue #5 item 4, sweeps):
+
+    * the tensors they read are gathered whole onto every rank first (one collective each);
+    * the ranks are split into ``g = min(len(batch), size)`` disjoint groups (rank r in group
+      ``r % g``; ``comm.split``); island k runs on group ``k % g``: data parallel over the
+      group's ranks when it has several, else in a thread of its own next to the group's
+      other islands (XLA releases the GIL, so one rank's trainings overlap);
+    * each island's results are then broadcast from its group's first rank (rank ``k % g``).
+
+    Each island's executed interval goes to the executor's island timeline."""
+    import copy
+
+    from opgraph.runtime.executor import record_island
+
+    comm = ex.comm
+    for island in batch:  # the same order on every rank: collective gathers
+        for op in island.ops:
+            for v in op.operands:
+                value = ex.env.get(v)
+                if isinstance(value, TensorValue) and not value.replicated:
+                    ex.env[v] = TensorValue(_gather_rows(comm, value), replicated=True)
+    groups = max(1, min(len(batch), comm.size))
+    color = comm.rank % groups
+    sub = comm.split(color, comm.rank) if comm.size > 1 else comm
+    members = [r for r in range(comm.size) if r % groups == color]
+    mine = [island for k, island in enumerate(batch) if k % groups == color]
+
+    def run_island(island: Any) -> None:
+        view = copy.copy(ex)  # shares env/schemas; its own island and communicator
+        view.island, view.comm, view.world_rank = island, sub, comm.rank
+        start = time.perf_counter()
+        for op in island.ops:
+            view.run_op(op)
+        record_island(island.name, comm.rank, start, time.perf_counter(), members, concurrent=True)
+
+    try:
+        if len(mine) == 1 or sub.size > 1:
+            for island in mine:
+                run_island(island)
+        elif mine:
+            workers = min(len(mine), MAX_CONCURRENT_RUNS)
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="opgraph-island") as pool:
+                for f in [pool.submit(run_island, island) for island in mine]:
+                    f.result()
+    finally:
+        if sub is not comm and hasattr(sub, "free"):
+            sub.free()
+    if comm.size == 1:
+        return
+    for k, island in enumerate(batch):  # results to every rank
+        root = k % groups
+        for op in island.ops:
+            for v in op.results:
+                table = comm.bcast(_value_table(ex.env[v]) if comm.rank == root else None, root)
+                if comm.rank != root:
+                    ex.env[v] = _table_value(table)
+                    ex.schemas[v] = op.schema_ or []
+
+
 def is_dl_value(value: Any) -> bool:
     return isinstance(value, TensorValue | ParamsValue)
 
@@ -870,7 +971,9 @@ def run_dl_op(ex: Any, op: Any) -> Any:
             comm if comm.size > 1 else None,
             device,
         )
-        _record(name, 0, comm.rank, start, time.perf_counter(), device)
+        run = a.get("dl.sweep_run")  # [run index, runs] on a training made from a sweep
+        rank = getattr(ex, "world_rank", comm.rank)  # a concurrent island's group: world rank
+        _record(name, int(run[0]) if run else 0, rank, start, time.perf_counter(), device)
         return [ParamsValue(leaves), TensorValue(history, replicated=True)]
     if name == "dl.sweep":
         x, y, p = ex.arg(op, 0), ex.arg(op, 1), ex.arg(op, 2)
@@ -878,6 +981,17 @@ def run_dl_op(ex: Any, op: Any) -> Any:
         if bool(a["shuffle"]):
             X, Y = _canonical(X, Y)
         table = _sweep(ex, op, X, Y, p.leaves, device)
+        if op.schema_ is not None:
+            table = L.conform(table, L.arrow_schema(op.schema_))
+        return Dist(table, REPLICATED)
+    if name == "dl.sweep_result":  # the table of an expanded sweep (pass expand-sweeps)
+        points = _grid_points(a["grid"])
+        finals = [float(ex.arg(op, i).data[-1]) for i in range(len(op.operands))]
+        if len(finals) != len(points):
+            raise DLError(f"sweep_result: {len(finals)} runs for a grid of {len(points)} points")
+        cols: dict[str, Any] = {key: [p[key] for p in points] for key in sorted(a["grid"])}
+        cols[SWEEP_LOSS_COLUMN] = pa.array(np.asarray(finals, dtype=np.float32))
+        table = pa.table(cols)
         if op.schema_ is not None:
             table = L.conform(table, L.arrow_schema(op.schema_))
         return Dist(table, REPLICATED)

@@ -13,6 +13,10 @@ Execution model:
   ``depends_on``); ops within an island in order. Every island runs on all ranks of the
   communicator: ``island.ranks`` is the compiler's advice and is not used for placement
   yet (the plan records ``ranks = 1`` today; the run's rank count decides).
+  Exception: consecutive ready islands made only of ``dl.train`` (a sweep's trainings, pass
+  ``expand-sweeps``) that do not depend on each other run at the same time on disjoint rank
+  groups, or in threads of one rank (``dl_exec.run_concurrent_islands``). Every island's
+  executed interval goes to ``ISLAND_TIMELINE``.
 * Every table is partitioned over the ranks; the global table is the partitions'
   concatenation in rank order. Sources split their work across ranks (``runtime/io.py``),
   operators use the distributed algorithms of ``runtime/parallel_ops.py``, which with one
@@ -39,6 +43,8 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -55,7 +61,7 @@ from opgraph.runtime.parallel_ops import ANY, REPLICATED, Dist, Partitioning
 from opgraph.errors import OpgraphError
 from opgraph.plan_schema import IslandDoc, OpDoc, PlanDoc
 
-__all__ = ["FAULT_HOOK", "ExecutionError", "execute_plan", "run_local"]
+__all__ = ["FAULT_HOOK", "ISLAND_TIMELINE", "ExecutionError", "execute_plan", "record_island", "run_local"]
 
 #: Test hook: called as ``FAULT_HOOK(op, rank)`` before every op; raising from it makes the
 #: op fail on that rank (used by the tests to inject failures).
@@ -120,6 +126,46 @@ def _island_order(islands: Sequence[IslandDoc]) -> list[IslandDoc]:
     return order
 
 
+#: Executed islands: one dict per island and rank (``island``, ``rank``, ``start``/``end`` from
+#: ``time.perf_counter``, ``ranks``: the world ranks that ran it, ``concurrent``: run next to
+#: other islands). Appended by every run; tests clear it.
+ISLAND_TIMELINE: list[dict[str, Any]] = []
+_TIMELINE_LOCK = threading.Lock()
+
+#: Islands made only of these ops run concurrently with their independent neighbours
+#: (``runtime/dl_exec.run_concurrent_islands``): the trainings of an expanded sweep.
+CONCURRENT_OPS = frozenset({"dl.train"})
+
+
+def record_island(name: str, rank: int, start: float, end: float, ranks: Sequence[int], concurrent: bool = False) -> None:
+    entry = {"island": name, "rank": rank, "start": start, "end": end, "ranks": list(ranks), "concurrent": concurrent}
+    with _TIMELINE_LOCK:
+        ISLAND_TIMELINE.append(entry)
+
+
+def _concurrent_batch(islands: Sequence[IslandDoc], n: int) -> list[IslandDoc]:
+    """The islands from ``n`` on (in ``_island_order``) that may run at the same time: each
+    made only of ``CONCURRENT_OPS`` and none reading another's values or naming it in
+    ``depends_on``. One island (or none) means: run ``islands[n]`` on its own."""
+    batch: list[IslandDoc] = []
+    produced: set[str] = set()
+    names: set[str] = set()
+    for island in islands[n:]:
+        if not island.ops or any(op.op not in CONCURRENT_OPS for op in island.ops):
+            break
+        reads = set(island.inputs) | {v for op in island.ops for v in op.operands}
+        if reads & produced or names & set(island.depends_on):
+            break
+        batch.append(island)
+        names.add(island.name)
+        produced |= set(island.outputs) | {v for op in island.ops for v in op.results}
+    return batch
+
+
+#: ops that accept dictionary-encoded columns (row-wise; the result keeps them encoded)
+_DICT_OK = frozenset({"df.filter", "df.project", "df.map", "df.rename", "df.drop", "df.join"})
+
+
 class _Executor:
     def __init__(self, doc: PlanDoc, inputs: Sequence[pa.Table | None], comm: Communicator, progress: Callable[[str], None] | None):
         self.doc = doc
@@ -130,18 +176,39 @@ class _Executor:
         self.schemas: dict[str, list[Any]] = {}
         self.staged: list[tuple[str, str]] = []  # (staging directory, final path)
         self.island: IslandDoc | None = None
+        # value id -> the ops that read it (over every island), and the plan's outputs
+        self.consumers: dict[str, list[OpDoc]] = {}
+        for isl in doc.islands:
+            for op in isl.ops:
+                for v in op.operands:
+                    self.consumers.setdefault(v, []).append(op)
+        self.output_ids = set(doc.outputs)
 
     # -- driver ---------------------------------------------------------------------
     def run(self) -> list[pa.Table]:
         comm = self.comm
         try:
             islands = _island_order(self.doc.islands)
-            for n, island in enumerate(islands):
+            n = 0
+            while n < len(islands):
+                batch = _concurrent_batch(islands, n)
+                if len(batch) > 1:  # independent trainings (a sweep): at the same time
+                    from opgraph.runtime.dl_exec import run_concurrent_islands
+
+                    if self.progress is not None and comm.rank == 0:
+                        self.progress(f"[{n + 1}-{n + len(batch)}/{len(islands)}] {', '.join(i.name for i in batch)}")
+                    run_concurrent_islands(self, batch)
+                    n += len(batch)
+                    continue
+                island = islands[n]
+                n += 1
                 self.island = island
                 if self.progress is not None and comm.rank == 0:
-                    self.progress(f"[{n + 1}/{len(islands)}] {island.name}")
+                    self.progress(f"[{n}/{len(islands)}] {island.name}")
+                start = time.perf_counter()
                 for op in island.ops:
                     self.run_op(op)
+                record_island(island.name, comm.rank, start, time.perf_counter(), range(comm.size))
             outputs = [self.output(v) for v in self.doc.outputs]
             if self.staged:
                 if comm.size > 1:
@@ -168,6 +235,8 @@ class _Executor:
         if d is None:
             raise OpgraphError(f"plan.json: output {value} is not produced by any island")
         columns = self.schemas[value]
+        if isinstance(d, Dist) and L.has_dictionaries(d.table):
+            d = Dist(L.decode_dictionaries(d.table), d.part)
         if d.part.kind == "replicated":
             table = d.table
         else:
@@ -199,9 +268,30 @@ class _Executor:
 
     def arg(self, op: OpDoc, i: int = 0) -> Dist:
         try:
-            return self.env[op.operands[i]]
+            d = self.env[op.operands[i]]
         except (KeyError, IndexError):
             raise OpgraphError(f"plan.json: {op.op} uses value {op.operands[i:i + 1]} before it is computed") from None
+        # sources keep string columns dictionary-encoded through row-wise ops (cheap reads,
+        # filters and isin on the dictionary); every other op sees the plan's plain types
+        passthrough = self.comm.size == 1 and op.op.startswith("comm.")  # moves nothing
+        if op.op not in _DICT_OK and not passthrough and isinstance(d, Dist) and L.has_dictionaries(d.table):
+            d = Dist(L.decode_dictionaries(d.table), d.part)
+            self.env[op.operands[i]] = d
+        return d
+
+    def needed_columns(self, op: OpDoc) -> list[str] | None:
+        """The columns of ``op``'s result that its readers use, when every reader is a
+        ``df.project`` (None: all of them)."""
+        if not op.results or op.results[0] in self.output_ids:
+            return None
+        users = self.consumers.get(op.results[0]) or []
+        if not users or any(u.op != "df.project" for u in users):
+            return None
+        keep: dict[str, None] = {}
+        for u in users:
+            for c in u.attributes.get("columns") or []:
+                keep[str(c)] = None
+        return list(keep)
 
     def dispatch(self, op: OpDoc) -> Dist | None:
         name = op.op
@@ -229,7 +319,10 @@ class _Executor:
         assert schema is not None, f"{name} has no result schema in plan.json"
         if name == "df.filter":
             d = self.arg(op)
-            return Dist(L.filter_table(d.table, op.regions[0]), d.part)
+            keep = self.needed_columns(op)
+            if keep is not None and not all(c in d.table.column_names for c in keep):
+                keep = None
+            return Dist(L.filter_table(d.table, op.regions[0], keep), d.part)
         if name == "df.project":
             d = self.arg(op)
             return Dist(L.project(d.table, a["columns"]), d.part.survives(schema))
@@ -246,6 +339,11 @@ class _Executor:
             return Dist(L.drop(d.table, a["columns"]), d.part.survives(schema))
         if name == "df.join":
             left, right = self.arg(op, 0), self.arg(op, 1)
+            if comm.size > 1 or any(pa.types.is_dictionary(left.table.schema.field(k).type) for k in a["left_on"]) or any(
+                pa.types.is_dictionary(right.table.schema.field(k).type) for k in a["right_on"]
+            ):  # dictionary payloads only through a one-rank join (its output decodes them)
+                left = Dist(L.decode_dictionaries(left.table), left.part)
+                right = Dist(L.decode_dictionaries(right.table), right.part)
             return P.join(comm, left, right, a["how"], list(a["left_on"]), list(a["right_on"]), schema, self.broadcast_join(op))
         if name == "df.concat":
             return P.concat(comm, self.arg(op, 0), self.arg(op, 1), schema)
@@ -415,7 +513,17 @@ def run_local(
     if isinstance(doc, dict):
         doc = PlanDoc.model_validate(doc)
     tables = list(inputs or [])
-    results = run_ranks(ranks, lambda comm: execute_plan(doc, tables, comm, progress=progress))
+    from opgraph.runtime.kernels import set_ranks_sharing
+
+    def rank_main(comm: Communicator) -> list[pa.Table]:
+        # the ranks are threads of this process: each rank's kernels get cores / ranks threads
+        prev = set_ranks_sharing(ranks)
+        try:
+            return execute_plan(doc, tables, comm, progress=progress)
+        finally:
+            set_ranks_sharing(prev)
+
+    results = run_ranks(ranks, rank_main)
     return results[0]
 
 

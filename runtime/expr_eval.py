@@ -323,10 +323,42 @@ def _logic(kind: str, a: Value, b: Value) -> Value:
     return fn(a, b)
 
 
+def _dict_isin(value: pa.Array | pa.ChunkedArray, values: list[Any]) -> Value:
+    """isin over a dictionary-encoded column: isin on each (small) dictionary, then a gather
+    of those booleans by the indices (null indices -> false)."""
+    vt = value.type.value_type
+    value_set = pa.array(values, type=vt) if values else pa.array([], type=vt)
+    chunks = value.chunks if isinstance(value, pa.ChunkedArray) else [value]
+    out = []
+    for c in chunks:
+        hit = pc.is_in(c.dictionary, value_set=value_set, skip_nulls=True)
+        if hit.null_count:
+            hit = pc.fill_null(hit, False)
+        ind = c.indices
+        if ind.null_count == 0 and len(ind):
+            # a lookup table indexed by the codes (numpy gather, zero-copy codes)
+            lut = np.asarray(hit.to_numpy(zero_copy_only=False), dtype=np.bool_)
+            out.append(pa.array(lut[ind.to_numpy()], type=pa.bool_()))
+            continue
+        r = pc.take(hit, ind)
+        out.append(pc.fill_null(r, False) if r.null_count else r)
+    if isinstance(value, pa.ChunkedArray):
+        return pa.chunked_array(out, type=pa.bool_())
+    return out[0]
+
+
+def _decode(value: Value) -> Value:
+    if not isinstance(value, pa.Scalar) and pa.types.is_dictionary(value.type):
+        return pc.cast(value, value.type.value_type)
+    return value
+
+
 def _isin(value: Value, values: list[Any]) -> Value:
     t = value.type
     if isinstance(value, pa.Scalar):
         return pa.scalar(value.is_valid and value.as_py() in values)
+    if pa.types.is_dictionary(t):
+        return _dict_isin(value, values)
     value_set = pa.array(values, type=t) if values else pa.array([], type=t)
     out = pc.is_in(value, value_set=value_set, skip_nulls=True)
     return pc.fill_null(out, False) if out.null_count else out
@@ -565,6 +597,8 @@ def eval_region_arrow(ops: Sequence[Any], table: pa.Table) -> list[Value]:
         loc = _field(op, "loc")
         try:
             operands = [env[o] for o in (_field(op, "operands") or [])]
+            if name != "df.isin":  # dictionary-encoded string columns: decoded where used
+                operands = [_decode(v) for v in operands]
             if name == "vector.yield":
                 return operands
             types = _field(op, "result_types") or []
@@ -574,6 +608,11 @@ def eval_region_arrow(ops: Sequence[Any], table: pa.Table) -> list[Value]:
                 if column not in table.column_names:
                     raise ExprError(f"unknown column '{column}' (columns: {', '.join(table.column_names)})")
                 value: Value = table.column(column)
+                if pa.types.is_dictionary(value.type) and value.type.value_type == result_type:
+                    results = _field(op, "results") or []
+                    if results:
+                        env[results[0]] = value
+                    continue
             elif name == "arith.constant":
                 value = _constant(op, result_type)  # type: ignore[arg-type]
             elif name == "df.str_constant":

@@ -110,9 +110,15 @@ def _split(weights: Sequence[int], n: int, rank: int) -> range:
 def _with_columns(table: pa.Table, schema: pa.Schema, path: str) -> pa.Table:
     """The schema's columns of ``table`` (missing ones all null), cast to the plan's types."""
     arrays = []
+    fields = []
     for f in schema:
         if f.name in table.column_names:
             col = table.column(f.name)
+            if pa.types.is_dictionary(col.type) and col.type.value_type == f.type:
+                # kept encoded (read_dictionary); the executor decodes it where needed
+                arrays.append(col)
+                fields.append(f.with_type(col.type))
+                continue
             if col.type != f.type:
                 try:
                     col = L._cast_column(col, f.type)
@@ -121,7 +127,8 @@ def _with_columns(table: pa.Table, schema: pa.Schema, path: str) -> pa.Table:
             arrays.append(col)
         else:
             arrays.append(pa.nulls(table.num_rows, f.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
+        fields.append(f)
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=schema.metadata))
 
 
 def rebalance(comm: Communicator, table: pa.Table) -> pa.Table:
@@ -159,14 +166,28 @@ def _read_parquet(files: list[str], schema: pa.Schema, comm: Communicator) -> tu
         f, g, _ = pieces[i]
         by_file.setdefault(f, []).append(g)
     for f, groups in by_file.items():
-        present = set(metas[f].schema.to_arrow_schema().names)
+        file_schema = metas[f].schema.to_arrow_schema()
+        present = set(file_schema.names)
         cols = [c for c in schema.names if c in present]
+        # string columns stay dictionary-encoded (decoding Parquet's dictionary pages into
+        # plain strings was most of the read time); the executor decodes them lazily
+        dict_cols = [
+            c for c in cols
+            if pa.types.is_string(schema.field(c).type) and pa.types.is_string(file_schema.field(c).type)
+        ]
         try:
-            t = pq.ParquetFile(f).read_row_groups(groups, columns=cols, use_threads=True)
+            t = pq.ParquetFile(f, read_dictionary=dict_cols or None).read_row_groups(groups, columns=cols, use_threads=True)
         except (pa.ArrowInvalid, OSError) as e:
             raise SourceError(f"cannot read '{f}': {e}") from None
         tables.append(_with_columns(t, schema, f))
-    return L.concat_tables(tables, schema), len(pieces)
+    if not tables:
+        return schema.empty_table(), len(pieces)
+    if len(tables) == 1:
+        return tables[0], len(pieces)
+    if len({t.schema for t in tables}) > 1:
+        tables = [L.decode_dictionaries(t) for t in tables]
+        return L.concat_tables(tables, schema), len(pieces)
+    return pa.concat_tables(tables), len(pieces)
 
 
 def _read_ipc(files: list[str], schema: pa.Schema, comm: Communicator) -> tuple[pa.Table, int]:
@@ -234,6 +255,7 @@ def read_source(op_name: str, path: str, schema: pa.Schema, comm: Communicator) 
     files = expand_paths(path, suffixes)
     table, pieces = reader(files, schema, comm)
     if comm.size > 1 and pieces < comm.size:
+        table = L.decode_dictionaries(table)
         table = rebalance(comm, table)
     return table
 

@@ -21,14 +21,15 @@ What runs where:
     columns of both inputs with a side tag (groups treat nulls as equal);
   - ``drop_duplicates(subset)`` keeps the first occurrence: ``group_by(subset)`` with the
     minimum row index, then ``take`` in row order;
-  - rolling windows: numpy (prefix sums for sums/means, a doubling "sparse table" for
-    min/max, so any window size costs O(n log k)); Arrow has no rolling kernels.
+  - rolling windows, diff, shift: C++ kernels (``kernels/windowing``: van Herk blocks, O(1)
+    per row for any window size, reading the halo rows in place); Arrow has no rolling kernels.
 
 Semantics: README "Semantics" (SQL nulls, pandas names). Notable details: aggregates skip
 nulls and an all-null (or empty) group gives null except count/size/nunique (0); std/var
 use ddof=1 (null for fewer than two values); sort is stable with nulls last in both
 directions (NaN sorts after numbers, before nulls, as in Arrow and pandas); rolling windows
-use min_periods = k, so a window holding a null gives null.
+use min_periods = k, so a window holding a null gives null (NaN is a value: sums propagate
+it, min/max order it above every number, as DuckDB does).
 """
 
 from __future__ import annotations
@@ -40,7 +41,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from opgraph.runtime.expr_eval import arrow_type, broadcast, eval_region
+from opgraph.runtime.kernels import kernel_threads
 from opgraph.runtime.kernels import opkernels as K
+
+# the compiled module's thread count follows the rank budget (opkernels.pyx's ``_threads``
+# does the same once rebuilt; this covers an older build)
+K._threads = kernel_threads
 
 __all__ = [
     "DECOMPOSABLE",
@@ -135,9 +141,68 @@ def empty_like(schema: pa.Schema) -> pa.Table:
 # ---------------------------------------------------------------- row-wise operators
 
 
-def filter_table(table: pa.Table, region: Sequence[Any]) -> pa.Table:
-    """Rows whose predicate is true; null counts as false."""
+def has_dictionaries(table: pa.Table) -> bool:
+    return any(pa.types.is_dictionary(t) for t in table.schema.types)
+
+
+def decode_dictionaries(table: pa.Table) -> pa.Table:
+    """``table`` with every dictionary-encoded column decoded to its value type (sources keep
+    string columns dictionary-encoded through row-wise ops; other ops see plain columns)."""
+    if not has_dictionaries(table):
+        return table
+    fields, arrays = [], []
+    for f, col in zip(table.schema, table.columns):
+        if pa.types.is_dictionary(f.type):
+            col = pc.cast(col, f.type.value_type)
+            f = f.with_type(f.type.value_type)
+        fields.append(f)
+        arrays.append(col)
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=table.schema.metadata))
+
+
+def take_column(col: Any, idx_np: np.ndarray, idx: Any = None) -> Any:
+    """``col`` gathered by numpy indices (-1 = null): our multithreaded gather for
+    fixed-width columns and for a dictionary column's indices (chunks' dictionaries
+    unified first); Arrow's take otherwise (``idx``: the same indices as an Arrow array)."""
+    t = col.type
+    if K.can_take(t):
+        out = K.take(col, idx_np)
+        if out is not None:
+            return out
+    elif pa.types.is_dictionary(t) and K.can_take(t.index_type):
+        c = col
+        if isinstance(c, pa.ChunkedArray):
+            if c.num_chunks > 1:
+                c = c.unify_dictionaries()
+            dictionary = c.chunk(0).dictionary if c.num_chunks else pa.array([], t.value_type)
+            indices = pa.chunked_array([ch.indices for ch in c.chunks], type=t.index_type)
+        else:
+            dictionary, indices = c.dictionary, c.indices
+        out = K.take(indices, idx_np)
+        if out is not None:
+            return pa.DictionaryArray.from_arrays(out, dictionary)
+    if idx is None:
+        idx = pa.array(idx_np, mask=idx_np < 0) if len(idx_np) and idx_np.min() < 0 else pa.array(idx_np)
+    return col.take(idx)
+
+
+def take_table(table: pa.Table, idx_np: np.ndarray) -> pa.Table:
+    """``table``'s rows at numpy indices (no nulls among them), column by column with
+    ``take_column``; the table's types are kept."""
+    idx_np = np.ascontiguousarray(idx_np)
+    arrow_idx = pa.array(idx_np)
+    arrays = [take_column(c, idx_np, arrow_idx) for c in table.columns]
+    if any(a.type != f.type for a, f in zip(arrays, table.schema)):
+        return pa.Table.from_arrays(arrays, names=table.column_names)
+    return pa.Table.from_arrays(arrays, schema=table.schema)
+
+
+def filter_table(table: pa.Table, region: Sequence[Any], keep: Sequence[str] | None = None) -> pa.Table:
+    """Rows whose predicate is true; null counts as false. ``keep``: only these columns are
+    needed downstream (the predicate still sees every column)."""
     (mask,) = eval_region(region, table)
+    if keep is not None and list(keep) != table.column_names:
+        table = table.select(list(keep))
     if isinstance(mask, pa.Scalar):
         return table if (mask.is_valid and mask.as_py()) else table.slice(0, 0)
     if table.num_columns == 0 or table.num_rows < 4096 or not pa.types.is_boolean(mask.type):
@@ -147,7 +212,9 @@ def filter_table(table: pa.Table, region: Sequence[Any]) -> pa.Table:
     idx = K.mask_to_indices(mask)
     if len(idx) == table.num_rows:
         return table
-    return table.take(pa.array(idx))
+    arrow_idx = pa.array(idx)
+    arrays = [take_column(c, idx, arrow_idx) for c in table.columns]
+    return pa.Table.from_arrays(arrays, schema=pa.schema([f.with_type(a.type) for f, a in zip(table.schema, arrays)], metadata=table.schema.metadata))
 
 
 def project(table: pa.Table, columns: Sequence[str]) -> pa.Table:
@@ -165,7 +232,10 @@ def map_table(table: pa.Table, names: Sequence[str], region: Sequence[Any], sche
         if name not in cols:
             order.append(name)
         cols[name] = broadcast(value, table.num_rows, schema.field(name).type)
-    return pa.Table.from_arrays([cols[n] for n in schema.names], schema=schema)
+    arrays = [cols[n] for n in schema.names]
+    if any(pa.types.is_dictionary(a.type) for a in arrays):  # kept-encoded source columns
+        schema = pa.schema([f.with_type(a.type) for f, a in zip(schema, arrays)], metadata=schema.metadata)
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def rename(table: pa.Table, old: Sequence[str], new: Sequence[str]) -> pa.Table:
@@ -223,8 +293,7 @@ def _join_indices(lkeys: list, rkeys: list, key_types: list, how: str, nl: int, 
     if len(key_types) == 1 and key_types[0] in _I64_KEYS:
         lk = _cast_column(lkeys[0], pa.int64())
         rk = _cast_column(rkeys[0], pa.int64())
-        li, ri = K.hash_join_i64(lk, rk, how)
-        return _index_array(li, how), _index_array(ri, how)
+        return K.hash_join_i64(lk, rk, how)  # numpy; -1 = no row on that side
     lnames = [f"__k{i}" for i in range(len(lkeys))]
     rnames = [f"__rk{i}" for i in range(len(rkeys))]
     lt = pa.Table.from_arrays([*lkeys, pa.array(np.arange(nl, dtype=np.int64))], names=[*lnames, "__l"])
@@ -249,21 +318,33 @@ def join(
     lkeys = [_cast_column(left.column(k), t) for k, t in zip(left_on, key_types)]
     rkeys = [_cast_column(right.column(k), t) for k, t in zip(right_on, key_types)]
     li, ri = _join_indices(lkeys, rkeys, key_types, how, left.num_rows, right.num_rows)
+    if isinstance(li, np.ndarray):
+        # numpy indices (-1 = null): our multithreaded gather for fixed-width columns
+        lnp, rnp = li, ri
+        li, ri = _index_array(lnp, how), _index_array(rnp, how)
+    else:
+        lnp = rnp = None
+
+    def gather(col: Any, idx: Any, idx_np: np.ndarray | None) -> Any:
+        if idx_np is not None:
+            return take_column(col, idx_np, idx)
+        return col.take(idx)
+
     merged = {lk: i for i, (lk, rk) in enumerate(zip(left_on, right_on)) if lk == rk}
     arrays: list[Any] = []
     for name in left.column_names:
         if name in merged:
             i = merged[name]
-            key = pc.take(lkeys[i], li)
+            key = gather(lkeys[i], li, lnp)
             if how in ("right", "outer"):
-                key = pc.coalesce(key, pc.take(rkeys[i], ri))
+                key = pc.coalesce(key, gather(rkeys[i], ri, rnp))
             arrays.append(key)
         else:
-            arrays.append(left.column(name).take(li))
+            arrays.append(gather(left.column(name), li, lnp))
     for name in right.column_names:
         if name in merged:
             continue
-        arrays.append(right.column(name).take(ri))
+        arrays.append(gather(right.column(name), ri, rnp))
     if len(arrays) != len(schema):
         raise ValueError(f"df.join: produced {len(arrays)} columns, the plan's schema has {len(schema)}")
     arrays = [_cast_column(a, f.type) if a.type != f.type else a for a, f in zip(arrays, schema)]
@@ -362,6 +443,9 @@ def sort_indices(table: pa.Table, by: Sequence[str], ascending: Sequence[bool]) 
 def sort(table: pa.Table, by: Sequence[str], ascending: Sequence[bool]) -> pa.Table:
     if table.num_rows <= 1:
         return table
+    cols = [table.column(b) for b in by]
+    if K.sortable([c.type for c in cols]):
+        return take_table(table, np.asarray(K.sort_indices(cols, [not a for a in ascending])))
     return table.take(sort_indices(table.select(list(by)), by, ascending))
 
 
@@ -505,97 +589,51 @@ def scalar_aggregate(col: pa.ChunkedArray, fn: str) -> pa.Scalar:
 # --------------------------------------------------------------------------- windows
 
 
-def _shifted(arr: pa.Array, n: int) -> pa.Array:
-    length = len(arr)
-    if n == 0:
-        return arr
-    if abs(n) >= length:
-        return pa.nulls(length, arr.type)
-    if n > 0:
-        return pa.concat_arrays([pa.nulls(n, arr.type), arr.slice(0, length - n)])
-    return pa.concat_arrays([arr.slice(-n), pa.nulls(-n, arr.type)])
-
-
-def _window_nulls(valid: np.ndarray | None, length: int, k: int) -> np.ndarray:
-    """Mask of rows whose trailing window of k rows is complete and null-free."""
-    ok = np.zeros(length, dtype=bool)
-    if length < k:
-        return ok
-    if valid is None:
-        ok[k - 1 :] = True
-        return ok
-    bad = np.concatenate([[0], np.cumsum(~valid, dtype=np.int64)])
-    ok[k - 1 :] = (bad[k:] - bad[:-k]) == 0
-    return ok
-
-
-def _rolling_sum(values: np.ndarray, k: int) -> np.ndarray:
-    """Sum over each trailing window of k (row i >= k-1); exact for integers."""
-    n = len(values)
-    out = np.zeros(n, dtype=values.dtype)
-    if n < k:
-        return out
-    if values.dtype.kind == "f" and (k <= 64 or not np.isfinite(values).all()):
-        # short windows (or NaN/inf present): direct sums, no prefix-sum cancellation
-        from numpy.lib.stride_tricks import sliding_window_view
-
-        out[k - 1 :] = sliding_window_view(values, k).sum(axis=1)
-        return out
-    csum = np.concatenate([np.zeros(1, dtype=values.dtype), np.cumsum(values)])
-    out[k - 1 :] = csum[k:] - csum[:-k]
-    return out
-
-
-def _rolling_extreme(values: np.ndarray, k: int, fn) -> np.ndarray:
-    """min/max over each trailing window of k, O(n log k): windows of 2^j by doubling, then
-    two overlapping power-of-two windows cover any k."""
-    n = len(values)
-    out = np.zeros(n, dtype=values.dtype)
-    if n < k:
-        return out
-    level = values
-    width = 1
-    while width * 2 <= k:
-        level = fn(level[:-width], level[width:]) if len(level) > width else level[:0]
-        width *= 2
-    # level[i] = extreme of values[i : i + width]
-    starts = np.arange(0, n - k + 1)
-    out[k - 1 :] = fn(level[starts], level[starts + k - width])
-    return out
-
-
-def window_column(arr: pa.Array | pa.ChunkedArray, func: str, param: int, result_type: pa.DataType) -> pa.Array:
-    """A window function over ``arr`` in its row order (rows before the first full window
-    are null)."""
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
-        if isinstance(arr, pa.ChunkedArray):
-            arr = pa.concat_arrays(arr.chunks) if arr.num_chunks else pa.array([], arr.type)
-    n = len(arr)
-    if func == "shift":
-        return _cast_column(_shifted(arr, param), result_type)
-    if func == "diff":
-        x = _cast_column(arr, result_type)
-        return pc.subtract(x, _shifted(x, param))
-    k = param
+def _kernel_view(arr: Any) -> pa.Array:
+    """``arr`` as a type the window kernels read (bool -> uint8, float16 -> float32)."""
     t = arr.type
-    valid = pc.is_valid(arr).to_numpy(zero_copy_only=False) if arr.null_count else None
-    if func in ("rolling_sum", "rolling_mean"):
-        if pa.types.is_floating(t) or func == "rolling_mean":
-            vals = pc.fill_null(_cast_column(arr, pa.float64()), 0.0).to_numpy(zero_copy_only=False)
-        else:
-            vals = pc.fill_null(_cast_column(arr, pa.int64()), 0).to_numpy(zero_copy_only=False)
-        out = _rolling_sum(vals, k)
-        if func == "rolling_mean":
-            out = out / k
-    elif func in ("rolling_min", "rolling_max"):
-        fill = 0 if not pa.types.is_boolean(t) else False
-        vals = pc.fill_null(arr, fill).to_numpy(zero_copy_only=False)
-        out = _rolling_extreme(vals, k, np.minimum if func == "rolling_min" else np.maximum)
+    if pa.types.is_dictionary(t):
+        arr = pc.cast(arr, t.value_type)
+        t = arr.type
+    if pa.types.is_boolean(t):
+        return pc.cast(arr, pa.uint8())
+    if pa.types.is_float16(t):
+        return pc.cast(arr, pa.float32())
+    return arr
+
+
+def window_column(
+    arr: pa.Array | pa.ChunkedArray,
+    func: str,
+    param: int,
+    result_type: pa.DataType,
+    pre: pa.Array | pa.ChunkedArray | None = None,
+    post: pa.Array | pa.ChunkedArray | None = None,
+) -> pa.Array:
+    """A window function over ``arr`` in its row order, ``pre``/``post`` being the rows just
+    before/after it in the global order (the halo; none = the start/end of the table).
+    Rows whose window is incomplete or holds a null are null (min_periods = k). The C++
+    kernels of ``kernels/windowing`` read the three segments in place (no concatenation)."""
+    from opgraph.runtime.kernels import windowing as W
+
+    arr = W.single(arr)
+    if func == "shift":
+        src_t = arr.type
+        return _cast_column(W.shift(None if pre is None else _cast_column(W.single(pre, src_t), src_t), arr,
+                                    None if post is None else _cast_column(W.single(post, src_t), src_t), param),
+                            result_type)
+    x = _kernel_view(arr)
+    t = x.type
+    if not W.supported(t):
+        raise TypeError(f"cannot compute {func} of a column of type {arr.type}")
+    halo = [None if h is None else _cast_column(_kernel_view(W.single(h, arr.type)), t) for h in (pre, post)]
+    if func == "diff":
+        out = W.diff(halo[0], x, halo[1], param)
+    elif func in ("rolling_sum", "rolling_mean", "rolling_min", "rolling_max"):
+        out = W.rolling(halo[0], x, func, param)
     else:
         raise ValueError(f"unknown window function '{func}'")
-    ok = _window_nulls(valid, n, k)
-    return _cast_column(pa.array(out, mask=~ok), result_type)
+    return _cast_column(out, result_type)
 
 
 def window(table: pa.Table, func: str, column: str, param: int, output: str, schema: pa.Schema) -> pa.Table:

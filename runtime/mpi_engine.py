@@ -226,6 +226,7 @@ def _child_env(launcher: list[str], flavor: str, ranks: int, extra: Mapping[str,
     env.update(extra or {})
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, ranks))))
+    env.setdefault("OPGRAPH_RANKS_PER_NODE", str(max(1, ranks)))  # kernels: cores / ranks threads
     if "MPI4PY_LIBMPI" not in env and flavor in ("mpich", "openmpi"):
         lib = launcher_libmpi(launcher[0], flavor)
         if lib is not None:
@@ -411,6 +412,20 @@ class _OutputPump(threading.Thread):
             pass
 
 
+def _shm_dir() -> str | None:
+    """/dev/shm when it is a writable tmpfs (the inputs and results cross as memory, not
+    through the disk's page cache and writeback); None: the system's temp directory."""
+    shm = "/dev/shm"
+    try:
+        if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK):
+            st = os.statvfs(shm)
+            if st.f_bavail * st.f_frsize > (1 << 30):
+                return shm
+    except OSError:
+        pass
+    return None
+
+
 def _spawn(doc, inputs, ranks, timeout, mpiexec, worker_module, extra_env, echo) -> list[pa.Table]:
     import importlib.util
 
@@ -420,7 +435,7 @@ def _spawn(doc, inputs, ranks, timeout, mpiexec, worker_module, extra_env, echo)
         raise OpgraphError("the mpi engine needs mpi4py: `pip install mpi4py mpich` (or `pip install 'opgraph[mpi]'`)")
     launcher = find_mpiexec(mpiexec)
     flavor = launcher_flavor(launcher[0])
-    base = os.environ.get("OPGRAPH_TMPDIR") or None
+    base = os.environ.get("OPGRAPH_TMPDIR") or _shm_dir()
     tmp = Path(tempfile.mkdtemp(prefix="opgraph-mpi-", dir=base))
     try:
         plan_path = tmp / "plan.json"

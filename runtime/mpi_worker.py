@@ -214,8 +214,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+_T0 = __import__("time").perf_counter()
+
+
+def _phase(name: str) -> None:
+    """``OPGRAPH_MPI_TIMING=1``: each rank prints its phase times (seconds since start)."""
+    if os.environ.get("OPGRAPH_MPI_TIMING") == "1":
+        import time
+
+        print(f"opgraph-mpi-timing: pid {os.getpid()} {name} {time.perf_counter() - _T0:.3f}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None, execute: ExecuteFn | None = None) -> int:
     """Runs one rank. ``execute`` replaces ``execute_plan`` (tests, custom executors)."""
+    _phase("start")
     args = parse_args(sys.argv[1:] if argv is None else argv)
     faulthandler.enable()  # a crash in a native kernel still shows the Python stack
     result_dir = Path(args.result_dir)
@@ -260,11 +272,31 @@ def main(argv: list[str] | None = None, execute: ExecuteFn | None = None) -> int
         )
         return 3
     MPICommunicator.abort_hook = reporter.abort_hook
+    if not os.environ.get("OPGRAPH_RANKS_PER_NODE", "").strip().isdigit() and size > 1:
+        # launched by the user (srun/mpiexec): kernels share the node's cores with the
+        # ranks on the same node
+        try:
+            node = world.Split_type(MPI.COMM_TYPE_SHARED)
+            os.environ["OPGRAPH_RANKS_PER_NODE"] = str(node.Get_size())
+            node.Free()
+        except Exception:  # noqa: BLE001 - no shared-memory split: keep every core
+            pass
     try:
+        _phase("mpi-init")
         doc = load_plan(world, args.plan)
         inputs = load_inputs(world, args.inputs_dir, count_inputs(world, args.inputs_dir))
+        _phase("inputs")
         comm = MPICommunicator(world)
-        outputs = (execute or default_execute)(doc, inputs, comm)
+        prof_dir = os.environ.get("OPGRAPH_MPI_PROFILE")  # debugging aid: cProfile per rank
+        if prof_dir:
+            import cProfile
+
+            prof = cProfile.Profile()
+            outputs = prof.runcall(execute or default_execute, doc, inputs, comm)
+            prof.dump_stats(os.path.join(prof_dir, f"rank{rank}.prof"))
+        else:
+            outputs = (execute or default_execute)(doc, inputs, comm)
+        _phase("executed")
         comm.finish()
         if rank == 0:
             outputs = list(outputs or [])
@@ -276,6 +308,7 @@ def main(argv: list[str] | None = None, execute: ExecuteFn | None = None) -> int
             tmp = manifest.with_name(f".{manifest.name}.tmp")
             tmp.write_text(json.dumps({"outputs": len(outputs), "ranks": size}))
             os.replace(tmp, manifest)
+        _phase("outputs-written")
         world.Barrier()
     except BaseException as exc:  # noqa: BLE001 - any failure must stop every rank
         reporter.report(describe_exception(exc))

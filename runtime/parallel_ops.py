@@ -541,7 +541,7 @@ def _range_partition_radix(comm: Communicator, table: pa.Table, by: list[str], a
         sn.append(nl)
     pids = K.range_partition(rk, rn, sk, sn)
     idx, offsets = group_by_partition(pids, n, np.int32 if rows < 2**31 else np.int64)
-    grouped = table.take(pa.array(idx))
+    grouped = L.take_table(table, idx)
     parts = [grouped.slice(int(offsets[q]), int(offsets[q + 1] - offsets[q])) for q in range(n)]
     return _exchange(comm, parts, table.schema)
 
@@ -633,58 +633,45 @@ def window(comm: Communicator, d: Dist, func: str, column: str, param: int, outp
     before, after = _halo_sizes(func, param)
     col = table.select([column])
     pre, post = halo_exchange(comm, col, before, after)
-    m = table.num_rows
-    if pre.num_rows or post.num_rows:
-        ext = pa.concat_tables([pre, col, post])
-        values = L.window_column(ext.column(0), func, param, schema.field(output).type).slice(pre.num_rows, m)
-    else:
-        values = L.window_column(col.column(0), func, param, schema.field(output).type)
+    # the kernels read [pre ; partition ; post] in place (no concatenated copy)
+    values = L.window_column(col.column(0), func, param, schema.field(output).type, pre=pre.column(0), post=post.column(0))
     return Dist(L._place(table, output, values, schema), part)
 
 
 def halo_exchange(comm: Communicator, table: pa.Table, before: int, after: int, tag: int = 7) -> tuple[pa.Table, pa.Table]:
     """(the up to ``before`` rows preceding this rank's rows in global order, the up to
     ``after`` rows following them). Neighbour ``send``/``recv`` when the neighbours hold
-    enough rows; one ``alltoallv`` otherwise. Every rank decides alike from the counts."""
+    enough rows; one ``alltoallv`` otherwise. Every rank decides alike from the counts.
+    The plan (which of my rows each rank needs) and the packing of those rows into one
+    contiguous buffer per destination are the C++ kernels ``kernels/windowing``."""
+    from opgraph.runtime.kernels import windowing as W
+
     n, r = comm.size, comm.rank
     empty = table.schema.empty_table()
     if before == 0 and after == 0:
         return empty, empty
     counts = counts_of(comm, table.num_rows)
+    neighbours, lo, hi = W.halo_plan(counts, r, before, after)
+    # what I receive: mirror of the plan on the senders' side
     starts = np.concatenate([[0], np.cumsum(counts)])
     total = int(starts[-1])
+    need_before = int(min(before, starts[r])) if counts[r] else 0
+    need_after = int(min(after, total - starts[r + 1])) if counts[r] else 0
 
-    def need_before(q: int) -> int:
-        return int(min(before, starts[q])) if counts[q] else 0
+    def pack(q: int) -> pa.Table:
+        return W.pack_rows(table, int(lo[q]), int(hi[q])) if hi[q] > lo[q] else empty
 
-    def need_after(q: int) -> int:
-        return int(min(after, total - starts[q + 1])) if counts[q] else 0
-
-    neighbours = all(need_before(q) <= (counts[q - 1] if q else 0) for q in range(n)) and all(
-        need_after(q) <= (counts[q + 1] if q + 1 < n else 0) for q in range(n)
-    )
-    m = table.num_rows
     if neighbours:
-        if r + 1 < n and need_before(r + 1):
-            comm.send(table.slice(m - need_before(r + 1)), r + 1, tag)
-        if r > 0 and need_after(r - 1):
-            comm.send(table.slice(0, need_after(r - 1)), r - 1, tag + 1)
-        pre = comm.recv(r - 1, tag) if r > 0 and need_before(r) else empty
-        post = comm.recv(r + 1, tag + 1) if r + 1 < n and need_after(r) else empty
+        if r + 1 < n and hi[r + 1] > lo[r + 1]:
+            comm.send(pack(r + 1), r + 1, tag)
+        if r > 0 and hi[r - 1] > lo[r - 1]:
+            comm.send(pack(r - 1), r - 1, tag + 1)
+        pre = comm.recv(r - 1, tag) if r > 0 and need_before else empty
+        post = comm.recv(r + 1, tag + 1) if r + 1 < n and need_after else empty
         return pre, post
-    # general case: rank q needs global rows [s_q - b_q, s_q) and [e_q, e_q + a_q)
-    lo_me, hi_me = int(starts[r]), int(starts[r + 1])
-    parts = []
-    for q in range(n):
-        if q == r or not counts[q]:
-            parts.append(empty)
-            continue
-        if q > r:
-            lo, hi = int(starts[q]) - need_before(q), int(starts[q])
-        else:
-            lo, hi = int(starts[q + 1]), int(starts[q + 1]) + need_after(q)
-        lo, hi = max(lo, lo_me), min(hi, hi_me)
-        parts.append(table.slice(lo - lo_me, hi - lo) if hi > lo else empty)
+    # general case: rank q needs global rows [s_q - b_q, s_q) and [e_q, e_q + a_q), spread
+    # over several ranks when partitions are smaller than the halo (or empty)
+    parts = [pack(q) for q in range(n)]
     received = comm.alltoallv(parts)
     pre = L.concat_tables(received[:r], table.schema)
     post = L.concat_tables(received[r + 1 :], table.schema)

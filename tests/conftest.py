@@ -5,11 +5,21 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
+from pyarrow import ipc
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def detected_spec(tmp_path_factory) -> Path:
+    """``opgraph hw detect`` of this machine, written by the CLI."""
+    from opgraph.cli import main
+
+    path = tmp_path_factory.mktemp("hw") / "this_machine.yaml"
+    assert main(["hw", "detect", "-o", str(path)]) == 0
+    return path
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+from support import HAVE_MPI
 
 from opgraph.calibrate import MAX_ROWS_PER_S, OP_KINDS, calibrate, fit_line
 from opgraph.cli import main
@@ -13,25 +14,11 @@ from opgraph.errors import OpgraphError
 from opgraph.hwspec import load_spec
 
 
-def _have_mpi() -> bool:
-    import importlib.util
-
-    if importlib.util.find_spec("mpi4py") is None:
-        return False
-    from opgraph.runtime.mpi_engine import find_mpiexec
-
-    try:
-        find_mpiexec()
-    except OpgraphError:
-        return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory) -> Path:
     """`opgraph calibrate --quick -o spec.yaml` (with MPI where a launcher exists)."""
     path = tmp_path_factory.mktemp("cal") / "this_machine.yaml"
-    argv = ["calibrate", "--quick", "-o", str(path)] + ([] if _have_mpi() else ["--no-mpi"])
+    argv = ["calibrate", "--quick", "-o", str(path)] + ([] if HAVE_MPI else ["--no-mpi"])
     assert main(argv) == 0
     return path
 
@@ -71,7 +58,7 @@ def test_calibrated_spec_validates_and_has_every_figure(calibrated, capsys):
     assert spec.sources["nodes.memory.bandwidth_gb_per_s"] == "measured"
     assert spec.nodes.memory.bandwidth_gb_per_s == pytest.approx(cal["memory"]["bandwidth_bytes_per_s"] / 1e9, rel=0.01)
     assert spec.sources["nodes.disks[0].write_gb_per_s"] == "measured"
-    if _have_mpi():
+    if HAVE_MPI:
         assert 0 < cal["mpi"]["latency_s"] < 0.01
         assert cal["mpi"]["bandwidth_bytes_per_s"] > 1e7
         assert spec.sources["network.latency_us"] == "measured"

@@ -10,19 +10,19 @@ import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from xdsl.dialects.builtin import ModuleOp
-
-import opgraph as og
 from opgraph.dialects import dataframe as df
 from opgraph.dialects.context import print_module
 from opgraph.dialects.machine import attach_machine
 from opgraph.dialects.upstream_verify import verify_text
-from opgraph.errors import PassError
-from opgraph.hwspec import load_spec, parse_spec
 from opgraph.passes.annotate_statistics import dataflow_ops, fast_i64
 from opgraph.passes.choose_parallelism import exhaustive, predict, problems
 from opgraph.passes.cost_model import WORKING_SET_FACTOR, CostModel
 from opgraph.passes.pipeline import run_pipeline
+from xdsl.dialects.builtin import ModuleOp
+
+import opgraph as og
+from opgraph.errors import PassError
+from opgraph.hwspec import load_spec, parse_spec
 
 PASSES = "annotate-statistics,classify-patterns,choose-parallelism"
 
@@ -350,11 +350,9 @@ def test_fast_on_a_thousand_ops():
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    from compile_scaling import generated_pipeline
-
     import tempfile
 
-    from compile_scaling import make_input
+    from compile_scaling import generated_pipeline, make_input
     from opgraph.dialects.context import make_context
     from opgraph.passes.pipeline import parse_pipeline
 

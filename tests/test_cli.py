@@ -10,12 +10,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-from opgraph.cli import main
 from opgraph.dialects.context import parse_module, print_module
 from opgraph.dialects.upstream_verify import verify_files
 from opgraph.passes.pipeline import default_pipeline
 from opgraph.passes.registry import pass_names
+
+from opgraph.cli import main
 from opgraph.plan import PlanDoc
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,13 +28,6 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "opgraph.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
-
-
-@pytest.fixture(scope="module")
-def detected_spec(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("hw") / "this_machine.yaml"
-    assert main(["hw", "detect", "-o", str(path)]) == 0
-    return path
 
 
 @pytest.fixture(scope="module")

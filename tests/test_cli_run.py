@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from rich.console import Console
+from support import needs_mpi
 
 import opgraph as og
 from opgraph.cli import build_parser
@@ -168,21 +169,9 @@ def test_unknown_engine_is_a_user_error():
         run_with_progress(plan.doc, inputs, "ray", 1, console=_terminal()[0])
 
 
-def _have_mpi() -> bool:
-    import importlib.util
-
-    if importlib.util.find_spec("mpi4py") is None:
-        return False
-    from opgraph.runtime.mpi_engine import find_mpiexec
-
-    try:
-        find_mpiexec()
-    except OpgraphError:
-        return False
-    return True
 
 
-@pytest.mark.skipif(not _have_mpi(), reason="no MPI launcher")
+@needs_mpi
 def test_mpi_engine_progress_comes_from_rank_0():
     plan, inputs = _plan()
     console, buf = _terminal()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from opgraph.dialects import comm
+from opgraph.dialects.context import parse_module, print_module
+from opgraph.dialects.dataframe import StringType, TableType
+from opgraph.dialects.upstream_verify import verify_files, verify_text
 from xdsl.dialects import func
 from xdsl.dialects.builtin import (
     ArrayAttr,
@@ -18,11 +22,6 @@ from xdsl.dialects.builtin import (
 )
 from xdsl.ir import Block, Operation, Region, SSAValue
 from xdsl.utils.exceptions import VerifyException
-
-from opgraph.dialects import comm
-from opgraph.dialects.context import parse_module, print_module
-from opgraph.dialects.dataframe import StringType, TableType
-from opgraph.dialects.upstream_verify import verify_files, verify_text
 
 TABLE = TableType([("user_id", i64, False), ("value", f64, True), ("country", StringType(), True)])
 TENSOR = TensorType(Float32Type(), [4, 2])

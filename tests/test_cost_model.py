@@ -8,21 +8,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from xdsl.dialects import func
-from xdsl.dialects.builtin import ModuleOp
-
-import opgraph as og
 from opgraph.dialects import dataframe as df
 from opgraph.dialects.context import print_module
 from opgraph.dialects.machine import attach_machine
 from opgraph.dialects.upstream_verify import verify_text
-from opgraph.hwspec import load_spec
 from opgraph.passes.annotate_statistics import DEFAULT_ROWS, dataflow_ops
 from opgraph.passes.choose_parallelism import scaling
 from opgraph.passes.classify_patterns import PATTERN_NAMES
 from opgraph.passes.cost_model import DEFAULT_ROWS_PER_S, CostModel, rank_grid
 from opgraph.passes.pipeline import run_pipeline
 from opgraph.passes.registry import pass_names
+from xdsl.dialects import func
+from xdsl.dialects.builtin import ModuleOp
+
+import opgraph as og
+from opgraph.hwspec import load_spec
 
 ANALYSES = "annotate-statistics,classify-patterns"
 

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import pytest
-from xdsl.dialects import arith, func
-from xdsl.dialects.builtin import FileLineColLoc, FloatAttr, IntAttr, IntegerAttr, ModuleOp, StringAttr, f64, i1, i64
-from xdsl.ir import Block, Region
-from xdsl.utils.exceptions import VerifyException
-
 from opgraph.dialects import dataframe as df
 from opgraph.dialects.context import parse_module, print_module
 from opgraph.dialects.upstream.vector_yield import YieldOp
 from opgraph.dialects.upstream_verify import verify_text
+from xdsl.dialects import arith, func
+from xdsl.dialects.builtin import (
+    FileLineColLoc,
+    FloatAttr,
+    IntAttr,
+    IntegerAttr,
+    ModuleOp,
+    StringAttr,
+    f64,
+    i1,
+    i64,
+)
+from xdsl.ir import Block, Region
+from xdsl.utils.exceptions import VerifyException
 
 EVENTS = df.table_of([("id", i64, False), ("value", f64, True), ("country", df.StringType(), False)])
 LOC = FileLineColLoc(StringAttr("etl.py"), IntAttr(7), IntAttr(10))

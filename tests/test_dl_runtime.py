@@ -328,40 +328,93 @@ def test_cross_entropy_custom_loss_predict_save_load(tmp_path):
 # --------------------------------------------------------------------------------- sweep
 
 
-@pytest.mark.parametrize("ranks", [1, 2])
-def test_sweep_runs_concurrently_and_returns_the_grid(ranks):
-    table = make_table(600)
-
+def _sweep_pipeline(grid, epochs=3):
     @og.pipeline
     def sw(t):
         X = og.dl.to_tensor(t, FEATURES)
         y = og.dl.to_tensor(t, ["target"])
-        return og.dl.sweep(
-            mlp,
-            init_params(),
-            X,
-            y,
-            grid={"learning_rate": [0.001, 0.05], "seed": [1]},
-            epochs=3,
-            batch_size=32,
-        )
+        return og.dl.sweep(mlp, init_params(), X, y, grid=grid, epochs=epochs, batch_size=32)
 
+    return sw
+
+
+def test_sweep_expands_into_one_island_per_training():
+    from opgraph.dialects import dl as dlops
+    from opgraph.passes.expand_sweeps import SWEEP_RUN_ATTR
+
+    table = make_table(600)
+    grid = {"learning_rate": [0.001, 0.05], "seed": [1, 2]}
+    plan = _sweep_pipeline(grid).compile(table)
+    islands = plan.doc.islands
+    trains = [i for i in islands if [o.op for o in i.ops] == ["dl.train"]]
+    assert len(trains) == 4  # one island per grid point, nothing else in it
+    runs = [tuple(i.ops[0].attributes[SWEEP_RUN_ATTR]) for i in trains]
+    assert sorted(runs) == [(k, 4) for k in range(4)]
+    # all fed by the same data-engineering output and initial parameters
+    assert len({tuple(i.ops[0].operands) for i in trains}) == 1
+    # the schedule puts them side by side: overlapping predicted intervals
+    assert max(i.start for i in trains) < min(i.end for i in trains)
+    result = [i for i in islands if any(o.op == "dl.sweep_result" for o in i.ops)]
+    assert len(result) == 1
+    assert result[0].ops[0].operands == [i.ops[0].results[1] for i in sorted(trains, key=lambda i: i.ops[0].attributes[SWEEP_RUN_ATTR][0])]
+    assert not any(o.op == "dl.sweep" for i in islands for o in i.ops)
+    # each training carries the point's settings
+    by_run = {i.ops[0].attributes[SWEEP_RUN_ATTR][0]: i.ops[0].attributes for i in trains}
+    points = og.dl.grid_points(grid)
+    for k, point in enumerate(points):
+        assert by_run[k]["seed"] == point["seed"]
+        assert by_run[k]["optimizer_options"]["learning_rate"] == pytest.approx(point["learning_rate"])
+    assert dlops.SweepResultOp.name == "dl.sweep_result"
+    # the compiled plan's IR (islands, trainings, StableHLO model) verifies upstream
+    upstream = pytest.importorskip("opgraph.dialects.upstream_verify")
+    assert plan.mlir.count('"dl.train"') == 4
+    assert upstream.verify_text(plan.mlir) is None
+
+
+def test_sweep_grid_over_epochs_uses_dynamic_histories():
+    from opgraph.dialects.context import print_module
+    from opgraph.passes.pipeline import run_pipeline
+
+    table = make_table(200)
+    sw = _sweep_pipeline({"epochs": [1, 2], "learning_rate": [0.01]})
+    module = run_pipeline(sw.trace(table), "expand-sweeps")
+    text = print_module(module)
+    assert text.count('"dl.train"') == 2 and '"dl.sweep_result"' in text and '"dl.sweep"' not in text
+    assert "tensor<?xf32>" in text  # one operand type for dl.sweep_result (upstream IRDL)
+    upstream = pytest.importorskip("opgraph.dialects.upstream_verify")
+    assert upstream.verify_text(text) is None
+    result = sw.run(table)
+    assert result.column_names == ["epochs", "learning_rate", "final_loss"]
+    assert result.column("epochs").to_pylist() == [1, 2]
+    assert np.all(np.isfinite(result.column("final_loss").to_numpy()))
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_sweep_runs_concurrently_and_returns_the_grid(ranks):
+    from opgraph.runtime import executor
+
+    table = make_table(600)
+    sw = _sweep_pipeline({"learning_rate": [0.001, 0.05], "seed": [1]})
     dl_exec.TIMELINE.clear()
+    executor.ISLAND_TIMELINE.clear()
     result = sw.run(table, ranks=ranks)
     assert result.column_names == ["learning_rate", "seed", "final_loss"]
     assert result.column("learning_rate").to_pylist() == [0.001, 0.05]
     assert result.column("seed").to_pylist() == [1, 1]
     final = result.column("final_loss").to_numpy()
     assert np.all(np.isfinite(final)) and final[1] < final[0]
-    runs = [e for e in dl_exec.TIMELINE if e["op"] == "dl.sweep"]
+    runs = [e for e in dl_exec.TIMELINE if e["op"] == "dl.train"]
     assert sorted(e["run"] for e in runs) == [0, 1]
-    assert {e["rank"] for e in runs} == set(
-        range(ranks)
-    )  # 2 ranks: one run each (disjoint)
-    # the runs overlap in the executed timeline (threads of one rank, or disjoint ranks)
-    assert max(e["start"] for e in runs) < min(e["end"] for e in runs)
+    assert {e["rank"] for e in runs} == set(range(ranks))  # 2 ranks: one run each (disjoint)
+    # the training islands overlap in the executor's timeline (threads of one rank, or
+    # disjoint rank groups)
+    islands = [e for e in executor.ISLAND_TIMELINE if e["concurrent"]]
+    assert len(islands) == 2 and all(e["island"].endswith("train") for e in islands)
+    assert max(e["start"] for e in islands) < min(e["end"] for e in islands)
     if ranks == 2:
+        assert sorted(tuple(e["ranks"]) for e in islands) == [(0,), (1,)]  # disjoint groups
         return
+    assert max(e["start"] for e in runs) < min(e["end"] for e in runs)
 
     @og.pipeline
     def single(
@@ -383,6 +436,46 @@ def test_sweep_runs_concurrently_and_returns_the_grid(ranks):
 
     np.testing.assert_allclose(
         single.run(table).column("loss").to_numpy()[-1], final[1], rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_sweep_failing_run_reports_the_sweep_line(ranks, monkeypatch):
+    from opgraph.runtime import executor
+
+    def fault(op, rank):
+        if op.op == "dl.train" and op.attributes.get("dl.sweep_run", [0])[0] == 1:
+            raise ValueError("injected")
+
+    monkeypatch.setattr(executor, "FAULT_HOOK", fault)
+    table = make_table(100)
+
+    @og.pipeline
+    def sw(t):
+        X = og.dl.to_tensor(t, FEATURES)
+        y = og.dl.to_tensor(t, ["target"])
+        sw.here = line() + 1
+        return og.dl.sweep(mlp, init_params(), X, y, grid={"seed": [1, 2, 3]}, epochs=1)
+
+    with pytest.raises(OpgraphError) as info:  # no hang: the other runs/ranks are stopped
+        sw.run(table, ranks=ranks)
+    assert "injected" in info.value.message and info.value.line == sw.here
+
+
+@needs_mpi
+def test_sweep_mpi_two_ranks_runs_on_disjoint_ranks(tmp_path, monkeypatch):
+    timeline = tmp_path / "timeline.jsonl"
+    monkeypatch.setenv("OPGRAPH_DL_TIMELINE", str(timeline))
+    table = make_table(300)
+    sw = _sweep_pipeline({"learning_rate": [0.001, 0.05], "seed": [1]}, epochs=2)
+    mpi = sw.run(table, engine="mpi", ranks=2)
+    runs = [json.loads(x) for x in timeline.read_text().splitlines()]
+    assert sorted((e["run"], e["rank"]) for e in runs) == [(0, 0), (1, 1)]
+    assert max(e["start"] for e in runs) < min(e["end"] for e in runs)  # same clock: one node
+    monkeypatch.delenv("OPGRAPH_DL_TIMELINE")
+    local = sw.run(table)
+    np.testing.assert_allclose(
+        mpi.column("final_loss").to_numpy(), local.column("final_loss").to_numpy(), rtol=1e-5
     )
 
 

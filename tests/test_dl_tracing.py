@@ -13,14 +13,23 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from xdsl.dialects import func
-from xdsl.dialects.builtin import DYNAMIC_INDEX, ArrayAttr, BoolAttr, ModuleOp, StringAttr, TensorType, f32, i32
-from xdsl.utils.exceptions import VerifyException
-
-import opgraph as og
 from opgraph.dialects import dataframe as df
 from opgraph.dialects import dl as dlops
 from opgraph.dialects.context import parse_module, print_module
+from xdsl.dialects import func
+from xdsl.dialects.builtin import (
+    DYNAMIC_INDEX,
+    ArrayAttr,
+    BoolAttr,
+    ModuleOp,
+    StringAttr,
+    TensorType,
+    f32,
+    i32,
+)
+from xdsl.utils.exceptions import VerifyException
+
+import opgraph as og
 from opgraph.errors import TraceError
 from opgraph.tracing import display_path
 
@@ -136,10 +145,10 @@ def test_train_predict_pipeline_ir(data, tmp_path):
     def fit(path, out):
         t = og.read_parquet(path)
         t = t[t["a"] > -1.0]
-        X = og.dl.to_tensor(t, FEATURES); lines["X"] = line()  # noqa: E702
+        X = og.dl.to_tensor(t, FEATURES); lines["X"] = line()
         y = og.dl.to_tensor(t, ["target"])
-        params, losses = og.dl.train(mlp, init, X, y, epochs=3, batch_size=16, learning_rate=0.01); lines["train"] = line()  # noqa: E501,E702
-        pred = og.dl.predict(mlp, params, X); lines["predict"] = line()  # noqa: E702
+        params, losses = og.dl.train(mlp, init, X, y, epochs=3, batch_size=16, learning_rate=0.01); lines["train"] = line()
+        pred = og.dl.predict(mlp, params, X); lines["predict"] = line()
         og.write_parquet(og.dl.to_table(pred, ["pred"]), out)
         return og.dl.to_table(losses, "loss")
 
@@ -299,7 +308,7 @@ def test_nullable_feature_column_is_an_error(data):
     @og.pipeline
     def bad(path):
         t = og.read_parquet(path)
-        lines["err"] = line(); og.dl.to_tensor(t, ["a", "maybe"])  # noqa: E702
+        lines["err"] = line(); og.dl.to_tensor(t, ["a", "maybe"])
 
     lines = {}
     err = trace_error_of(bad, data)
@@ -321,7 +330,7 @@ def test_string_and_unknown_columns_are_errors(data):
     @og.pipeline
     def strings(path):
         t = og.read_parquet(path)
-        lines["err"] = line(); og.dl.to_tensor(t, ["a", "name"])  # noqa: E702
+        lines["err"] = line(); og.dl.to_tensor(t, ["a", "name"])
 
     lines = {}
     err = trace_error_of(strings, data)
@@ -341,7 +350,7 @@ def test_feature_count_mismatch(data):
         t = og.read_parquet(path)
         X = og.dl.to_tensor(t, FEATURES)
         y = og.dl.to_tensor(t, ["target"])
-        lines["err"] = line(); og.dl.train(mlp, init_params(features=8), X, y)  # noqa: E702
+        lines["err"] = line(); og.dl.train(mlp, init_params(features=8), X, y)
 
     lines = {}
     err = trace_error_of(bad, data)
@@ -366,7 +375,7 @@ def test_unknown_loss(data):
     def bad(path):
         t = og.read_parquet(path)
         X, y = og.dl.to_tensor(t, FEATURES), og.dl.to_tensor(t, ["target"])
-        lines["err"] = line(); og.dl.train(mlp, init_params(), X, y, loss="hinge")  # noqa: E702
+        lines["err"] = line(); og.dl.train(mlp, init_params(), X, y, loss="hinge")
 
     lines = {}
     err = trace_error_of(bad, data)
@@ -381,7 +390,7 @@ def test_unknown_optimizer_and_option(data):
     def bad(path, optimizer, options):
         t = og.read_parquet(path)
         X, y = og.dl.to_tensor(t, FEATURES), og.dl.to_tensor(t, ["target"])
-        lines["err"] = line(); og.dl.train(mlp, init_params(), X, y, optimizer=optimizer, optimizer_options=options)  # noqa: E702,E501
+        lines["err"] = line(); og.dl.train(mlp, init_params(), X, y, optimizer=optimizer, optimizer_options=options)
 
     lines = {}
     names = og.dl.optimizer_names()
@@ -468,7 +477,7 @@ def test_save_load_round_trip_of_header_shapes(data, tmp_path):
     @og.pipeline
     def loader(path, params_path):
         t = og.read_parquet(path)
-        lines["load"] = line(); params = og.dl.load(params_path)  # noqa: E702
+        lines["load"] = line(); params = og.dl.load(params_path)
         assert params.names == ["layers/0/w", "layers/1/w", "scale"]
         assert params.shapes["layers"][1]["w"].shape == (3, 1)
         return og.dl.to_table(og.dl.predict(deep, params, og.dl.to_tensor(t, FEATURES)), ["p"])
@@ -507,7 +516,7 @@ def test_load_plain_npz_and_save_then_load(data, tmp_path):
 def test_load_errors(data, tmp_path):
     @og.pipeline
     def use(params_path):
-        lines["err"] = line(); og.dl.load(params_path)  # noqa: E702
+        lines["err"] = line(); og.dl.load(params_path)
 
     lines = {}
     err = trace_error_of(use, str(tmp_path / "missing.npz"))

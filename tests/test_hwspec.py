@@ -11,14 +11,6 @@ from io import StringIO
 from pathlib import Path
 
 import pytest
-from xdsl.context import Context
-from xdsl.dialects.builtin import Builtin, FloatAttr, IntegerAttr, ModuleOp, StringAttr, f64, i64
-from xdsl.dialects.dlti import DLTI
-from xdsl.irdl import OptAttributeDef
-from xdsl.parser import Parser
-from xdsl.printer import Printer
-from xdsl.utils.exceptions import VerifyException
-
 from opgraph.dialects.machine import (
     DLTI_ATTR,
     Machine,
@@ -28,6 +20,22 @@ from opgraph.dialects.machine import (
     dlti_system_spec,
     spec_from_machine_ops,
 )
+from xdsl.context import Context
+from xdsl.dialects.builtin import (
+    Builtin,
+    FloatAttr,
+    IntegerAttr,
+    ModuleOp,
+    StringAttr,
+    f64,
+    i64,
+)
+from xdsl.dialects.dlti import DLTI
+from xdsl.irdl import OptAttributeDef
+from xdsl.parser import Parser
+from xdsl.printer import Printer
+from xdsl.utils.exceptions import VerifyException
+
 from opgraph.errors import IRError, SpecError
 from opgraph.hwspec import (
     GB,

@@ -11,17 +11,28 @@ import sys
 from pathlib import Path
 
 import pytest
+from opgraph.dialects import irdl_gen
+from opgraph.dialects.upstream_verify import (
+    order_twins,
+    twin_sources,
+    verify_files,
+    verify_text,
+)
 from xdsl.context import Context
 from xdsl.dialects import func
 from xdsl.dialects import irdl as xirdl
-from xdsl.dialects.builtin import Builtin, FileLineColLoc, IntAttr, ModuleOp, StringAttr, i64
+from xdsl.dialects.builtin import (
+    Builtin,
+    FileLineColLoc,
+    IntAttr,
+    ModuleOp,
+    StringAttr,
+    i64,
+)
 from xdsl.ir import Block, Dialect, Region
 from xdsl.irdl import IRDLOperation, OptionalDef, VariadicDef
 from xdsl.irdl.operations import OptAttributeDef
 from xdsl.parser import Parser
-
-from opgraph.dialects import irdl_gen
-from opgraph.dialects.upstream_verify import order_twins, twin_sources, verify_files, verify_text
 
 DIALECTS = Path(irdl_gen.__file__).resolve().parent
 

@@ -22,7 +22,6 @@ import pyarrow.compute as pc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from opgraph.runtime import partition as P
 from opgraph.runtime.kernels import hashing as H
 

@@ -20,6 +20,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from opgraph.dialects import dataframe as df
+from opgraph.dialects.context import parse_module, print_module
+from opgraph.dialects.upstream.vector_yield import YieldOp
+from opgraph.dialects.upstream_verify import verify_files
+from opgraph.passes.pipeline import run_pipeline
+from opgraph.passes.registry import available_passes, pass_options
 from xdsl.dialects import arith, func
 from xdsl.dialects.builtin import (
     FileLineColLoc,
@@ -33,12 +39,6 @@ from xdsl.dialects.builtin import (
 from xdsl.ir import Block, Operation, SSAValue
 
 import opgraph as og
-from opgraph.dialects import dataframe as df
-from opgraph.dialects.context import parse_module, print_module
-from opgraph.dialects.upstream.vector_yield import YieldOp
-from opgraph.dialects.upstream_verify import verify_files
-from opgraph.passes.pipeline import run_pipeline
-from opgraph.passes.registry import available_passes, pass_options
 
 LOGICAL = "fold-constants,predicate-pushdown,projection-pushdown,fuse-expressions"
 PASSES = ("fold-constants", "predicate-pushdown", "projection-pushdown", "fuse-expressions")

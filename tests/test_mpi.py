@@ -9,7 +9,6 @@ shows the ranks' output.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -24,14 +23,15 @@ import pytest
 
 pytest.importorskip("mpi4py")
 
-from opgraph.errors import OpgraphError
-from opgraph.plan import PlanDoc
 from opgraph.runtime import mpi_engine
 from opgraph.runtime.mpi_engine import find_mpiexec, launcher_flavor, run_mpi
+from support import HAVE_MPI, VENV_MPIEXEC, needs_mpi
 
-_VENV_MPIEXEC = Path(sys.executable).parent / "mpiexec"
-MPIEXEC = [str(_VENV_MPIEXEC)] if shutil.which(str(_VENV_MPIEXEC)) else None
-pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec next to the Python executable (pip install mpich)")
+from opgraph.errors import OpgraphError
+from opgraph.plan import PlanDoc
+
+MPIEXEC = [str(VENV_MPIEXEC)] if HAVE_MPI else None
+pytestmark = needs_mpi
 
 
 @pytest.fixture(autouse=True)
@@ -457,8 +457,9 @@ FAULTY_EXECUTOR_WORKER = textwrap.dedent(
 
 @pytest.mark.skipif(not HAVE_EXECUTOR, reason="runtime/executor.py (execute_plan) is not written yet")
 def test_executor_error_on_one_rank_names_the_users_line(tmp_path: Path) -> None:
-    import opgraph as og
     from opgraph.runtime.executor import ExecutionError
+
+    import opgraph as og
 
     (tmp_path / "faulty_executor_worker.py").write_text(FAULTY_EXECUTOR_WORKER)
 

@@ -12,6 +12,26 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from opgraph.dialects import taskgraph as tg
+from opgraph.dialects.context import make_context, parse_module, print_module
+from opgraph.dialects.upstream.async_dialect import ExecuteOp
+from opgraph.passes.form_islands import FormIslands
+from opgraph.passes.lower_to_islands import LowerToIslands, islands_of
+from opgraph.passes.pipeline import (
+    DEFAULT_PIPELINE,
+    default_pipeline,
+    parse_pipeline,
+    pipeline_text,
+    run_pipeline,
+)
+from opgraph.passes.registry import (
+    available_passes,
+    describe_passes,
+    get_pass,
+    pass_names,
+    register_pass,
+    unregister_pass,
+)
 from xdsl.context import Context
 from xdsl.dialects import arith, func
 from xdsl.dialects.builtin import (
@@ -37,27 +57,7 @@ from xdsl.traits import MemoryReadEffect, Pure
 from xdsl.utils.exceptions import VerifyException
 
 import opgraph as og
-from opgraph.dialects import taskgraph as tg
-from opgraph.dialects.context import make_context, parse_module, print_module
-from opgraph.dialects.upstream.async_dialect import ExecuteOp
 from opgraph.errors import IRError, PassError
-from opgraph.passes.form_islands import FormIslands
-from opgraph.passes.lower_to_islands import LowerToIslands, islands_of
-from opgraph.passes.pipeline import (
-    DEFAULT_PIPELINE,
-    default_pipeline,
-    parse_pipeline,
-    pipeline_text,
-    run_pipeline,
-)
-from opgraph.passes.registry import (
-    available_passes,
-    describe_passes,
-    get_pass,
-    pass_names,
-    register_pass,
-    unregister_pass,
-)
 
 try:
     from test_taskgraph import upstream_check
@@ -249,7 +249,7 @@ def test_pipeline_text_round_trip():
     text = pipeline_text(passes)
     assert text == (
         "builtin.module(fold-constants,predicate-pushdown,projection-pushdown,fuse-expressions,"
-        "fold-constants,canonicalize,cse,dce,annotate-statistics,classify-patterns,"
+        "fold-constants,canonicalize,cse,dce,expand-sweeps,annotate-statistics,classify-patterns,"
         "choose-parallelism,insert-communication,form-islands{ranks=4},schedule-islands,lower-to-kernels)"
     )
     assert parse_pipeline(text) == passes
@@ -269,6 +269,7 @@ def test_default_pipeline():
         "canonicalize",
         "cse",
         "dce",
+        "expand-sweeps",
         "annotate-statistics",
         "classify-patterns",
         "choose-parallelism",
@@ -683,13 +684,14 @@ def test_print_ir_after_all_dumps_verify_upstream(tmp_path):
         "06-canonicalize.mlir",
         "07-cse.mlir",
         "08-dce.mlir",
-        "09-annotate-statistics.mlir",
-        "10-classify-patterns.mlir",
-        "11-choose-parallelism.mlir",
-        "12-insert-communication.mlir",
-        "13-form-islands.mlir",
-        "14-schedule-islands.mlir",
-        "15-lower-to-kernels.mlir",
+        "09-expand-sweeps.mlir",
+        "10-annotate-statistics.mlir",
+        "11-classify-patterns.mlir",
+        "12-choose-parallelism.mlir",
+        "13-insert-communication.mlir",
+        "14-form-islands.mlir",
+        "15-schedule-islands.mlir",
+        "16-lower-to-kernels.mlir",
     ]
     ok, out = upstream_check(dumps[-1][1], tmp_path, {"df": DataFrame, "taskgraph": tg.TaskGraph})
     assert ok, out
@@ -768,10 +770,9 @@ def _verdict_xdsl(module: Operation) -> bool:
 
 def _mutations():
     """(description, function breaking a module in place) pairs."""
+    from opgraph.dialects import dataframe as df
     from xdsl.dialects.builtin import IntegerAttr, i1, i64
     from xdsl.rewriter import Rewriter
-
-    from opgraph.dialects import dataframe as df
 
     def first(module, name):
         return next(o for o in module.walk() if o.name == name)

@@ -69,13 +69,6 @@ def test_time_limit_from_makespan():
 
 
 @pytest.fixture(scope="module")
-def detected_spec(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("hw") / "this_machine.yaml"
-    assert main(["hw", "detect", "-o", str(path)]) == 0
-    return path
-
-
-@pytest.fixture(scope="module")
 def compiled(tmp_path_factory, detected_spec) -> dict[tuple[str, str], Path]:
     """Every example for every spec, compiled by the CLI with the recommended pipeline as
     the default one (as the lead integrates it: verified once on output, not per pass)."""

@@ -14,6 +14,15 @@ from io import StringIO
 from pathlib import Path
 
 import pytest
+from opgraph.dialects import taskgraph as tg
+from opgraph.dialects.context import make_context, parse_module, print_module
+from opgraph.dialects.upstream.async_dialect import (
+    AwaitOp,
+    ExecuteOp,
+    TokenType,
+    ValueType,
+    YieldOp,
+)
 from xdsl.dialects import arith, func
 from xdsl.dialects.builtin import (
     DenseIntOrFPElementsAttr,
@@ -30,16 +39,6 @@ from xdsl.ir import Block, Dialect, Operation, Region, TypeAttribute
 from xdsl.irdl import OptionalDef, VariadicDef
 from xdsl.printer import Printer
 from xdsl.utils.exceptions import VerifyException
-
-from opgraph.dialects import taskgraph as tg
-from opgraph.dialects.context import make_context, parse_module, print_module
-from opgraph.dialects.upstream.async_dialect import (
-    AwaitOp,
-    ExecuteOp,
-    TokenType,
-    ValueType,
-    YieldOp,
-)
 
 REPO = Path(__file__).resolve().parent.parent
 

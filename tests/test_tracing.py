@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from opgraph.dialects import dataframe as df
+from opgraph.dialects.context import parse_module, print_module
 from xdsl.dialects.builtin import FileLineColLoc, Float64Type, IntegerType
 
 import opgraph as og
-from opgraph.dialects import dataframe as df
-from opgraph.dialects.context import parse_module, print_module
 
 THIS_FILE = "tests/test_tracing.py"
 

@@ -1,0 +1,41 @@
+"""Native kernels (C++ with Cython bindings) and the expression JIT.
+
+Thread budget: every kernel that splits rows over threads asks ``kernel_threads()``: the
+cores this process may use divided by the ranks that share them (the local engine's rank
+threads set their count with ``set_ranks_sharing``; the MPI engine sets
+``OPGRAPH_RANKS_PER_NODE`` for its ranks). ``OPGRAPH_KERNEL_THREADS`` overrides.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+_local = threading.local()
+
+
+def set_ranks_sharing(ranks: int | None) -> int | None:
+    """Declares that ``ranks`` ranks share this machine's cores, for the calling thread
+    (None: forget). Returns the previous value (to restore)."""
+    prev = getattr(_local, "ranks", None)
+    _local.ranks = ranks
+    return prev
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def kernel_threads() -> int:
+    """Threads one kernel call may use on the calling rank."""
+    v = os.environ.get("OPGRAPH_KERNEL_THREADS", "").strip()
+    if v.isdigit():
+        return max(1, int(v))
+    ranks = getattr(_local, "ranks", None)
+    if not ranks:
+        env = os.environ.get("OPGRAPH_RANKS_PER_NODE", "").strip()
+        ranks = int(env) if env.isdigit() else 1
+    return max(1, _cpus() // max(1, ranks))

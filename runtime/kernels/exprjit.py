@@ -191,11 +191,9 @@ def _threads(n: int) -> int:
     env = os.environ.get("OPGRAPH_EXPR_THREADS")
     if env and env.strip().isdigit():
         return max(1, int(env))
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, n // (1 << 18)))
+    from opgraph.runtime.kernels import kernel_threads  # cores / ranks sharing them
+
+    return max(1, min(kernel_threads(), n // (1 << 18)))
 
 
 def _as_array_input(value: Any, n: int, t: pa.DataType) -> pa.ChunkedArray | pa.Array:

@@ -59,10 +59,9 @@ cdef extern from *:
 
 
 def _threads():
-    v = os.environ.get("OPGRAPH_KERNEL_THREADS")
-    if v:
-        return max(1, int(v))
-    return os.cpu_count() or 1
+    from opgraph.runtime.kernels import kernel_threads  # cores / ranks sharing them
+
+    return kernel_threads()
 
 
 cdef const uint8_t* _ptr(object buf) except? NULL:

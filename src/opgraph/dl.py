@@ -915,8 +915,10 @@ def sweep(
 ) -> Table:
     """One training per point of ``grid`` (cartesian product; keys are optimizer options such
     as ``learning_rate``, or ``optimizer``, ``epochs``, ``batch_size``, ``seed``), run as
-    independent concurrent islands. Returns a table with one row per run: the grid values
-    (keys in sorted order) and ``final_loss``, the mean training loss of the last epoch."""
+    independent concurrent islands (the compiler's ``expand-sweeps`` makes one ``dl.train``
+    island per point, all fed by ``X``/``y``/``params``, and a ``dl.sweep_result``). Returns a
+    table with one row per run: the grid values (keys in sorted order) and ``final_loss``,
+    the mean training loss of the last epoch."""
     loc = user_location()
     settings = _run_settings(epochs, batch_size, shuffle, seed, loc)
     _loss_kind(loss, loc)
