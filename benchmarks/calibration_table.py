@@ -44,7 +44,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,52 +51,11 @@ RESULTS = ROOT / "benchmarks" / "results"
 TOLERANCE = 0.30
 ANNOTATING_PASSES = ("annotate-statistics", "classify-patterns", "choose-parallelism")
 
-import opgraph as og
-
-# ----------------------------------------------------------------------------- data
-
-
-def join_data(n: int) -> tuple[pa.Table, pa.Table]:
-    rng = np.random.default_rng(1)
-    left = pa.table({"k": rng.integers(0, n, n), "x": rng.random(n)})
-    right = pa.table({"k": rng.permutation(n).astype(np.int64), "y": rng.random(n)})
-    return left, right
-
-
-def groupby_data(n: int) -> pa.Table:
-    rng = np.random.default_rng(2)
-    return pa.table({"g": rng.integers(0, 1000, n), "v": rng.random(n)})
-
-
-def sort_data(n: int) -> pa.Table:
-    rng = np.random.default_rng(3)
-    return pa.table({"k": rng.integers(-(1 << 62), 1 << 62, n), "v": rng.random(n)})
-
-
-def filter_data(n: int) -> pa.Table:
-    rng = np.random.default_rng(4)
-    return pa.table({c: rng.random(n) for c in "abcd"})
-
-
-@og.pipeline
-def cal_join(left, right):
-    return left.merge(right, on="k", how="inner")
-
-
-@og.pipeline
-def cal_groupby(t):
-    return t.groupby("g").agg(s=("v", "sum"), m=("v", "mean"))
-
-
-@og.pipeline
-def cal_sort(t):
-    return t.sort_values("k")
-
-
-@og.pipeline
-def cal_filter_project(t):
-    t = t[t["a"] > 0.5]
-    return t[["b", "c"]]
+from workloads import filter_data, groupby_data, join_data, sort_data
+from workloads import og_filter as cal_filter_project
+from workloads import og_groupby as cal_groupby
+from workloads import og_join as cal_join
+from workloads import og_sort as cal_sort
 
 
 def workloads(n: int) -> list[tuple[str, Any, list[pa.Table]]]:

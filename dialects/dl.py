@@ -29,6 +29,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from opgraph.dialects.dataframe import (
+    SchemaError,
+    StringType,
+    TableType,
+    fail,
+    is_element_type,
+    is_numeric,
+    type_str,
+)
 from xdsl.dialects.builtin import (
     DYNAMIC_INDEX,
     ArrayAttr,
@@ -59,16 +68,6 @@ from xdsl.irdl import (
     var_operand_def,
 )
 from xdsl.traits import HasParent, Pure, SymbolOpInterface
-
-from opgraph.dialects.dataframe import (
-    SchemaError,
-    StringType,
-    TableType,
-    fail,
-    is_element_type,
-    is_numeric,
-    type_str,
-)
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -793,6 +792,23 @@ def _check_leaf_attrs(op: Operation, count: int, names: list[str], paths: str) -
         raise fail(op, f"param_paths holds {len(parsed)} key paths for {count} parameter leaves")
 
 
+def grid_runs(grid: DictionaryAttr) -> int:
+    """How many trainings a sweep grid holds (the product of its value lists' lengths)."""
+    n = 1
+    for values in grid.data.values():
+        n *= len(values)  # type: ignore[arg-type]
+    return n
+
+
+def _check_sweep_table(op: Operation, grid: DictionaryAttr, result: Attribute) -> None:
+    try:
+        expected = infer_sweep(grid)
+    except SchemaError as e:
+        raise fail(op, str(e)) from None
+    if result != expected:
+        raise fail(op, f"result type {result} does not match the inferred schema {expected}")
+
+
 @irdl_op_definition
 class SweepOp(IRDLOperation):
     """Trains one model per point of ``grid`` (the cartesian product of its value lists, keys
@@ -852,20 +868,12 @@ class SweepOp(IRDLOperation):
 
     @property
     def num_runs(self) -> int:
-        n = 1
-        for values in self.grid.data.values():
-            n *= len(values)  # type: ignore[arg-type]
-        return n
+        return grid_runs(self.grid)
 
     def verify_(self) -> None:
         _check_positive(self, epochs=self.epochs, batch_size=self.batch_size)
         _check_optimizer(self, self.optimizer, self.optimizer_options)
-        try:
-            expected = infer_sweep(self.grid)
-        except SchemaError as e:
-            raise fail(self, str(e)) from None
-        if self.result.type != expected:
-            raise fail(self, f"result type {self.result.type} does not match the inferred schema {expected}")
+        _check_sweep_table(self, self.grid, self.result.type)
         x, y = _tensor(self.x), _tensor(self.y)
         if not rows_consistent(x, y):
             raise fail(self, f"x ({tensor_str(x)}) and y ({tensor_str(y)}) have different row counts")
@@ -904,18 +912,10 @@ class SweepResultOp(IRDLOperation):
 
     @property
     def num_runs(self) -> int:
-        n = 1
-        for values in self.grid.data.values():
-            n *= len(values)  # type: ignore[arg-type]
-        return n
+        return grid_runs(self.grid)
 
     def verify_(self) -> None:
-        try:
-            expected = infer_sweep(self.grid)
-        except SchemaError as e:
-            raise fail(self, str(e)) from None
-        if self.result.type != expected:
-            raise fail(self, f"result type {self.result.type} does not match the inferred schema {expected}")
+        _check_sweep_table(self, self.grid, self.result.type)
         if len(self.losses) != self.num_runs:
             raise fail(self, f"has {len(self.losses)} loss histories for a grid of {self.num_runs} runs")
 
@@ -940,8 +940,8 @@ DL = Dialect(
 
 __all__ = [
     "DL",
-    "LossOp",
     "LoadOp",
+    "LossOp",
     "ModelOp",
     "ParamsOp",
     "PredictOp",

@@ -39,15 +39,13 @@ earliest times with unlimited resources (each island starts when its inputs are 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-from opgraph.dialects.taskgraph import DEVICES, ISLAND_ATTR, is_island
+from opgraph.dialects.taskgraph import is_island
 from opgraph.dialects.upstream.async_dialect import ExecuteOp
 from opgraph.passes import _tg
-from opgraph.passes.lower_to_islands import lower_function
-from xdsl.context import Context
+from opgraph.passes.lower_to_islands import LowerToIslands
 from xdsl.dialects import func
-from xdsl.dialects.builtin import ModuleOp
-from xdsl.passes import ModulePass
 
 
 def island_predecessors(island: ExecuteOp) -> list[ExecuteOp]:
@@ -80,29 +78,12 @@ def asap_times(fn: func.FuncOp) -> float:
 
 
 @dataclass(frozen=True)
-class FormIslands(ModulePass):
-    """Groups chains of ops with equal ranks/device into bulk-synchronous islands."""
+class FormIslands(LowerToIslands):
+    """Groups chains of ops with equal ranks/device into bulk-synchronous islands (options
+    and island naming as lower-to-islands), then gives the islands early start/end times."""
 
     name = "form-islands"
+    group: ClassVar[bool] = True
 
-    ranks: int = 1
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        if isinstance(self.ranks, bool) or not isinstance(self.ranks, int) or self.ranks < 1:
-            raise ValueError(f"ranks must be an integer >= 1, got {self.ranks!r}")
-        if self.device not in DEVICES:
-            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-
-    def apply(self, ctx: Context, op: ModuleOp) -> None:
-        used: set[str] = set()
-        functions: list[func.FuncOp] = []
-        for o in op.walk():
-            if isinstance(o, func.FuncOp):
-                functions.append(o)
-            elif is_island(o):
-                used.add(o.attributes[ISLAND_ATTR].data)  # type: ignore[union-attr]
-        counter = [0]
-        for fn in functions:
-            lower_function(fn, self.ranks, self.device, used, counter, group=True)
-            asap_times(fn)
+    def after_function(self, fn: func.FuncOp) -> None:
+        asap_times(fn)

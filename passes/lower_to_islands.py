@@ -57,7 +57,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from opgraph.dialects.taskgraph import (
     DEVICE_ATTR,
@@ -551,7 +551,14 @@ class LowerToIslands(ModulePass):
                 used.add(o.attributes[ISLAND_ATTR].data)  # type: ignore[union-attr]
         counter = [0]
         for fn in functions:
-            lower_function(fn, self.ranks, self.device, used, counter)
+            lower_function(fn, self.ranks, self.device, used, counter, group=self.group)
+            self.after_function(fn)
+
+    #: one island per op here; form-islands (a subclass) merges chains into one island
+    group: ClassVar[bool] = False
+
+    def after_function(self, fn: func.FuncOp) -> None:
+        """Hook run on each function once its islands are built."""
 
 
 # ------------------------------------------------------------------------------- plan

@@ -41,12 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from opgraph.runtime.expr_eval import arrow_type, broadcast, eval_region
-from opgraph.runtime.kernels import kernel_threads
 from opgraph.runtime.kernels import opkernels as K
-
-# the compiled module's thread count follows the rank budget (opkernels.pyx's ``_threads``
-# does the same once rebuilt; this covers an older build)
-K._threads = kernel_threads
 
 __all__ = [
     "DECOMPOSABLE",
