@@ -464,6 +464,43 @@ def _strs(attr: Any) -> list[str]:
     return [a.data for a in attr] if attr is not None else []
 
 
+SAMPLE_ROWS = 10_000
+"""Rows the tracer samples from an in-memory input to estimate distinct counts."""
+
+
+def sample_distinct(table: Any, sample_rows: int = SAMPLE_ROWS) -> dict[str, int]:
+    """Distinct-count estimates per column of an Arrow table from a seeded random sample of
+    ``sample_rows`` rows (no full scan). GEE estimator (Charikar et al. 2000):
+    ``sqrt(N/n) * f1 + sum_{j>=2} f_j`` (f_j = values seen j times in the sample), clamped to
+    [distinct in the sample, N]; a sample where every value is unique counts as a key (N)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    total = table.num_rows
+    if total == 0:
+        return {}
+    n = min(total, sample_rows)
+    # a seeded random sample: evenly spaced rows alias with periodic data (i % k keys)
+    rows = np.sort(np.random.default_rng(0).choice(total, n, replace=False)) if n < total else None
+    sample = table if rows is None else table.take(rows)
+    out: dict[str, int] = {}
+    for name, column in zip(sample.column_names, sample.columns):
+        try:
+            counts = pc.value_counts(column).field("counts").to_numpy()
+        except Exception:  # types without a hash kernel (nested): leave unknown
+            continue
+        seen = len(counts)
+        once = int((counts == 1).sum())
+        if n == total:
+            estimate = seen
+        elif once == n:
+            estimate = total
+        else:
+            estimate = math.sqrt(total / n) * once + (seen - once)
+        out[name] = int(min(max(estimate, seen), total))
+    return out
+
+
 def _int_attr(op: Operation, name: str) -> float | None:
     a = op.attributes.get(name)
     return float(a.value.data) if isinstance(a, IntegerAttr) else None
@@ -482,6 +519,11 @@ def estimate(op: Operation, ins: list[Stats | None]) -> Stats:
         if nb is not None and s.rows > 0 and s.widths:
             scale = nb / max(s.bytes, 1.0)
             s.widths = {k: v * scale for k, v in s.widths.items()}
+        sampled = op.attributes.get(DISTINCT_ATTR)  # the tracer's sample estimate
+        if isinstance(sampled, DictionaryAttr):
+            for column, value in sampled.data.items():
+                if isinstance(value, IntegerAttr):
+                    s.distinct[column] = float(value.value.data)
         return s
     if isinstance(op, df.ReadParquetOp | df.ReadIpcOp | df.ReadCsvOp):
         path = op.path.data

@@ -47,6 +47,8 @@ def set_sizes(module: ModuleOp, sizes: dict[str, tuple[float, float]]) -> None:
             rows, width = sizes[op.arg_name.data]
             op.attributes["df.rows"] = fast_i64(int(rows))
             op.attributes["df.bytes"] = fast_i64(int(rows * width))
+            # simulated sizes: the tracer's distinct-count sample of the tiny data no longer applies
+            op.attributes.pop("df.distinct", None)
 
 
 def plan(pipeline, sizes: dict[str, tuple[float, float]], hw="summit", passes=PASSES, tables=None) -> ModuleOp:

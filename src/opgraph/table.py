@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
-from xdsl.dialects.builtin import Float32Type, Float64Type, IntegerAttr, IntegerType, i1, i64
+from xdsl.dialects.builtin import DictionaryAttr, Float32Type, Float64Type, IntegerAttr, IntegerType, i1, i64
 from xdsl.ir import Attribute, SSAValue
 
 from opgraph.dialects import dataframe as df
@@ -458,6 +458,11 @@ def input_table(name: str, data: Any, loc: SourceLoc) -> Table:
     # sizes for the cost model (pass annotate-statistics): discardable attributes
     op.attributes["df.rows"] = IntegerAttr(int(data.num_rows), i64)
     op.attributes["df.bytes"] = IntegerAttr(int(data.nbytes), i64)
+    from opgraph.passes.annotate_statistics import sample_distinct  # a sample, not a scan
+
+    distinct = sample_distinct(data)
+    if distinct:
+        op.attributes["df.distinct"] = DictionaryAttr({k: IntegerAttr(v, i64) for k, v in distinct.items()})
     state.inputs.append(data)
     state.append(op, loc)
     return Table(op.results[0])
