@@ -54,6 +54,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from opgraph.dialects import dataframe as df
 from xdsl.context import Context
 from xdsl.dialects import func
 from xdsl.dialects.builtin import (
@@ -74,8 +75,6 @@ from xdsl.dialects.builtin import (
 )
 from xdsl.ir import Attribute, Operation, SSAValue
 from xdsl.passes import ModulePass
-
-from opgraph.dialects import dataframe as df
 
 ROWS_ATTR = "df.rows"
 BYTES_ATTR = "df.bytes"
@@ -474,6 +473,7 @@ def sample_distinct(table: Any, sample_rows: int = SAMPLE_ROWS) -> dict[str, int
     ``sqrt(N/n) * f1 + sum_{j>=2} f_j`` (f_j = values seen j times in the sample), clamped to
     [distinct in the sample, N]; a sample where every value is unique counts as a key (N)."""
     import numpy as np
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     total = table.num_rows
@@ -487,8 +487,8 @@ def sample_distinct(table: Any, sample_rows: int = SAMPLE_ROWS) -> dict[str, int
     for name, column in zip(sample.column_names, sample.columns):
         try:
             counts = pc.value_counts(column).field("counts").to_numpy()
-        except Exception:  # types without a hash kernel (nested): leave unknown
-            continue
+        except (pa.ArrowNotImplementedError, pa.ArrowTypeError):  # no hash kernel (nested types)
+            continue  # distinct count stays unknown
         seen = len(counts)
         once = int((counts == 1).sum())
         if n == total:

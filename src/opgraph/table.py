@@ -8,7 +8,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
-from xdsl.dialects.builtin import DictionaryAttr, Float32Type, Float64Type, IntegerAttr, IntegerType, i1, i64
+from xdsl.dialects.builtin import (
+    DictionaryAttr,
+    Float32Type,
+    Float64Type,
+    IntegerAttr,
+    IntegerType,
+    i1,
+    i64,
+)
 from xdsl.ir import Attribute, SSAValue
 
 from opgraph.dialects import dataframe as df
@@ -458,7 +466,9 @@ def input_table(name: str, data: Any, loc: SourceLoc) -> Table:
     # sizes for the cost model (pass annotate-statistics): discardable attributes
     op.attributes["df.rows"] = IntegerAttr(int(data.num_rows), i64)
     op.attributes["df.bytes"] = IntegerAttr(int(data.nbytes), i64)
-    from opgraph.passes.annotate_statistics import sample_distinct  # a sample, not a scan
+    from opgraph.passes.annotate_statistics import (
+        sample_distinct,  # a sample, not a scan
+    )
 
     distinct = sample_distinct(data)
     if distinct:
