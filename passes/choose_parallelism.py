@@ -404,6 +404,8 @@ class Problem:
         m, g, op = self.model, self.g, node.op
         name = op.name
         flops_attr = op.attributes.get("dl.flops")
+        # JAX's cost analysis at trace time, per row of x (forward; train: forward + backward)
+        per_row = op.attributes.get("dl.flops_per_row")
         x = ins[0] if ins else node
         params = ins[-1] if len(ins) >= 2 else None
         p_bytes = params.nbytes if params is not None else 4e6
@@ -415,7 +417,12 @@ class Problem:
             if device == "gpu" and m.total_gpus == 0:
                 continue
             if name == "dl.predict":
-                flops = float(flops_attr.value.data) if isinstance(flops_attr, FloatAttr | IntegerAttr) else 2 * n_params * rows
+                if isinstance(flops_attr, FloatAttr | IntegerAttr):
+                    flops = float(flops_attr.value.data)
+                elif isinstance(per_row, FloatAttr):
+                    flops = per_row.value.data * rows
+                else:
+                    flops = 2 * n_params * rows
                 t = m.dl_time(flops, data_bytes, p_bytes, 0.0, g, device)
                 reqs = [("same",), ("replicated",)][: len(ins)]
                 opts.append(Option("local", device, "any", reqs, t))
@@ -423,7 +430,12 @@ class Problem:
             epochs = float(op.epochs.value.data)  # type: ignore[attr-defined]
             batch = float(op.batch_size.value.data)  # type: ignore[attr-defined]
             steps = epochs * math.ceil(max(rows, 1.0) / batch)
-            flops = float(flops_attr.value.data) if isinstance(flops_attr, FloatAttr | IntegerAttr) else 6 * n_params * rows * epochs
+            if isinstance(flops_attr, FloatAttr | IntegerAttr):
+                flops = float(flops_attr.value.data)
+            elif isinstance(per_row, FloatAttr):
+                flops = per_row.value.data * rows * epochs
+            else:
+                flops = 6 * n_params * rows * epochs
             reqs = [("same",), ("same",), ("replicated",)][: len(ins)]
             if name == "dl.train":
                 t = m.dl_time(flops, data_bytes, p_bytes, steps, g, device)

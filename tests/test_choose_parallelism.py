@@ -371,3 +371,34 @@ def test_fast_on_a_thousand_ops():
     print("seconds per pass on 1,000 ops:", times)
     assert all(t < 1.0 for t in times.values()), times
     assert len(dataflow_ops(module)) >= 900
+
+
+def test_dl_cost_uses_jax_cost_analysis_per_row():
+    """The tracer records JAX's FLOPs per row (``dl.flops_per_row``); the model multiplies by
+    rows (and epochs): a 10^4x heavier model per row is predicted much slower on the same data."""
+
+    def model(params, x):
+        return x @ params["w"]
+
+    @og.pipeline
+    def fit(a):
+        X = og.dl.to_tensor(a, ["v"])
+        y = og.dl.to_tensor(a, ["v"])
+        params, _ = og.dl.train(model, {"w": np.zeros((1, 1), np.float32)}, X, y, epochs=10, batch_size=4096)
+        og.dl.save(params, "w.npz")
+
+    schema = pa.schema([pa.field("k", pa.int64(), False), pa.field("v", pa.float64(), False)])
+    costs = []
+    for scale in (1.0, 1e4):
+        traced = fit.trace_full(kv().cast(schema))
+        set_sizes(traced.module, {"a": (1e7, 16)})
+        train = next(op for op in dataflow_ops(traced.module) if op.name == "dl.train")
+        per_row = train.attributes["dl.flops_per_row"]
+        assert per_row.value.data > 0  # from jit(...).lower(...).cost_analysis()
+        from opgraph.passes.annotate_statistics import fast_f64
+
+        train.attributes["dl.flops_per_row"] = fast_f64(per_row.value.data * scale)
+        attach_machine(traced.module, load_spec("laptop"))
+        run_pipeline(traced.module, PASSES)
+        costs.append(first(chosen(traced.module), "dl.train")["cost"])
+    assert costs[1] > 3 * costs[0], costs
