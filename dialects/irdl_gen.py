@@ -25,7 +25,7 @@ How xDSL definitions map to upstream IRDL (facts checked against the upstream bi
   ``irdl.any`` or the nearest base: the twin is never *stricter* than xDSL on these.
 * Upstream ``irdl.attributes`` lists **required** attributes only (there is no optional
   form); attributes that are not listed are accepted with any value. Optional attributes
-  (``opt_attr_def``, or ``attr_def`` with a default) are therefore left out of the twin.
+  (declared optional, or required with a default) are therefore left out of the twin.
 * Upstream checks the exact number of regions (``irdl.regions`` has no variadicity; an op
   without ``irdl.regions`` must have none). Variadic/optional regions cannot be expressed;
   they are emitted as one region and reported as errors by ``twin_problems``.
@@ -337,7 +337,7 @@ def _op_body(op: type[Operation], dialect: str, registry: _Registry, problems: l
         w.note(
             "error",
             f"uses properties ({', '.join(op_def.properties)}); IRDL dynamic ops have none "
-            "(use attr_def / opt_attr_def)",
+            "(declare them as discardable attributes instead)",
         )
     if op_def.successors:
         w.note("error", "has successors, which upstream IRDL cannot declare")
@@ -434,7 +434,7 @@ def dialect_to_irdl(dialect: Dialect, registry: _Registry | None = None) -> tupl
     for op in dialect.operations:
         _, short = Dialect.split_name(op.name)
         if not _is_irdl_op(op):
-            problems.append(TwinProblem(dialect.name, op.name, "error", "not an IRDL-defined op (irdl_op_definition)"))
+            problems.append(TwinProblem(dialect.name, op.name, "error", "not an IRDL-defined op (no xDSL op definition)"))
             continue
         out.append(f"  irdl.operation @{short} {{")
         out += [f"    {line}" for line in _op_body(op, dialect.name, registry, problems)]

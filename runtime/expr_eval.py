@@ -48,6 +48,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from opgraph.runtime.kernels.exprgen import (  # plan ops as dicts or OpDoc
+    op_attrs,
+    op_field,
+)
 
 __all__ = ["ExprError", "arrow_type", "broadcast", "eval_region", "eval_region_arrow", "jit_decision"]
 
@@ -92,16 +96,6 @@ def arrow_type(name: str) -> pa.DataType:
         return _TYPES[name]
     except KeyError:
         raise ExprError(f"unsupported element type '{name}'") from None
-
-
-def _field(op: Any, name: str, default: Any = None) -> Any:
-    if isinstance(op, dict):
-        return op.get(name, default)
-    return getattr(op, name, default)
-
-
-def _attrs(op: Any) -> dict[str, Any]:
-    return _field(op, "attributes", None) or {}
 
 
 # ------------------------------------------------------------------------- helpers
@@ -409,7 +403,7 @@ _ARITH_BINARY: dict[str, Callable[[Value, Value], Value]] = {
 
 
 def _eval_op(name: str, op: Any, args: list[Value], length: int, result_type: pa.DataType | None) -> Value:
-    attrs = _attrs(op)
+    attrs = op_attrs(op)
     if name in _ARITH_BINARY:
         return _ARITH_BINARY[name](args[0], args[1])
     if name in _MATH_UNARY:
@@ -489,7 +483,7 @@ def _eval_op(name: str, op: Any, args: list[Value], length: int, result_type: pa
 
 
 def _constant(op: Any, type_: pa.DataType) -> pa.Scalar:
-    attrs = _attrs(op)
+    attrs = op_attrs(op)
     if "value" not in attrs:
         raise ExprError(
             "arith.constant without a value in plan.json (the plan writer must serialise op "
@@ -593,30 +587,30 @@ def eval_region_arrow(ops: Sequence[Any], table: pa.Table) -> list[Value]:
     env: dict[str, Value] = {}
     length = table.num_rows
     for op in ops:
-        name = _field(op, "op")
-        loc = _field(op, "loc")
+        name = op_field(op, "op")
+        loc = op_field(op, "loc")
         try:
-            operands = [env[o] for o in (_field(op, "operands") or [])]
+            operands = [env[o] for o in (op_field(op, "operands") or [])]
             if name != "df.isin":  # dictionary-encoded string columns: decoded where used
                 operands = [_decode(v) for v in operands]
             if name == "vector.yield":
                 return operands
-            types = _field(op, "result_types") or []
+            types = op_field(op, "result_types") or []
             result_type = arrow_type(types[0]) if types else None
             if name == "df.col":
-                column = _attrs(op)["column"]
+                column = op_attrs(op)["column"]
                 if column not in table.column_names:
                     raise ExprError(f"unknown column '{column}' (columns: {', '.join(table.column_names)})")
                 value: Value = table.column(column)
                 if pa.types.is_dictionary(value.type) and value.type.value_type == result_type:
-                    results = _field(op, "results") or []
+                    results = op_field(op, "results") or []
                     if results:
                         env[results[0]] = value
                     continue
             elif name == "arith.constant":
                 value = _constant(op, result_type)  # type: ignore[arg-type]
             elif name == "df.str_constant":
-                value = pa.scalar(_attrs(op)["value"], pa.string())
+                value = pa.scalar(op_attrs(op)["value"], pa.string())
             else:
                 value = _eval_op(name, op, operands, _length(operands, length), result_type)
             if result_type is not None and value.type != result_type:
@@ -629,7 +623,7 @@ def eval_region_arrow(ops: Sequence[Any], table: pa.Table) -> list[Value]:
             raise ExprError(f"malformed region: {name} refers to an undefined value or attribute {e}", loc, name) from None
         except (pa.ArrowException, ValueError, TypeError, OverflowError) as e:
             raise ExprError(f"{name} failed: {e}", loc, name) from None
-        results = _field(op, "results") or []
+        results = op_field(op, "results") or []
         if results:
             env[results[0]] = value
     raise ExprError("expression region does not end in vector.yield")

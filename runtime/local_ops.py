@@ -469,7 +469,8 @@ def _agg_input(col: pa.ChunkedArray, fn: str) -> pa.ChunkedArray:
     return col
 
 
-_ARROW_AGG = {
+# aggregate name -> (Arrow's aggregate kernel, its options): the semantics of DESIGN §3
+ARROW_AGGREGATES = {
     "sum": ("sum", lambda: pc.ScalarAggregateOptions(skip_nulls=True, min_count=1)),
     "mean": ("mean", lambda: pc.ScalarAggregateOptions(skip_nulls=True, min_count=1)),
     "min": ("min", lambda: pc.ScalarAggregateOptions(skip_nulls=True, min_count=1)),
@@ -516,7 +517,7 @@ def groupby_agg(table: pa.Table, keys: Sequence[str], aggs: Sequence[Sequence[st
     names = list(key_names)
     specs = []
     for i, (_, col, fn) in enumerate(aggs):
-        arrow_fn, options = _ARROW_AGG[fn]
+        arrow_fn, options = ARROW_AGGREGATES[fn]
         arrays.append(_agg_input(table.column(col), fn))
         names.append(f"__a{i}")
         specs.append((f"__a{i}", arrow_fn, options() if options else None))
@@ -524,7 +525,7 @@ def groupby_agg(table: pa.Table, keys: Sequence[str], aggs: Sequence[Sequence[st
     result = work.group_by(key_names, use_threads=True).aggregate(specs)
     out = [result.column(k) for k in key_names]
     for i, (_, _, fn) in enumerate(aggs):
-        arrow_fn = _ARROW_AGG[fn][0]
+        arrow_fn = ARROW_AGGREGATES[fn][0]
         col = result.column(f"__a{i}_{arrow_fn}")
         if fn == "median":
             col = _list_median(col)

@@ -256,14 +256,9 @@ def _partial_specs(aggs: Sequence[Sequence[str]]) -> list[tuple[str, str, str, s
     return specs
 
 
-_LOCAL_FN = {
-    "sum": ("sum", lambda: pc.ScalarAggregateOptions(skip_nulls=True, min_count=1)),
-    "sum_f": ("sum", lambda: pc.ScalarAggregateOptions(skip_nulls=True, min_count=1)),
-    "min": ("min", lambda: pc.ScalarAggregateOptions(skip_nulls=True, min_count=1)),
-    "max": ("max", lambda: pc.ScalarAggregateOptions(skip_nulls=True, min_count=1)),
-    "count": ("count", lambda: pc.CountOptions(mode="only_valid")),
-    "size": ("count", lambda: pc.CountOptions(mode="all")),
-}
+# partial aggregates: the local kernels' own, plus a float sum (mean's numerator)
+_LOCAL_FN = {fn: L.ARROW_AGGREGATES[fn] for fn in ("sum", "min", "max", "count", "size")}
+_LOCAL_FN["sum_f"] = L.ARROW_AGGREGATES["sum"]
 
 
 def _partial_input(col: pa.ChunkedArray, fn: str) -> pa.ChunkedArray:

@@ -222,19 +222,23 @@ def test_memory_not_fitting_is_never_chosen():
         plan(p, {"a": (1e11, 16)}, hw="mini")
 
 
+def _linear(params, x):
+    return x @ params["w"]
+
+
+@og.pipeline
+def fit_linear(a):
+    X = og.dl.to_tensor(a, ["v"])
+    y = og.dl.to_tensor(a, ["v"])
+    params, _ = og.dl.train(_linear, {"w": np.zeros((1, 1), np.float32)}, X, y, epochs=10, batch_size=4096)
+    og.dl.save(params, "w.npz")
+
+
+NON_NULL_KV = pa.schema([pa.field("k", pa.int64(), False), pa.field("v", pa.float64(), False)])
+
+
 def test_dl_train_prefers_gpu_on_summit():
-    def model(params, x):
-        return x @ params["w"]
-
-    @og.pipeline
-    def fit(a):
-        X = og.dl.to_tensor(a, ["v"])
-        y = og.dl.to_tensor(a, ["v"])
-        params, _ = og.dl.train(model, {"w": np.zeros((1, 1), np.float32)}, X, y, epochs=10, batch_size=4096)
-        og.dl.save(params, "w.npz")
-
-    schema = pa.schema([pa.field("k", pa.int64(), False), pa.field("v", pa.float64(), False)])
-    traced = fit.trace_full(kv().cast(schema))
+    traced = fit_linear.trace_full(kv().cast(NON_NULL_KV))
     set_sizes(traced.module, {"a": (1e8, 16)})
     for op in dataflow_ops(traced.module):
         if op.name == "dl.train":
@@ -377,20 +381,9 @@ def test_dl_cost_uses_jax_cost_analysis_per_row():
     """The tracer records JAX's FLOPs per row (``dl.flops_per_row``); the model multiplies by
     rows (and epochs): a 10^4x heavier model per row is predicted much slower on the same data."""
 
-    def model(params, x):
-        return x @ params["w"]
-
-    @og.pipeline
-    def fit(a):
-        X = og.dl.to_tensor(a, ["v"])
-        y = og.dl.to_tensor(a, ["v"])
-        params, _ = og.dl.train(model, {"w": np.zeros((1, 1), np.float32)}, X, y, epochs=10, batch_size=4096)
-        og.dl.save(params, "w.npz")
-
-    schema = pa.schema([pa.field("k", pa.int64(), False), pa.field("v", pa.float64(), False)])
     costs = []
     for scale in (1.0, 1e4):
-        traced = fit.trace_full(kv().cast(schema))
+        traced = fit_linear.trace_full(kv().cast(NON_NULL_KV))
         set_sizes(traced.module, {"a": (1e7, 16)})
         train = next(op for op in dataflow_ops(traced.module) if op.name == "dl.train")
         per_row = train.attributes["dl.flops_per_row"]

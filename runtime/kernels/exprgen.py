@@ -292,14 +292,15 @@ class Kernel:
 # ------------------------------------------------------------------------------ helpers
 
 
-def _f(op: Any, name: str, default: Any = None) -> Any:
+def op_field(op: Any, name: str, default: Any = None) -> Any:
+    """A field of a plan op given as plain data (dict) or as a pydantic ``OpDoc``."""
     if isinstance(op, dict):
         return op.get(name, default)
     return getattr(op, name, default)
 
 
-def _attrs(op: Any) -> dict[str, Any]:
-    return _f(op, "attributes", None) or {}
+def op_attrs(op: Any) -> dict[str, Any]:
+    return op_field(op, "attributes", None) or {}
 
 
 def _predicate(raw: Any, names: dict[str, int]) -> int | None:
@@ -349,7 +350,7 @@ def _literal(value: Any, ir: str) -> str:
 
 def _constant_value(op: Any, ir: str) -> Any:
     """The constant as the Arrow evaluator reads it (``expr_eval._constant``)."""
-    attrs = _attrs(op)
+    attrs = op_attrs(op)
     if "value" not in attrs:
         raise ValueError("arith.constant without a value")
     value = attrs["value"]
@@ -402,12 +403,12 @@ def _check(op: Any, name: str, arg_types: list[str], rtype: str | None) -> str |
     if name == "math.fpowi":
         return None if rkind == "f" and arg_types[0] == rtype and kinds[1] == "i" else "fpowi operand types"
     if name == "arith.cmpi":
-        pred = _predicate(_attrs(op).get("predicate"), _CMPI)
+        pred = _predicate(op_attrs(op).get("predicate"), _CMPI)
         if pred is None or not 0 <= pred <= 9:
             return "unknown cmpi predicate"
         return None if rkind == "b" and arg_types[0] == arg_types[1] and kinds[0] in "ib" else "cmpi operand types"
     if name == "arith.cmpf":
-        pred = _predicate(_attrs(op).get("predicate"), _CMPF)
+        pred = _predicate(op_attrs(op).get("predicate"), _CMPF)
         if pred is None or not 0 <= pred <= 15:
             return "unknown cmpf predicate"
         return None if rkind == "b" and arg_types[0] == arg_types[1] and kinds[0] == "f" else "cmpf operand types"
@@ -433,7 +434,7 @@ def _check(op: Any, name: str, arg_types: list[str], rtype: str | None) -> str |
     if name == "df.fill_null":
         return None if same else "fill_null operand types"
     if name == "df.isin":
-        values = _attrs(op).get("values")
+        values = op_attrs(op).get("values")
         if not isinstance(values, list):
             return "isin without a value list"
         t = arg_types[0]
@@ -467,18 +468,18 @@ def plan_kernel(region: Sequence[Any]) -> Kernel | Fallback:
 
 
 def _plan(region: Sequence[Any]) -> Kernel | Fallback:
-    if not region or _f(region[-1], "op") != "vector.yield":
+    if not region or op_field(region[-1], "op") != "vector.yield":
         return Fallback("region does not end in vector.yield")
     vals: dict[str, _Val] = {}
     defs: dict[str, Any] = {}
     fallbacks: list[tuple[str, str | None, str]] = []
     for op in region[:-1]:
-        name = _f(op, "op")
-        results = _f(op, "results") or []
-        types = _f(op, "result_types") or []
+        name = op_field(op, "op")
+        results = op_field(op, "results") or []
+        types = op_field(op, "result_types") or []
         if len(results) != 1 or len(types) != 1:
             return Fallback(f"op {name} with {len(results)} results")
-        operands = list(_f(op, "operands") or [])
+        operands = list(op_field(op, "operands") or [])
         for o in operands:
             if o not in vals:
                 return Fallback(f"{name} uses undefined value {o}")
@@ -488,16 +489,16 @@ def _plan(region: Sequence[Any]) -> Kernel | Fallback:
         if name == "df.col":
             reason = None if rtype in CTYPE else f"column of type {rtype}"
             const = False
-        elif _f(op, "regions"):
+        elif op_field(op, "regions"):
             reason = "op with a nested region"
         else:
             reason = _check(op, name, arg_types, rtype)
         if reason is not None and name != "df.col":
-            fallbacks.append((name, _f(op, "loc"), reason))
+            fallbacks.append((name, op_field(op, "loc"), reason))
         supported = reason is None
         vals[rid] = _Val(rtype, const, op, supported)
         defs[rid] = op
-    yielded = list(_f(region[-1], "operands") or [])
+    yielded = list(op_field(region[-1], "operands") or [])
     for y in yielded:
         if y not in vals:
             return Fallback(f"vector.yield uses undefined value {y}")
@@ -514,8 +515,8 @@ def _plan(region: Sequence[Any]) -> Kernel | Fallback:
     outputs: list[Output] = []
     for y, is_scalar in zip(yielded, scalar):
         v = vals[y]
-        if _f(v.op, "op") == "df.col":
-            outputs.append(Output("column", column=_attrs(v.op).get("column"), type=v.type))
+        if op_field(v.op, "op") == "df.col":
+            outputs.append(Output("column", column=op_attrs(v.op).get("column"), type=v.type))
         elif v.supported and not v.const and not is_scalar:
             if y not in kernel_vids:
                 kernel_vids.append(y)
@@ -539,26 +540,26 @@ def _plan(region: Sequence[Any]) -> Kernel | Fallback:
             continue
         needed.add(vid)
         v = vals[vid]
-        if _f(v.op, "op") == "df.col" or not v.supported:
+        if op_field(v.op, "op") == "df.col" or not v.supported:
             continue
-        stack.extend(_f(v.op, "operands") or [])
+        stack.extend(op_field(v.op, "operands") or [])
     body = []
     inputs: list[tuple[str, str, str]] = []
     for op in region[:-1]:
-        rid = (_f(op, "results") or [None])[0]
+        rid = (op_field(op, "results") or [None])[0]
         if rid not in needed:
             continue
         v = vals[rid]
-        if _f(op, "op") == "df.col":
+        if op_field(op, "op") == "df.col":
             inputs_vids.append(rid)
-            inputs.append(("column", _attrs(op)["column"], v.type))
+            inputs.append(("column", op_attrs(op)["column"], v.type))
         elif not v.supported:
             if rid not in arrow_vids:
                 arrow_vids.append(rid)
             inputs_vids.append(rid)
             inputs.append(("arrow", str(arrow_vids.index(rid)), v.type))
         else:
-            body.append((op, rid, list(_f(op, "operands") or [])))
+            body.append((op, rid, list(op_field(op, "operands") or [])))
     if len(body) > MAX_BODY_OPS:
         return Fallback(f"region too large for one kernel ({len(body)} ops > {MAX_BODY_OPS})")
     for kind, _, t in inputs:
@@ -575,9 +576,9 @@ def _plan(region: Sequence[Any]) -> Kernel | Fallback:
             if vid in need_a:
                 continue
             need_a.add(vid)
-            stack.extend(_f(vals[vid].op, "operands") or [])
-        arrow_ops = [op for op in region[:-1] if (_f(op, "results") or [None])[0] in need_a]
-        arrow_ops.append({"op": "vector.yield", "loc": _f(region[-1], "loc"), "operands": list(arrow_vids),
+            stack.extend(op_field(vals[vid].op, "operands") or [])
+        arrow_ops = [op for op in region[:-1] if (op_field(op, "results") or [None])[0] in need_a]
+        arrow_ops.append({"op": "vector.yield", "loc": op_field(region[-1], "loc"), "operands": list(arrow_vids),
                           "results": [], "result_types": [], "attributes": {}})
     types = {vid: vals[vid].type for vid in vals}
     return Kernel(
@@ -604,8 +605,8 @@ def _scalar_yields(region: Sequence[Any], vals: dict[str, _Val]) -> list[bool] |
 
     fields: dict[str, pa.DataType] = {}
     for v in vals.values():
-        if _f(v.op, "op") == "df.col":
-            name = _attrs(v.op).get("column")
+        if op_field(v.op, "op") == "df.col":
+            name = op_attrs(v.op).get("column")
             try:
                 fields.setdefault(name, expr_eval.arrow_type(v.type))
             except expr_eval.ExprError:
@@ -660,7 +661,7 @@ def _op_code(op: Any, name: str, r: str, a: list[str], types: dict[str, str], rt
         return [f"bool m{r} = {prop};",
                 f"const {ctype} v{r} = m{r} ? {fn}<{ctype}>({V[0]}, {V[1]}, m{r}) : {ctype}(0);"], True
     if name == "arith.cmpi":
-        pred = _predicate(_attrs(op).get("predicate"), _CMPI)
+        pred = _predicate(op_attrs(op).get("predicate"), _CMPI)
         assert pred is not None
         x, y = V
         if pred >= 6 and CTYPE[arg_types[0]][2] == "i":
@@ -668,7 +669,7 @@ def _op_code(op: Any, name: str, r: str, a: list[str], types: dict[str, str], rt
             x, y = f"static_cast<{u}>({x})", f"static_cast<{u}>({y})"
         return simple(f"({x} {_CMP_OPS[pred % 6 if pred < 6 else pred - 4]} {y})")
     if name == "arith.cmpf":
-        pred = _predicate(_attrs(op).get("predicate"), _CMPF)
+        pred = _predicate(op_attrs(op).get("predicate"), _CMPF)
         assert pred is not None
         x, y = V
         ordered = f"(!std::isnan({x}) & !std::isnan({y}))"
@@ -747,7 +748,7 @@ def _op_code(op: Any, name: str, r: str, a: list[str], types: dict[str, str], rt
         x = a[0]
         t = arg_types[0]
         kind = CTYPE[t][2]
-        values = _attrs(op)["values"]
+        values = op_attrs(op)["values"]
         terms: list[str] = []
         if kind == "f":  # Arrow's hash set: bit patterns, every NaN matches NaN
             fl = sorted({struct.unpack("<Q" if t == "f64" else "<I",
@@ -799,7 +800,7 @@ def _emit(k: Kernel, nullable: tuple[bool, ...]) -> tuple[str, list[bool]]:
     deps: dict[str, list[str]] = {}
     order: list[str] = []
     for n, (op, rid, operands) in enumerate(k._body):
-        name = _f(op, "op")
+        name = op_field(op, "op")
         r = f"_{n}"
         cid[rid] = r
         may_null_c = {cid[o]: may_null[o] for o in operands}

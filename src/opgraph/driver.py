@@ -215,11 +215,18 @@ def _compile_traced(
     return Plan(traced.name, spec.name, module, doc, dumps, traced.inputs)
 
 
+def plan_for_run(traced: Traced, engine: str, hw: Any = None, cwd: Path | None = None) -> Plan:
+    """The plan a run executes: ``engine`` checked, compiled for ``hw`` (default laptop)
+    without IR dumps."""
+    if engine not in ("local", "mpi"):
+        raise OpgraphError(f"unknown engine '{engine}' (expected 'local' or 'mpi')")
+    return compile_traced(traced, hw=hw if hw is not None else "laptop", cwd=cwd, keep_dumps=False)
+
+
 def run_traced(traced: Traced, engine: str = "local", ranks: int = 1, hw: Any = None):
     """Compiles for ``hw`` (default laptop) and runs on ``engine`` with ``ranks`` ranks; returns
     one pyarrow.Table, a tuple of them (several outputs) or None (sinks only)."""
-    if engine not in ("local", "mpi"):
-        raise OpgraphError(f"unknown engine '{engine}' (expected 'local' or 'mpi')")
+    plan = plan_for_run(traced, engine, hw)
     if engine == "mpi":
         try:
             from opgraph.runtime.mpi_engine import run_mpi as run
@@ -227,7 +234,6 @@ def run_traced(traced: Traced, engine: str = "local", ranks: int = 1, hw: Any = 
             raise OpgraphError(f"the mpi engine is not available: {e}") from None
     else:
         from opgraph.runtime.executor import run_local as run
-    plan = compile_traced(traced, hw=hw if hw is not None else "laptop", keep_dumps=False)
     outputs = run(plan.doc, traced.inputs, ranks)
     if not plan.doc.outputs:
         return None

@@ -294,13 +294,11 @@ def _describe_written(path: str, fmt: str) -> str:
 def cli_run(args: Any, console: Console | None = None, out: Console | None = None) -> int:
     """``opgraph run``: trace, compile, run with progress, print the results."""
     from opgraph.cli import _trace, load_pipeline, parse_args_kv
-    from opgraph.driver import compile_traced
+    from opgraph.driver import plan_for_run
 
     pipeline = load_pipeline(args.pipeline, args.entry)
     traced = _trace(pipeline, parse_args_kv(pipeline, args.arg), Path(args.pipeline))
-    if args.engine not in ("local", "mpi"):
-        raise OpgraphError(f"unknown engine '{args.engine}' (expected 'local' or 'mpi')")
-    plan = compile_traced(traced, hw=args.hw if args.hw is not None else "laptop", cwd=Path.cwd(), keep_dumps=False)
+    plan = plan_for_run(traced, args.engine, args.hw, cwd=Path.cwd())
     outputs = run_with_progress(
         plan.doc, traced.inputs, args.engine, args.ranks, show=not getattr(args, "quiet", False), console=console
     )
