@@ -31,6 +31,7 @@ _LAZY: dict[str, str] = {
     "sqrt": "opgraph.expr",
     "where": "opgraph.expr",
     "Pipeline": "opgraph.pipeline",
+    "clear_plan_cache": "opgraph.driver",
     "pipeline": "opgraph.pipeline",
     "Table": "opgraph.table",
     "concat": "opgraph.table",
@@ -50,6 +51,7 @@ __all__ = [
     "Pipeline",
     "Table",
     "TraceError",
+    "clear_plan_cache",
     "concat",
     "exp",
     "from_arrow",
@@ -68,6 +70,7 @@ __all__ = [
 assert sorted(__all__) == sorted(["OpgraphError", "TraceError", *_LAZY])
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the names as if imported eagerly
+    from opgraph.driver import clear_plan_cache
     from opgraph.expr import Expr, exp, log, sqrt, where
     from opgraph.pipeline import Pipeline, pipeline
     from opgraph.table import (

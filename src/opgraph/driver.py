@@ -6,7 +6,9 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,10 +225,76 @@ def plan_for_run(traced: Traced, engine: str, hw: Any = None, cwd: Path | None =
     return compile_traced(traced, hw=hw if hw is not None else "laptop", cwd=cwd, keep_dumps=False)
 
 
+# Plans of ``pipeline.run``/``etl(...)`` calls, like jax.jit's compile cache: keyed by the
+# traced IR's text (which holds the schemas, the Arrow inputs' statistics and every source
+# location), the hardware spec, the working directory and the size/mtime of every file the
+# pipeline reads (annotate-statistics reads their footers at compile time). The compiler
+# reads nothing else, so equal keys give equal plans.
+PLAN_CACHE_SIZE = 64
+_plan_cache: OrderedDict[tuple[Any, ...], PlanDoc] = OrderedDict()
+_plan_cache_lock = threading.Lock()
+
+
+def clear_plan_cache() -> None:
+    """Forgets every cached run plan (``og.clear_plan_cache()``)."""
+    with _plan_cache_lock:
+        _plan_cache.clear()
+
+
+def _file_signature(path: str) -> Any:
+    p = Path(path).expanduser()
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    if not p.is_dir():
+        return (st.st_size, st.st_mtime_ns)
+    entries = []
+    for root, _dirs, files in os.walk(p):
+        for name in files:
+            try:
+                fst = os.stat(os.path.join(root, name))
+            except OSError:
+                continue
+            entries.append((os.path.relpath(os.path.join(root, name), p), fst.st_size, fst.st_mtime_ns))
+    return tuple(sorted(entries))
+
+
+def _plan_cache_key(traced: Traced, engine: str, hw: Any) -> tuple[Any, ...]:
+    from opgraph.dialects.dataframe import ReadCsvOp, ReadIpcOp, ReadParquetOp
+
+    spec = resolve_hw(hw if hw is not None else "laptop")
+    reads = tuple(
+        (op.path.data, _file_signature(op.path.data))
+        for op in traced.module.walk()
+        if isinstance(op, (ReadParquetOp, ReadCsvOp, ReadIpcOp))
+    )
+    return (print_module(traced.module), spec.model_dump_json(), engine, os.getcwd(), reads)
+
+
+def cached_plan_doc(traced: Traced, engine: str, hw: Any = None) -> PlanDoc:
+    """``plan_for_run(...).doc``, compiled once per distinct key (see ``_plan_cache``)."""
+    if engine not in ("local", "mpi"):
+        raise OpgraphError(f"unknown engine '{engine}' (expected 'local' or 'mpi')")
+    key = _plan_cache_key(traced, engine, hw)
+    with _plan_cache_lock:
+        doc = _plan_cache.get(key)
+        if doc is not None:
+            _plan_cache.move_to_end(key)
+            return doc
+    doc = plan_for_run(traced, engine, hw).doc
+    with _plan_cache_lock:
+        _plan_cache[key] = doc
+        while len(_plan_cache) > PLAN_CACHE_SIZE:
+            _plan_cache.popitem(last=False)
+    return doc
+
+
 def run_traced(traced: Traced, engine: str = "local", ranks: int = 1, hw: Any = None):
-    """Compiles for ``hw`` (default laptop) and runs on ``engine`` with ``ranks`` ranks; returns
-    one pyarrow.Table, a tuple of them (several outputs) or None (sinks only)."""
-    plan = plan_for_run(traced, engine, hw)
+    """Compiles for ``hw`` (default laptop; the plan is cached, see ``cached_plan_doc``) and
+    runs on ``engine`` with ``ranks`` ranks; returns one pyarrow.Table, a tuple of them
+    (several outputs) or None (sinks only)."""
+    doc = cached_plan_doc(traced, engine, hw)
     if engine == "mpi":
         try:
             from opgraph.runtime.mpi_engine import run_mpi as run
@@ -234,7 +302,7 @@ def run_traced(traced: Traced, engine: str = "local", ranks: int = 1, hw: Any = 
             raise OpgraphError(f"the mpi engine is not available: {e}") from None
     else:
         from opgraph.runtime.executor import run_local as run
-    outputs = run(plan.doc, traced.inputs, ranks)
-    if not plan.doc.outputs:
+    outputs = run(doc, traced.inputs, ranks)
+    if not doc.outputs:
         return None
     return outputs[0] if len(outputs) == 1 else tuple(outputs)
