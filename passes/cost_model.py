@@ -11,9 +11,13 @@ Placement (``place``): ranks are packed onto nodes, one rank per core (CPU) or p
 
 Local kernels (``compute``), per op kind (``KERNEL_KINDS``)::
 
-    t = overhead + max(rows/r / rate,  touch * bytes/r / (mem_bw / q)) * logf + sync(r)
+    t = overhead + max(rows/r / (rate * s),  touch * bytes/r / (mem_bw / q)) * logf + sync(r)
     rate  = calibration[kind].rows_per_s            (measured on this machine), else
             DEFAULT_ROWS_PER_S[kind] * clock_ghz / REF_CLOCK_GHZ
+    s     = thread speedup of a rank on its floor(C / q) kernel threads (the runtime gives each
+            rank cores / ranks-per-node threads): min(t, 1 + (t - 1)(S - 1)/(T - 1)) with
+            S = calibration[kind].parallel_speedup measured on T = calibration[kind].threads
+            cores; 1 when not calibrated (one core per rank)
     overhead = calibration[kind].overhead_s, else DEFAULT_OVERHEAD_S
     mem_bw = calibration.memory.bandwidth_bytes_per_s, else the spec's node memory bandwidth
     logf  = max(1, log2(rows/r) / log2(REF_SORT_ROWS)) for sorts (n log n), else 1
@@ -266,21 +270,34 @@ class CostModel:
             hit = self._memo[key] = np.ceil(np.log2(np.maximum(r, 1.0))) * (self.alpha(r, device) + STEP_SYNC_S)
         return hit
 
-    def _grid_arrays(self, r: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(1/r, q/(r*mem_bw), sync(r)) for a CPU rank grid, memoised."""
+    def _grid_arrays(self, r: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(1/r, q/(r*mem_bw), sync(r), kernel threads per rank) for a CPU rank grid, memoised."""
         key = ("grid", r.tobytes(), r.shape)
         hit = self._memo.get(key)
         if hit is None:
             _, q = self.place(r)
-            hit = self._memo[key] = (1.0 / r, q / (r * self.mem_bw), self.sync(r))
+            threads = np.maximum(1.0, np.floor(self.cores_per_node / q))
+            hit = self._memo[key] = (1.0 / r, q / (r * self.mem_bw), self.sync(r), threads)
         return hit
+
+    def thread_speedup(self, kind: str, threads: ArrayLike) -> np.ndarray | float:
+        """Speedup of one rank's kernel ``kind`` on ``threads`` threads: linear in the threads
+        through calibration's ``parallel_speedup`` on ``threads`` cores, never above the
+        thread count; 1 (one core per rank) when not calibrated."""
+        figures = self.cal.get(kind)
+        if not figures or "parallel_speedup" not in figures or figures.get("threads", 1.0) <= 1.0:
+            return 1.0
+        per_thread = (float(figures["parallel_speedup"]) - 1.0) / (float(figures["threads"]) - 1.0)
+        t = _arr(threads)
+        return np.minimum(t, 1.0 + per_thread * (t - 1.0))
 
     def compute(self, kind: str, rows: float, nbytes: float, r: ArrayLike, touch: float = 2.0) -> np.ndarray:
         """Seconds of the local kernel ``kind`` over ``rows`` input rows / ``nbytes`` bytes
         split evenly over ``r`` CPU ranks (see the module docstring)."""
         r = _arr(r)
-        inv_r, mem_term, sync = self._grid_arrays(r)
-        t = np.maximum((rows / self.rate(kind)) * inv_r, (touch * nbytes) * mem_term)
+        inv_r, mem_term, sync, threads = self._grid_arrays(r)
+        rate = self.rate(kind) * self.thread_speedup(kind, threads)
+        t = np.maximum((rows / rate) * inv_r, (touch * nbytes) * mem_term)
         if kind == "sort":
             n_local = rows * inv_r
             t = t * np.maximum(1.0, np.log2(np.maximum(n_local, 2.0)) / math.log2(REF_SORT_ROWS))

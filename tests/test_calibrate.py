@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,14 @@ def test_calibrated_spec_validates_and_has_every_figure(calibrated, capsys):
         assert cal[kind]["overhead_s"] >= 0, kind
     for kind in ("read_parquet", "write_parquet"):
         assert cal[kind]["bytes_per_s"] > 0
+    cores = len(os.sched_getaffinity(0))
+    for kind in ("join", "groupby", "sort", "filter", "hash_partition"):
+        if cores > 1:  # measured speedup of one rank on all cores, within [1, cores]
+            assert cal[kind]["threads"] == cores
+            assert 1.0 <= cal[kind]["parallel_speedup"] <= cores, kind
+        else:
+            assert "parallel_speedup" not in cal[kind]
+    assert "parallel_speedup" not in cal["read_parquet"]
     assert 1e8 < cal["memory"]["bandwidth_bytes_per_s"] < 1e13
     # the detected spec's defaults are replaced by measurements and marked so
     assert spec.sources["nodes.memory.bandwidth_gb_per_s"] == "measured"

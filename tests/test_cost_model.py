@@ -145,6 +145,32 @@ def test_calibration_figures_are_used():
     assert float(m.alltoall(1e9, 2.0)) > float(base.alltoall(1e9, 2.0))
 
 
+def test_calibrated_thread_speedup_scales_a_ranks_rate():
+    spec = load_spec("laptop")
+    cores = spec.cores_per_node
+    assert cores >= 4
+    rows = 1e8
+    calibrated = spec.model_copy(
+        update={"calibration": {"sort": {"rows_per_s": 1e7, "overhead_s": 0.0, "threads": 2.0, "parallel_speedup": 1.5}}}
+    )
+    module = ModuleOp([])
+    attach_machine(module, calibrated)
+    m = CostModel.of(module)
+    plain = CostModel(spec)
+    # 1.5x on 2 threads = +0.5 per extra thread, capped by the thread count
+    assert float(m.thread_speedup("sort", 2.0)) == pytest.approx(1.5)
+    assert float(m.thread_speedup("sort", 1.0)) == pytest.approx(1.0)
+    assert float(m.thread_speedup("sort", 4.0)) == pytest.approx(2.5)
+    assert plain.thread_speedup("sort", 4.0) == 1.0  # uncalibrated: one core per rank
+    # one rank owns the node's cores; ranks = cores leave one thread each
+    one_rank = float(m.compute("sort", rows, 0.0, 1.0))
+    full = float(m.compute("sort", rows, 0.0, float(cores)))
+    expected_threads = float(m.thread_speedup("sort", float(cores)))
+    logf = np.log2(rows) / np.log2(1e7)
+    assert one_rank == pytest.approx(rows / (1e7 * expected_threads) * logf, rel=1e-6)
+    assert full - float(m.sync(float(cores))) == pytest.approx(rows / cores / 1e7 * np.log2(rows / cores) / np.log2(1e7), rel=1e-6)
+
+
 def test_model_without_machine_ops_uses_laptop():
     m = CostModel.of(ModuleOp([]))
     assert m.spec.name == "laptop"

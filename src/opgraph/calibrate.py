@@ -8,10 +8,12 @@ What is measured (all on this machine, with the runtime that will run the plans)
   write_ipc, hash_partition`` a one-op pipeline is traced, compiled (default passes) and
   run by the local engine with one rank at two sizes ``n1 < n2``; the best of a few runs at
   each size gives ``t(n) = overhead_s + n / rows_per_s`` (a straight line through the two
-  points). Arrow's thread pool is limited to one thread meanwhile and the runs are timed in
-  CPU seconds of the process, so ``rows_per_s`` is the **per-core** rate, unaffected by
-  other load on the machine (the cost model gives each rank one core: ``rows / ranks /
-  rows_per_s``). For I/O kinds that is the encode/decode work (files in the page cache);
+  points). Arrow's thread pool and our kernels are limited to one thread meanwhile and the
+  runs are timed in CPU seconds of the process, so ``rows_per_s`` is the **per-core** rate,
+  unaffected by other load on the machine. For the compute kinds the wall-time speedup of
+  the larger run on all ``threads`` cores over one thread is recorded as
+  ``parallel_speedup`` (the runtime gives each rank cores ÷ ranks-per-node kernel threads;
+  the cost model scales a rank's rate by it). For I/O kinds that is the encode/decode work (files in the page cache);
   the disk's bandwidth is measured separately (below) and is the cost model's other term.
   ``n`` counts the op's **input rows** (both inputs for ``join``/``concat``/``set_op``; rows
   read or written for I/O; rows split for ``hash_partition``, into 8 parts). The test
@@ -32,7 +34,8 @@ What is measured (all on this machine, with the runtime that will run the plans)
   trips (robust to other load on the machine). Skipped, with a note, when no launcher or
   mpi4py is found.
 
-Result: ``calibration`` = ``{op_kind: {rows_per_s, overhead_s[, bytes_per_s]}, memory:
+Result: ``calibration`` = ``{op_kind: {rows_per_s, overhead_s[, bytes_per_s][, threads,
+parallel_speedup]}, memory:
 {bandwidth_bytes_per_s}, mpi: {latency_s, bandwidth_bytes_per_s}}``. Without a base spec
 the spec starts from ``hw detect`` and the measured rates also replace its defaults
 (``nodes.memory.bandwidth_gb_per_s``, the disk's read/write, CPU GFLOP/s, the loopback
@@ -158,6 +161,35 @@ class _ArrowThreads:
 # ------------------------------------------------------------------ op kinds
 
 
+class _KernelThreads:
+    """Sets the thread count of our C++ kernels (``OPGRAPH_KERNEL_THREADS``) for a while."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self):
+        self.saved = os.environ.get("OPGRAPH_KERNEL_THREADS")
+        os.environ["OPGRAPH_KERNEL_THREADS"] = str(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is None:
+            os.environ.pop("OPGRAPH_KERNEL_THREADS", None)
+        else:
+            os.environ["OPGRAPH_KERNEL_THREADS"] = self.saved
+
+
+def parallel_speedup(run: Callable[[], Any], reps: int, cores: int) -> float:
+    """Wall time of ``run`` on one thread over its wall time on ``cores`` threads (Arrow's
+    pool and our kernels both): the speedup one rank gets from the cores it owns. Wall time,
+    so run it on a quiet machine; clamped to [1, cores]."""
+    with _ArrowThreads(1), _KernelThreads(1):
+        one = _best(run, reps)
+    with _ArrowThreads(cores), _KernelThreads(cores):
+        many = _best(run, reps)
+    return min(float(cores), max(1.0, one / many))
+
+
 def _table(n: int, seed: int = 0) -> pa.Table:
     rng = np.random.default_rng(seed)
     return pa.table({
@@ -229,7 +261,8 @@ def measure_op_kinds(
             tables[n] = (_table(n), _other(n))
         return tables[n]
 
-    with _ArrowThreads(1):
+    cores = _cores()
+    with _ArrowThreads(1), _KernelThreads(1):
         for kind in kinds:
             scale = SIZE_SCALE.get(kind, 1.0)
             n1, n2 = (max(1000, int(s * scale)) for s in sizes)
@@ -244,14 +277,16 @@ def measure_op_kinds(
                     if kind == "join":  # int64 key + one float payload per side, unique keys
                         args = [t.select(["id", "a"]), u.select(["id", "c"])]
                     doc = _compile(body, kind, args, spec)
-                    run_local(doc, args, 1)  # warm-up (allocator, lazy imports)
-                    times.append(_best(lambda doc=doc, args=args: run_local(doc, args, 1), reps, CPU_CLOCK))
+                    run = lambda doc=doc, args=args: run_local(doc, args, 1)
+                    run()  # warm-up (allocator, lazy imports)
+                    times.append(_best(run, reps, CPU_CLOCK))
                     rows.append(sum(a.num_rows for a in args))
                 elif kind == "hash_partition":
                     from opgraph.runtime.partition import hash_partition
 
-                    hash_partition(t, ["k"], HASH_PARTS)
-                    times.append(_best(lambda t=t: hash_partition(t, ["k"], HASH_PARTS), reps, CPU_CLOCK))
+                    run = lambda t=t: hash_partition(t, ["k"], HASH_PARTS)
+                    run()
+                    times.append(_best(run, reps, CPU_CLOCK))
                     rows.append(n)
                 else:
                     seconds, nbytes = _measure_io(kind, t, n, reps, workdir, spec)
@@ -261,10 +296,15 @@ def measure_op_kinds(
             figures = {"rows_per_s": float(f"{rate:.4g}"), "overhead_s": float(f"{overhead:.4g}")}
             if nbytes:
                 figures["bytes_per_s"] = float(f"{nbytes / times[1]:.4g}")
+            speedup = ""
+            if cores > 1 and (kind in bodies or kind == "hash_partition"):
+                figures["threads"] = float(cores)
+                figures["parallel_speedup"] = float(f"{parallel_speedup(run, reps, cores):.3g}")
+                speedup = f", {figures['parallel_speedup']:.2f}x on {cores} threads"
             out[kind] = figures
             log(
                 f"{kind:<15} {_rate(rate)} rows/s/core, overhead {overhead * 1e3:7.2f} ms "
-                f"({rows[0]:,} rows: {times[0] * 1e3:.1f} ms, {rows[1]:,} rows: {times[1] * 1e3:.1f} ms)"
+                f"({rows[0]:,} rows: {times[0] * 1e3:.1f} ms, {rows[1]:,} rows: {times[1] * 1e3:.1f} ms{speedup})"
             )
     return out
 
