@@ -10,10 +10,11 @@ The runtime reads plan data only; it imports nothing of the tracing frontend or 
 Execution model:
 
 * Islands run in dependency order (their ``inputs``/``outputs`` value ids and
-  ``depends_on``); ops within an island in order. Every island runs on all ranks of the
-  communicator: ``island.ranks`` is the compiler's advice and is not used for placement
-  yet (the plan records ``ranks = 1`` today; the run's rank count decides).
-  Exception: consecutive ready islands made only of ``dl.train`` (a sweep's trainings, pass
+  ``depends_on``); ops within an island in order. With ``placement="all"`` (the default)
+  every island runs on all ranks of the communicator; with ``placement="plan"`` a dataframe
+  island runs on ``min(island.ranks, ranks)`` ranks over a sub-communicator, its inputs
+  re-split onto those ranks and its results spread again before a wider island (order
+  kept: ``parallel_ops.rebalance``). Exception: consecutive ready islands made only of ``dl.train`` (a sweep's trainings, pass
   ``expand-sweeps``) that do not depend on each other run at the same time on disjoint rank
   groups, or in threads of one rank (``dl_exec.run_concurrent_islands``). Every island's
   executed interval goes to ``ISLAND_TIMELINE``.
@@ -167,7 +168,14 @@ _DICT_OK = frozenset({"df.filter", "df.project", "df.map", "df.rename", "df.drop
 
 
 class _Executor:
-    def __init__(self, doc: PlanDoc, inputs: Sequence[pa.Table | None], comm: Communicator, progress: Callable[[str], None] | None):
+    def __init__(
+        self,
+        doc: PlanDoc,
+        inputs: Sequence[pa.Table | None],
+        comm: Communicator,
+        progress: Callable[[str], None] | None,
+        placement: str = "all",
+    ):
         self.doc = doc
         self.inputs = list(inputs)
         self.comm = comm
@@ -183,6 +191,9 @@ class _Executor:
                 for v in op.operands:
                     self.consumers.setdefault(v, []).append(op)
         self.output_ids = set(doc.outputs)
+        self.placement = placement
+        self.narrowed: set[str] = set()  # values an island left on fewer ranks than the world
+        self.has_sinks = any(op.op in IO.SINK_FORMATS for isl in doc.islands for op in isl.ops)
 
     # -- driver ---------------------------------------------------------------------
     def run(self) -> list[pa.Table]:
@@ -197,6 +208,8 @@ class _Executor:
 
                     if self.progress is not None and comm.rank == 0:
                         self.progress(f"[{n + 1}-{n + len(batch)}/{len(islands)}] {', '.join(i.name for i in batch)}")
+                    for island in batch:
+                        self.spread_inputs(island)
                     run_concurrent_islands(self, batch)
                     n += len(batch)
                     continue
@@ -206,11 +219,19 @@ class _Executor:
                 if self.progress is not None and comm.rank == 0:
                     self.progress(f"[{n}/{len(islands)}] {island.name}")
                 start = time.perf_counter()
+                width = self.island_width(island)
+                if width < comm.size:
+                    self.run_on_subgroup(island, width)
+                    record_island(island.name, comm.rank, start, time.perf_counter(), range(width))
+                    continue
+                self.spread_inputs(island)
                 for op in island.ops:
                     self.run_op(op)
                 record_island(island.name, comm.rank, start, time.perf_counter(), range(comm.size))
             outputs = [self.output(v) for v in self.doc.outputs]
-            if self.staged:
+            # every rank joins the barriers when the plan writes anything (ranks outside a
+            # sink's sub-group staged nothing themselves)
+            if self.staged or self.has_sinks:
                 if comm.size > 1:
                     comm.barrier()  # every rank has written its parts
                 if comm.rank == 0:
@@ -229,6 +250,90 @@ class _Executor:
             for staging, _ in self.staged:
                 IO.discard_directory(staging)
             raise
+
+    # -- placement: islands on sub-communicators -----------------------------------------
+    def island_width(self, island: IslandDoc) -> int:
+        """Ranks the island runs on: the plan's ``island.ranks`` capped by the run's ranks
+        with ``placement="plan"``; every rank with ``placement="all"`` and for islands of
+        other than dataframe/communication ops (DL islands place themselves)."""
+        size = self.comm.size
+        if self.placement != "plan" or size == 1:
+            return size
+        if any(not op.op.startswith(("df.", "comm.")) for op in island.ops):
+            return size
+        return max(1, min(int(island.ranks or 1), size))
+
+    def _external_values(self, island: IslandDoc) -> list[str]:
+        produced = {v for op in island.ops for v in op.results}
+        seen: dict[str, None] = {}
+        for op in island.ops:
+            for v in op.operands:
+                if v not in produced and v in self.env:
+                    seen[v] = None
+        return list(seen)
+
+    def _move_inputs(self, island: IslandDoc, width: int) -> None:
+        """Island inputs held differently from ``width`` even slices (a transfer from an
+        island on other ranks) are re-split onto ranks ``0..width-1``, order kept."""
+        for v in self._external_values(island):
+            d = self.env[v]
+            if not isinstance(d, Dist) or d.part.kind == "replicated":
+                continue
+            # a hash placement over the world is none over ``width`` ranks; a range order survives
+            self.env[v] = Dist(P.rebalance(self.comm, d.table, width), d.part if d.part.kind == "range" else ANY)
+
+    def spread_inputs(self, island: IslandDoc) -> None:
+        """Before an island on every rank: inputs left on fewer ranks by an earlier narrower
+        island (the plan's transfer, ``from_ranks < to_ranks``) are spread evenly."""
+        if self.comm.size == 1 or not self.narrowed:
+            return
+        for v in self._external_values(island):
+            if v in self.narrowed:
+                d = self.env[v]
+                if isinstance(d, Dist) and d.part.kind != "replicated":
+                    self.env[v] = Dist(P.rebalance(self.comm, d.table, self.comm.size), d.part if d.part.kind == "range" else ANY)
+                self.narrowed.discard(v)
+
+    def run_on_subgroup(self, island: IslandDoc, width: int) -> None:
+        """Runs ``island`` on world ranks ``0..width-1`` over a sub-communicator; the other
+        ranks skip its ops and hold empty partitions of its results (with rank 0's schema)."""
+        from opgraph.runtime import kernels as K
+
+        world = self.comm
+        self._move_inputs(island, width)
+        active = world.rank < width
+        sub = world.split(0 if active else 1, world.rank)
+        if active:
+            sharing = getattr(K._local, "ranks", None)
+            if sharing == world.size:  # local engine: the idle ranks' cores go to the active ones
+                K.set_ranks_sharing(width)
+            self.comm = sub
+            try:
+                for op in island.ops:
+                    self.run_op(op)
+            finally:
+                self.comm = world
+                if sharing == world.size:
+                    K.set_ranks_sharing(sharing)
+        # the results read later, as partitions of the world (rank order = global order): a
+        # replica stays on rank 0 only; a hash placement over ``width`` ranks is none here
+        inside = {id(op) for op in island.ops}
+        for op in island.ops:
+            for v in op.results:
+                if v not in self.output_ids and all(id(u) in inside for u in self.consumers.get(v, ())):
+                    continue
+                d = self.env.get(v) if active else None
+                if active and not isinstance(d, Dist):
+                    raise OpgraphError(f"plan.json: {op.op} on a sub-group of ranks must yield a table")
+                empty = world.bcast(d.table.slice(0, 0) if world.rank == 0 else None)
+                self.narrowed.add(v)  # on every rank: spreading it again is collective
+                if not active:
+                    self.env[v] = Dist(empty, ANY)
+                    self.schemas[v] = op.schema_ or []
+                elif d.part.kind == "replicated":
+                    self.env[v] = Dist(d.table if world.rank == 0 else empty, ANY)
+                else:  # the idle ranks cannot know it: no partitioning on any rank
+                    self.env[v] = Dist(d.table, ANY)
 
     def output(self, value: str) -> pa.Table:
         d = self.env.get(value)
@@ -476,8 +581,14 @@ def execute_plan(
     comm: Communicator,
     *,
     progress: Callable[[str], None] | None = None,
+    placement: str | None = None,
 ) -> list[pa.Table]:
     """Runs the plan on every rank of ``comm`` (collective: call it on all ranks).
+
+    ``placement``: ``"all"`` runs every island on all ranks of ``comm``; ``"plan"`` runs a
+    dataframe island on ``min(island.ranks, comm.size)`` ranks (a sub-communicator of ranks
+    0..k-1; the others wait) and moves its inputs and results as the transfers between
+    islands of different widths require. Default: ``OPGRAPH_PLACEMENT``, else ``"all"``.
 
     ``doc``: the plan (a ``PlanDoc``, plan.json's parsed dict or its text). ``inputs``: the tables
     bound to ``df.input`` ops, by index - either on every rank (each rank takes its slice,
@@ -495,7 +606,17 @@ def execute_plan(
         doc = PlanDoc.model_validate(doc)
     elif isinstance(doc, str | bytes):
         doc = PlanDoc.model_validate_json(doc)
-    return _Executor(doc, list(inputs or []), comm, progress).run()
+    return _Executor(doc, list(inputs or []), comm, progress, _placement(placement)).run()
+
+
+PLACEMENTS = ("all", "plan")
+
+
+def _placement(placement: str | None) -> str:
+    value = placement or os.environ.get("OPGRAPH_PLACEMENT", "").strip() or "all"
+    if value not in PLACEMENTS:
+        raise OpgraphError(f"unknown placement '{value}' (expected 'all' or 'plan')")
+    return value
 
 
 def run_local(
@@ -504,6 +625,7 @@ def run_local(
     ranks: int = 1,
     *,
     progress: Callable[[str], None] | None = None,
+    placement: str | None = None,
 ) -> list[pa.Table]:
     """The local engine: ``ranks`` threads of this process with ``LocalCommunicator``s
     (tables pass between ranks by reference). Returns rank 0's outputs; if any rank fails,
@@ -512,6 +634,7 @@ def run_local(
         raise OpgraphError(f"ranks must be a positive integer, got {ranks!r}")
     if isinstance(doc, dict):
         doc = PlanDoc.model_validate(doc)
+    placement = _placement(placement)
     tables = list(inputs or [])
     from opgraph.runtime.kernels import set_ranks_sharing
 
@@ -519,7 +642,7 @@ def run_local(
         # the ranks are threads of this process: each rank's kernels get cores / ranks threads
         prev = set_ranks_sharing(ranks)
         try:
-            return execute_plan(doc, tables, comm, progress=progress)
+            return execute_plan(doc, tables, comm, progress=progress, placement=placement)
         finally:
             set_ranks_sharing(prev)
 

@@ -201,6 +201,28 @@ def counts_of(comm: Communicator, rows: int) -> np.ndarray:
     return np.concatenate(comm.allgather_array(np.array([rows], dtype=np.int64))).astype(np.int64)
 
 
+def rebalance(comm: Communicator, table: pa.Table, width: int) -> pa.Table:
+    """The global table (the ranks' rows in rank order) re-split into even contiguous slices
+    on ranks ``0..width-1``; ranks from ``width`` on end up empty. Global order is kept, so a
+    range partitioning survives. Moves nothing when the rows already sit that way."""
+    n = comm.size
+    if n == 1:
+        return table
+    width = max(1, min(width, n))
+    counts = counts_of(comm, table.num_rows)
+    total = int(counts.sum())
+    bounds = [total * t // width for t in range(width)] + [total] * (n - width + 1)
+    if all(int(counts[t]) == bounds[t + 1] - bounds[t] for t in range(n)):
+        return table
+    start = int(counts[: comm.rank].sum())
+    end = start + table.num_rows
+    parts = []
+    for t in range(n):
+        lo, hi = max(bounds[t], start), min(bounds[t + 1], end)
+        parts.append(table.slice(lo - start, hi - lo) if hi > lo else table.slice(0, 0))
+    return _exchange(comm, parts, table.schema)
+
+
 # ------------------------------------------------------------------------------ join
 
 

@@ -290,7 +290,7 @@ def cached_plan_doc(traced: Traced, engine: str, hw: Any = None) -> PlanDoc:
     return doc
 
 
-def run_traced(traced: Traced, engine: str = "local", ranks: int = 1, hw: Any = None):
+def run_traced(traced: Traced, engine: str = "local", ranks: int = 1, hw: Any = None, placement: str | None = None):
     """Compiles for ``hw`` (default laptop; the plan is cached, see ``cached_plan_doc``) and
     runs on ``engine`` with ``ranks`` ranks; returns one pyarrow.Table, a tuple of them
     (several outputs) or None (sinks only)."""
@@ -300,9 +300,13 @@ def run_traced(traced: Traced, engine: str = "local", ranks: int = 1, hw: Any = 
             from opgraph.runtime.mpi_engine import run_mpi as run
         except ImportError as e:
             raise OpgraphError(f"the mpi engine is not available: {e}") from None
+        if placement is not None:
+            raise OpgraphError("placement= is for the local engine; MPI ranks read OPGRAPH_PLACEMENT")
+        outputs = run(doc, traced.inputs, ranks)
     else:
-        from opgraph.runtime.executor import run_local as run
-    outputs = run(doc, traced.inputs, ranks)
+        from opgraph.runtime.executor import run_local
+
+        outputs = run_local(doc, traced.inputs, ranks, placement=placement)
     if not doc.outputs:
         return None
     return outputs[0] if len(outputs) == 1 else tuple(outputs)

@@ -108,11 +108,13 @@ class Pipeline:
 
         return compile_traced(self.trace_full(*args, **kwargs), hw=hw, pass_pipeline=pass_pipeline)
 
-    def run(self, *args: Any, engine: str = "local", ranks: int = 1, hw: Any = None, **kwargs: Any):
-        """Executes the pipeline (returns pyarrow.Table(s))."""
+    def run(self, *args: Any, engine: str = "local", ranks: int = 1, hw: Any = None, placement: str | None = None, **kwargs: Any):
+        """Executes the pipeline (returns pyarrow.Table(s)). ``placement="plan"`` runs each
+        island on the ranks the compiler chose for it (at most ``ranks``); ``"all"`` (the
+        default, or ``OPGRAPH_PLACEMENT``) runs every island on all ``ranks``."""
         from opgraph.driver import run_traced
 
-        return run_traced(self.trace_full(*args, **kwargs), engine=engine, ranks=ranks, hw=hw)
+        return run_traced(self.trace_full(*args, **kwargs), engine=engine, ranks=ranks, hw=hw, placement=placement)
 
     def __call__(self, *args: Any, **kwargs: Any):
         return self.run(*args, **kwargs)
