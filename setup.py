@@ -29,6 +29,16 @@ extensions = [
         extra_compile_args=[*CXX_FLAGS, "-pthread"],
         extra_link_args=["-pthread"],
     ),
+    # fused filter-and-compact, dictionary isin lookup (filter_kernels.hpp)
+    Extension(
+        "opgraph.runtime.kernels.filtering",
+        sources=["runtime/kernels/filtering.pyx"],
+        depends=["runtime/kernels/filter_kernels.hpp"],
+        include_dirs=["runtime/kernels"],
+        language="c++",
+        extra_compile_args=[*CXX_FLAGS, "-pthread"],
+        extra_link_args=["-pthread"],
+    ),
     # halo plan/packing and rolling/diff/shift window kernels (window_kernels.hpp)
     Extension(
         "opgraph.runtime.kernels.windowing",
@@ -37,6 +47,16 @@ extensions = [
         include_dirs=["runtime/kernels"],
         language="c++",
         extra_compile_args=CXX_FLAGS,
+    ),
+    # hash group-by aggregation (group_kernels.hpp)
+    Extension(
+        "opgraph.runtime.kernels.grouping",
+        sources=["runtime/kernels/grouping.pyx"],
+        depends=["runtime/kernels/group_kernels.hpp"],
+        include_dirs=["runtime/kernels"],
+        language="c++",
+        extra_compile_args=[*CXX_FLAGS, "-pthread"],
+        extra_link_args=["-pthread"],
     ),
 ]
 

@@ -318,24 +318,28 @@ def _logic(kind: str, a: Value, b: Value) -> Value:
 
 
 def _dict_isin(value: pa.Array | pa.ChunkedArray, values: list[Any]) -> Value:
-    """isin over a dictionary-encoded column: isin on each (small) dictionary, then a gather
-    of those booleans by the indices (null indices -> false)."""
+    """isin over a dictionary-encoded column: isin on each (small) dictionary, then the
+    codes mapped through that lookup table straight into a bitmap (C++, multithreaded,
+    ``kernels/filtering.lut_bits``; null codes -> false). Chunks sharing one dictionary
+    (Parquet row groups often do not; equal small dictionaries count as shared) test it
+    once."""
+    from opgraph.runtime.kernels import filtering as F
+
     vt = value.type.value_type
     value_set = pa.array(values, type=vt) if values else pa.array([], type=vt)
     chunks = value.chunks if isinstance(value, pa.ChunkedArray) else [value]
     out = []
+    prev_dict = None
+    lut = None
     for c in chunks:
-        hit = pc.is_in(c.dictionary, value_set=value_set, skip_nulls=True)
-        if hit.null_count:
-            hit = pc.fill_null(hit, False)
-        ind = c.indices
-        if ind.null_count == 0 and len(ind):
-            # a lookup table indexed by the codes (numpy gather, zero-copy codes)
-            lut = np.asarray(hit.to_numpy(zero_copy_only=False), dtype=np.bool_)
-            out.append(pa.array(lut[ind.to_numpy()], type=pa.bool_()))
-            continue
-        r = pc.take(hit, ind)
-        out.append(pc.fill_null(r, False) if r.null_count else r)
+        d = c.dictionary
+        if lut is None or not F.same_dictionary(d, prev_dict):
+            hit = pc.is_in(d, value_set=value_set, skip_nulls=True)
+            if hit.null_count:
+                hit = pc.fill_null(hit, False)
+            lut = np.asarray(hit.to_numpy(zero_copy_only=False), dtype=np.uint8)
+            prev_dict = d
+        out.append(F.lut_bits(c.indices, lut))
     if isinstance(value, pa.ChunkedArray):
         return pa.chunked_array(out, type=pa.bool_())
     return out[0]

@@ -22,7 +22,11 @@ What runs where:
   - ``drop_duplicates(subset)`` keeps the first occurrence: ``group_by(subset)`` with the
     minimum row index, then ``take`` in row order;
   - rolling windows, diff, shift: C++ kernels (``kernels/windowing``: van Herk blocks, O(1)
-    per row for any window size, reading the halo rows in place); Arrow has no rolling kernels.
+    per row for any window size, reading the halo rows in place); Arrow has no rolling kernels;
+  - filters of fixed-width and dictionary columns: a fused C++ kernel (``kernels/filtering``:
+    selection and gather of all such columns in one multithreaded pass per row block, no
+    index array); Arrow's filter is single-threaded per column and went through a selection
+    vector. Strings and nested columns still use Arrow's filter.
 
 Semantics: README "Semantics" (SQL nulls, pandas names). Notable details: aggregates skip
 nulls and an all-null (or empty) group gives null except count/size/nunique (0); std/var
@@ -41,6 +45,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from opgraph.runtime.expr_eval import arrow_type, broadcast, eval_region
+from opgraph.runtime.kernels import filtering as F
+from opgraph.runtime.kernels import grouping as GK
 from opgraph.runtime.kernels import opkernels as K
 
 __all__ = [
@@ -53,6 +59,7 @@ __all__ = [
     "difference",
     "distinct",
     "drop",
+    "filter_by_mask",
     "filter_table",
     "groupby_agg",
     "head",
@@ -181,15 +188,34 @@ def take_column(col: Any, idx_np: np.ndarray, idx: Any = None) -> Any:
     return col.take(idx)
 
 
+def take_columns(cols: Sequence[Any], idx_np: np.ndarray, idx: Any = None) -> list[Any]:
+    """Columns of one length gathered by the same numpy indices (-1 = null): the
+    fixed-width and dictionary ones together in one multithreaded pass
+    (``kernels/filtering.take_columns``: one bounds check, the indices read once), the
+    others (variable-width, nested) with ``take_column`` (Arrow's take)."""
+    out: list[Any] = [None] * len(cols)
+    native = [i for i, c in enumerate(cols) if F.supported(c.type)]
+    if native:
+        for i, a in zip(native, F.take_columns([cols[i] for i in native], idx_np)):
+            out[i] = a
+    for i, c in enumerate(cols):
+        if out[i] is None:
+            out[i] = take_column(c, idx_np, idx)
+    return out
+
+
 def take_table(table: pa.Table, idx_np: np.ndarray) -> pa.Table:
-    """``table``'s rows at numpy indices (no nulls among them), column by column with
-    ``take_column``; the table's types are kept."""
+    """``table``'s rows at numpy indices (no nulls among them), with ``take_columns``; the
+    table's types are kept."""
     idx_np = np.ascontiguousarray(idx_np)
-    arrow_idx = pa.array(idx_np)
-    arrays = [take_column(c, idx_np, arrow_idx) for c in table.columns]
+    arrays = take_columns(table.columns, idx_np)
     if any(a.type != f.type for a, f in zip(arrays, table.schema)):
         return pa.Table.from_arrays(arrays, names=table.column_names)
     return pa.Table.from_arrays(arrays, schema=table.schema)
+
+
+#: fewer rows than this: Arrow's filter (the native kernel's fixed cost would dominate)
+FILTER_NATIVE_MIN_ROWS = 4096
 
 
 def filter_table(table: pa.Table, region: Sequence[Any], keep: Sequence[str] | None = None) -> pa.Table:
@@ -200,16 +226,34 @@ def filter_table(table: pa.Table, region: Sequence[Any], keep: Sequence[str] | N
         table = table.select(list(keep))
     if isinstance(mask, pa.Scalar):
         return table if (mask.is_valid and mask.as_py()) else table.slice(0, 0)
-    if table.num_columns == 0 or table.num_rows < 4096 or not pa.types.is_boolean(mask.type):
+    return filter_by_mask(table, mask)
+
+
+def filter_by_mask(table: pa.Table, mask: Any) -> pa.Table:
+    """``table``'s rows where the boolean ``mask`` (Array or ChunkedArray) is true (null =
+    false). Fixed-width and dictionary columns go through our fused kernel
+    (``kernels/filtering``: selection from the mask words and gather of every such column
+    in one multithreaded pass per row block, no index array); the others (strings, binary,
+    nested, null type) through Arrow's filter, whose variable-width copy we do not
+    duplicate."""
+    if (table.num_columns == 0 or table.num_rows < FILTER_NATIVE_MIN_ROWS or not pa.types.is_boolean(mask.type)
+            or len(mask) != table.num_rows):
         return table.filter(mask, null_selection_behavior="drop")
-    # selection vector from the mask's bitmap words (C++, kernels/op_kernels.hpp), then Arrow's
-    # take: about half the CPU time of Arrow's filter on fixed-width columns here
-    idx = K.mask_to_indices(mask)
-    if len(idx) == table.num_rows:
+    native = [i for i, t in enumerate(table.schema.types) if F.supported(t)]
+    if not native:
+        return table.filter(mask, null_selection_behavior="drop")
+    count, arrays = F.filter_columns(mask, [table.column(i) for i in native])
+    if count == table.num_rows:
         return table
-    arrow_idx = pa.array(idx)
-    arrays = [take_column(c, idx, arrow_idx) for c in table.columns]
-    return pa.Table.from_arrays(arrays, schema=pa.schema([f.with_type(a.type) for f, a in zip(table.schema, arrays)], metadata=table.schema.metadata))
+    out: list[Any] = list(table.columns)
+    for i, a in zip(native, arrays):
+        out[i] = a
+    if len(native) < table.num_columns:
+        done = set(native)
+        for i in range(table.num_columns):
+            if i not in done:  # variable-width / nested: Arrow's filter
+                out[i] = pc.filter(table.column(i), mask, null_selection_behavior="drop")
+    return pa.Table.from_arrays(out, schema=table.schema)
 
 
 def project(table: pa.Table, columns: Sequence[str]) -> pa.Table:
@@ -320,26 +364,28 @@ def join(
     else:
         lnp = rnp = None
 
-    def gather(col: Any, idx: Any, idx_np: np.ndarray | None) -> Any:
-        if idx_np is not None:
-            return take_column(col, idx_np, idx)
-        return col.take(idx)
+    def gather(cols: list[Any], idx: Any, idx_np: np.ndarray | None) -> list[Any]:
+        if idx_np is not None:  # all of one side's columns in one pass
+            return take_columns(cols, idx_np, idx)
+        return [c.take(idx) for c in cols]
 
     merged = {lk: i for i, (lk, rk) in enumerate(zip(left_on, right_on)) if lk == rk}
+    coalesce = how in ("right", "outer")
+    lcols = [lkeys[merged[n]] if n in merged else left.column(n) for n in left.column_names]
+    rnames = [n for n in right.column_names if n not in merged]
+    rcols = [right.column(n) for n in rnames]
+    if coalesce:
+        rcols += [rkeys[merged[n]] for n in left.column_names if n in merged]
+    lout = gather(lcols, li, lnp)
+    rout = gather(rcols, ri, rnp)
     arrays: list[Any] = []
-    for name in left.column_names:
-        if name in merged:
-            i = merged[name]
-            key = gather(lkeys[i], li, lnp)
-            if how in ("right", "outer"):
-                key = pc.coalesce(key, gather(rkeys[i], ri, rnp))
-            arrays.append(key)
-        else:
-            arrays.append(gather(left.column(name), li, lnp))
-    for name in right.column_names:
-        if name in merged:
-            continue
-        arrays.append(gather(right.column(name), ri, rnp))
+    rk_pos = len(rnames)
+    for name, col in zip(left.column_names, lout):
+        if name in merged and coalesce:
+            col = pc.coalesce(col, rout[rk_pos])
+            rk_pos += 1
+        arrays.append(col)
+    arrays.extend(rout[: len(rnames)])
     if len(arrays) != len(schema):
         raise ValueError(f"df.join: produced {len(arrays)} columns, the plan's schema has {len(schema)}")
     arrays = [_cast_column(a, f.type) if a.type != f.type else a for a, f in zip(arrays, schema)]
@@ -509,9 +555,37 @@ def _segment_median(values: pa.Array, offsets: np.ndarray) -> pa.Array:
     return pa.array(med, type=pa.float64(), mask=~has)
 
 
+def grouped_kernel(key_columns: Sequence[Any], columns: Sequence[tuple[Any, str]]) -> tuple[list, list] | None:
+    """(key arrays, aggregate arrays) of our C++ hash group-by (``kernels/grouping``) over
+    (column, fn) pairs, or None where it does not apply: integer/bool keys, numeric values,
+    sum/sum_f/mean/min/max/count/size/var/std (strings, float keys, median, nunique: Acero).
+    Measured 3-5x faster than Acero's group_by at 10M rows with 1,000 and 5M distinct keys
+    on the 2-core reference machine, so it takes every input it covers. Result types: those
+    of the Acero path below before the schema cast (the same column object passed twice is
+    read once)."""
+    values: list[Any] = []
+    index: dict[int, int] = {}
+    specs = []
+    for col, fn in columns:
+        i = index.setdefault(id(col), len(values))
+        if i == len(values):
+            values.append(col)
+        specs.append((i, fn))
+    return GK.groupby(list(key_columns), values, specs)
+
+
 def groupby_agg(table: pa.Table, keys: Sequence[str], aggs: Sequence[Sequence[str]], schema: pa.Schema) -> pa.Table:
-    """``groupby(keys).agg(name=(column, fn))``: null keys form one group."""
+    """``groupby(keys).agg(name=(column, fn))``: null keys form one group. Our C++ kernel
+    where it applies (``grouped_kernel``), Acero's hash group-by otherwise."""
     keys = list(keys)
+    if all(fn in GK.FNS for _, _, fn in aggs):
+        cols: dict[str, Any] = {}
+        got = grouped_kernel(
+            [table.column(k) for k in keys], [(cols.setdefault(c, table.column(c)), fn) for _, c, fn in aggs]
+        )
+        if got is not None:
+            out = [*got[0], *got[1]]
+            return pa.Table.from_arrays([_cast_column(a, f.type) if a.type != f.type else a for a, f in zip(out, schema)], schema=schema)
     key_names = [f"__g{i}" for i in range(len(keys))]
     arrays = [table.column(k) for k in keys]
     names = list(key_names)

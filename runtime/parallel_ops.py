@@ -293,7 +293,10 @@ def _partial_input(col: pa.ChunkedArray, fn: str) -> pa.ChunkedArray:
 
 def _grouped(table: pa.Table, keys: list[str], columns: list[tuple[str, pa.ChunkedArray, str]]) -> pa.Table:
     """group_by(keys) with one Arrow aggregate per (output name, input, fn); returns keys
-    then outputs, named as given."""
+    then outputs, named as given. Our C++ kernel where it applies (``L.grouped_kernel``)."""
+    got = L.grouped_kernel([table.column(k) for k in keys], [(arr, fn) for _, arr, fn in columns])
+    if got is not None:
+        return pa.Table.from_arrays([*got[0], *got[1]], names=[*keys, *(c[0] for c in columns)])
     key_names = [f"__g{i}" for i in range(len(keys))]
     arrays = [table.column(k) for k in keys]
     names = list(key_names)
