@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 from xdsl.dialects.builtin import (
+    UNKNOWN_LOC,
     ArrayAttr,
     BoolAttr,
     Float32Type,
@@ -55,6 +56,7 @@ from xdsl.utils.exceptions import VerifyException
 
 from opgraph.dialects.diagnostics import fail, where  # noqa: F401  (where: re-exported)
 from opgraph.dialects.upstream.vector_yield import YieldOp
+from opgraph.dialects.walk import walk_block
 
 # ----------------------------------------------------------------------------- types
 
@@ -78,9 +80,9 @@ class TableType(ParametrizedAttribute, TypeAttribute):
 
     def __init__(self, columns: Sequence[tuple[str, Attribute, bool]]):
         super().__init__(
-            ArrayAttr([StringAttr(n) for n, _, _ in columns]),
+            ArrayAttr([string_attr(n) for n, _, _ in columns]),
             ArrayAttr([t for _, t, _ in columns]),
-            ArrayAttr([BoolAttr.from_bool(nl) for _, _, nl in columns]),
+            ArrayAttr([_BOOLS[1 if nl else 0] for _, _, nl in columns]),
         )
 
     def verify(self) -> None:
@@ -190,12 +192,23 @@ def _bools(attr: ArrayAttr) -> list[bool]:
     return [bool(a.value.data) for a in attr]
 
 
+# Attributes are immutable values: equal ones can be shared, and column names and flags recur
+# in every schema and name list (building them was a good part of tracing and retyping).
+_BOOLS = (BoolAttr.from_bool(False), BoolAttr.from_bool(True))
+
+
+@lru_cache(maxsize=1 << 16)
+def string_attr(value: str) -> StringAttr:
+    """``StringAttr(value)``, one shared object per string."""
+    return StringAttr(value)
+
+
 def str_array(values: Sequence[str]) -> ArrayAttr[StringAttr]:
-    return ArrayAttr([StringAttr(v) for v in values])
+    return ArrayAttr([string_attr(v) for v in values])
 
 
 def bool_array(values: Sequence[bool]) -> ArrayAttr[IntegerAttr]:
-    return ArrayAttr([BoolAttr.from_bool(v) for v in values])
+    return ArrayAttr([_BOOLS[1 if v else 0] for v in values])
 
 
 class SchemaError(Exception):
@@ -456,7 +469,7 @@ def _check_expression_region(op: Operation, region: Region, schema: TableType, w
     assert block is not None
     if block.args:
         raise fail(op, f"{what} takes no block arguments (read columns with df.col)")
-    for inner in block.walk():
+    for inner in walk_block(block):
         if isinstance(inner, ColumnOp):
             found = schema.column(inner.column.data)
             if found is None:
@@ -464,7 +477,8 @@ def _check_expression_region(op: Operation, region: Region, schema: TableType, w
                     inner,
                     f"unknown column '{inner.column.data}' (columns: {', '.join(schema.column_names)})",
                 )
-            if found[0] != inner.result.type:
+            t = inner.result.type
+            if found[0] is not t and found[0] != t:
                 raise fail(
                     inner,
                     f"column '{inner.column.data}' has type {type_str(found[0])}, read as {type_str(inner.result.type)}",
@@ -503,6 +517,36 @@ def expression_nullable(value: SSAValue, schema: TableType, _memo: dict[SSAValue
     return result
 
 
+def _nullable_values(block: Block, schema: TableType) -> dict[SSAValue, bool]:
+    """``expression_nullable`` of every value the ops of ``block`` define, in one forward
+    pass over the block (the same rules; an operand defined elsewhere is asked of
+    ``expression_nullable``). Usable as its memo."""
+    memo: dict[SSAValue, bool] = {}
+    for op in block.ops:
+        if isinstance(op, ColumnOp):
+            found = schema.column(op.column.data)
+            result = bool(found and found[1])
+        elif isinstance(op, IsNullOp | IsInOp):
+            result = False
+        elif isinstance(op, FillNullOp):
+            fill = op.fill
+            known = memo.get(fill)
+            result = known if known is not None else expression_nullable(fill, schema, memo)
+        else:
+            operands = op.operands[1:] if op.name == "arith.select" else op.operands
+            result = False
+            for o in operands:
+                known = memo.get(o)
+                if known is None:
+                    known = expression_nullable(o, schema, memo)
+                if known:
+                    result = True
+                    break
+        for r in op.results:
+            memo[r] = result
+    return memo
+
+
 # ---------------------------------------------------------------------- table ops
 
 
@@ -524,6 +568,7 @@ def _init(
         result_types=result_types,
         attributes={k: v for k, v in attributes.items() if v is not None} if attributes else {},
         regions=regions,
+        location=UNKNOWN_LOC,  # what Operation.__init__ uses, without its per-op import
     )
 
 
@@ -696,7 +741,9 @@ class MapOp(_TableOp):
         for name, t in zip(names, types):
             if not is_element_type(t):
                 raise fail(self, f"expression for '{name}' has non-column type {t}")
-        memo: dict[SSAValue, bool] = {}  # shared by the columns: they may share subexpressions
+        # shared by the columns: they may share subexpressions
+        block = self.expr.blocks.first
+        memo = _nullable_values(block, schema) if block is not None else {}
         return infer_assign(schema, names, [(t, expression_nullable(v, schema, memo)) for t, v in zip(types, values)])
 
 
@@ -1004,7 +1051,7 @@ class ColumnOp(IRDLOperation):
     traits = traits_def(Pure())
 
     def __init__(self, column: str, element_type: Attribute):
-        _init(self, attributes={"column": StringAttr(column)}, result_types=[element_type])
+        _init(self, attributes={"column": string_attr(column)}, result_types=[element_type])
 
     def verify_(self) -> None:
         if not is_element_type(self.result.type):

@@ -97,7 +97,16 @@ def _siblings(op: Operation) -> list[Operation]:
 
 
 def _system_names(op: Operation) -> list[str]:
-    return [s.sym_name.data for s in _siblings(op) if isinstance(s, SystemOp)]
+    # the module's ops, through the op list's links (after lower-to-kernels the module
+    # holds a kernel function per op, and every machine op looks the systems up)
+    block = op.parent_block()
+    names: list[str] = []
+    sibling = block.first_op if block is not None else None
+    while sibling is not None:
+        if isinstance(sibling, SystemOp):
+            names.append(sibling.sym_name.data)
+        sibling = sibling._next_op  # the property next_op, without its call
+    return names
 
 
 class _ComponentMixin:

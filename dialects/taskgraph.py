@@ -25,6 +25,7 @@ discardable attributes); ``opgraph.passes.verify`` calls it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -49,6 +50,7 @@ from xdsl.traits import HasParent, Pure
 
 from opgraph.dialects.diagnostics import OpVerifyException, fail, where
 from opgraph.dialects.upstream.async_dialect import ExecuteOp
+from opgraph.dialects.walk import walk_ops
 
 PLAN_VERSION = 1
 """Version of the plan format written into ``taskgraph.plan``."""
@@ -332,9 +334,26 @@ def verify_island(op: Operation) -> None:
 
 def verify_islands(module: Operation) -> None:
     """Checks every island's attributes, unique island names, and one plan at most."""
+    check_islands(walk_ops(module))
+
+
+def needs_island_check(op: Operation) -> bool:
+    """Whether ``check_islands`` looks at ``op``: plans and ops with ``taskgraph.*``
+    attributes (it skips every other op)."""
+    if isinstance(op, PlanOp):
+        return True
+    for k in op.attributes:
+        if k.startswith("taskgraph."):
+            return True
+    return False
+
+
+def check_islands(ops: Iterable[Operation]) -> None:
+    """``verify_islands`` over ``ops``: every op of a module in ``walk()`` order, or those of
+    them for which ``needs_island_check`` holds (same verdict, same first error)."""
     seen: dict[str, Operation] = {}
     plans = 0
-    for op in module.walk():
+    for op in ops:
         if isinstance(op, PlanOp):
             plans += 1
             if plans > 1:

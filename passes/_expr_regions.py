@@ -60,8 +60,18 @@ def value_columns(block: Block) -> dict[SSAValue, frozenset[str]] | None:
 
 def is_closed(block: Block) -> bool:
     """Whether every operand of the block's ops is defined inside the block (no captures), so
-    the region can be moved or cloned anywhere."""
-    return value_columns(block) is not None
+    the region can be moved or cloned anywhere: ``value_columns(block) is not None``, without
+    building the column sets (no op with regions, every operand a result of an earlier op)."""
+    defined: set[int] = set()  # ids: SSA values hash by identity through a Python __hash__
+    for op in block.ops:
+        if op.regions:
+            return False
+        for v in op._operands:  # the operand tuple (.operands wraps it)
+            if id(v) not in defined:
+                return False
+        for r in op.results:
+            defined.add(id(r))
+    return True
 
 
 def yielded(block: Block) -> list[SSAValue]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from opgraph.dialects import dl as dlops
+from opgraph.dialects.walk import walk_ops
 from xdsl.context import Context
 from xdsl.dialects.builtin import (
     DYNAMIC_INDEX,
@@ -124,6 +125,6 @@ class ExpandSweeps(ModulePass):
     name = "expand-sweeps"
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        sweeps = [o for o in op.walk() if isinstance(o, dlops.SweepOp)]
+        sweeps = [o for o in walk_ops(op) if isinstance(o, dlops.SweepOp)]
         for sweep in sweeps:
             expand_sweep(sweep)

@@ -170,12 +170,19 @@ class FuseMaps(RewritePattern):
         values: dict[str, SSAValue] = dict(zip(names1, yielded(b1)))
         results2 = yielded(b2)
         location = b2.last_op.location  # type: ignore[union-attr]
-        b1.erase_op(b1.last_op)  # type: ignore[arg-type]
+        # b1's yield is detached while b2's ops are appended, then put back with the fused
+        # values and b2's yield location: the IR (and each value's use order) is what erasing
+        # it and building a new yield gives, for less work
+        ret = b1.last_op
+        assert isinstance(ret, YieldOp)
+        b1.detach_op(ret)
         replaced = self.blocks.absorb(b1, b2, dict(values))
         overwritten = [values[n] for n in names2 if n in values]
         values.update({n: replaced.get(v, v) for n, v in zip(names2, results2)})
         names = names1 + [n for n in names2 if n not in names1]
-        _set_yield(b1, [values[n] for n in names], location)
+        ret.operands = [values[n] for n in names]
+        ret.location = location
+        b1.add_op(ret)
         erase_if_dead(overwritten)
         # same output as the second map: existing columns are replaced in place, new ones
         # appended in first-assignment order, nullability computed from the same inputs

@@ -72,6 +72,7 @@ from opgraph.dialects.taskgraph import (
     where,
 )
 from opgraph.dialects.upstream.async_dialect import AwaitOp, ExecuteOp, YieldOp, unwrap
+from opgraph.dialects.walk import walk_ops
 from opgraph.passes.patterns import pattern_of
 from opgraph.passes.verify import op_location
 from xdsl.context import Context
@@ -107,6 +108,15 @@ def is_data_type(t: Attribute) -> bool:
 
 
 def is_dataflow_op(op: Operation) -> bool:
+    known = _DATAFLOW_BY_TYPE.get(type(op), _UNKNOWN)
+    if known is _UNKNOWN:
+        known = _DATAFLOW_BY_TYPE[type(op)] = _dataflow_class(op)
+    if known is not None:
+        return known  # type: ignore[return-value]
+    return _is_dataflow(op)
+
+
+def _is_dataflow(op: Operation) -> bool:
     if op.has_trait(IsTerminator, value_if_unregistered=False):
         return False
     if op.dialect_name() == "async" or isinstance(op, PlanOp):
@@ -114,6 +124,28 @@ def is_dataflow_op(op: Operation) -> bool:
     if op.dialect_name() in DATAFLOW_DIALECTS:
         return True
     return any(is_data_type(v.type) for v in (*op.operands, *op.results))
+
+
+_UNKNOWN = object()
+# op class -> whether its ops are dataflow ops, or None when that depends on their types
+_DATAFLOW_BY_TYPE: dict[type, bool | None] = {}
+
+
+def _dataflow_class(op: Operation) -> bool | None:
+    """``_is_dataflow``'s answer for every op of this class, or None when it depends on the
+    op's types (it reads the class's traits, name and dialect; unregistered ops, whose name
+    is their own, are never classed)."""
+    from xdsl.dialects.builtin import UnregisteredOp
+
+    if isinstance(op, UnregisteredOp):
+        return None
+    if op.has_trait(IsTerminator, value_if_unregistered=False):
+        return False
+    if op.dialect_name() == "async" or isinstance(op, PlanOp):
+        return False
+    if op.dialect_name() in DATAFLOW_DIALECTS:
+        return True
+    return None
 
 
 def effect_class(op: Operation) -> str:
@@ -129,7 +161,7 @@ def effect_class(op: Operation) -> str:
         return kind
     # ops with regions: the effects of the nested ops count too; cache by the op type and
     # the set of nested op types (expression regions repeat the same few ops)
-    key = (type(op), frozenset(type(o) for o in op.walk()))
+    key = (type(op), frozenset(type(o) for o in walk_ops(op)))
     kind = _EFFECTS_BY_NESTED.get(key)
     if kind is None:
         kind = _EFFECTS_BY_NESTED[key] = _effect_class(op)
@@ -364,8 +396,13 @@ class _FunctionLowering:
         is_external: dict[SSAValue, bool] = {}
         external_uses: list[tuple[Operation, int, SSAValue]] = []
         for member in ops:
-            for inner in member.walk():
-                for i, v in enumerate(inner.operands):
+            # ids of the values defined inside ``member`` so far: in pre-order they come
+            # before their uses, and they are internal (no need to ask ``internal``)
+            inside: set[int] = set()
+            for inner in walk_ops(member):
+                for i, v in enumerate(inner._operands):  # the operand tuple (.operands wraps it)
+                    if id(v) in inside:
+                        continue
                     ext = is_external.get(v)
                     if ext is None:
                         ext = is_external[v] = not internal(v)
@@ -373,6 +410,12 @@ class _FunctionLowering:
                             external.append(v)
                     if ext:
                         external_uses.append((inner, i, v))
+                for r in inner.results:
+                    inside.add(id(r))
+                for region in inner.regions:
+                    for b in region.blocks:
+                        for a in b.args:
+                            inside.add(id(a))
 
         # results used outside the group are yielded
         yielded: list[SSAValue] = []
@@ -544,7 +587,7 @@ class LowerToIslands(ModulePass):
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         used: set[str] = set()
         functions: list[func.FuncOp] = []
-        for o in op.walk():  # one walk: island names already taken, and the functions
+        for o in walk_ops(op):  # one walk: island names already taken, and the functions
             if isinstance(o, func.FuncOp):
                 functions.append(o)
             elif is_island(o):

@@ -49,9 +49,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from opgraph.dialects.dataframe import string_attr
 from opgraph.dialects.taskgraph import ISLAND_ATTR, is_island
 from opgraph.dialects.upstream.async_dialect import ExecuteOp, YieldOp
 from opgraph.dialects.upstream.mpi_dialect import CommWorldOp
+from opgraph.dialects.walk import walk_ops
 from opgraph.passes import _tg
 from opgraph.passes.lower_to_islands import is_dataflow_op
 from xdsl.context import Context
@@ -94,20 +96,21 @@ def _symbol_ref(name: str) -> SymbolRefAttr:
     return ref
 
 
-def _external_values(op: Operation) -> list[SSAValue]:
-    """Values ``op`` and its nested ops use that are defined outside it (one walk: in
-    pre-order every value defined inside is seen before its uses)."""
+def _external_values(op: Operation, ops: list[Operation] | None = None) -> list[SSAValue]:
+    """Values ``op`` and its nested ops (``ops``: ``walk_ops(op)``) use that are defined
+    outside it (one walk: in pre-order every value defined inside is seen before its uses)."""
     if not op.regions:
         return list(dict.fromkeys(op.operands))
     out: list[SSAValue] = []
     seen: set[SSAValue] = set()
     defined: set[SSAValue] = set()
-    for inner in op.walk():
-        for v in inner.operands:
+    for inner in walk_ops(op) if ops is None else ops:
+        for v in inner._operands:  # the operand tuple (.operands wraps it)
             if v not in defined and v not in seen:
                 seen.add(v)
                 out.append(v)
-        defined.update(inner.results)
+        if inner.results:
+            defined.update(inner.results)
         for region in inner.regions:
             for b in region.blocks:
                 defined.update(b.args)
@@ -158,7 +161,8 @@ class LowerToKernels(ModulePass):
 
     @staticmethod
     def _outline(o: Operation, name: str, world: SSAValue | None, island: ExecuteOp) -> func.FuncOp:
-        args = _external_values(o)
+        nested = walk_ops(o)
+        args = _external_values(o, nested)
         call_args = [*args, world] if world is not None else list(args)
         arg_types = [v.type for v in call_args]
         result_types = [r.type for r in o.results]
@@ -181,14 +185,15 @@ class LowerToKernels(ModulePass):
             old.replace_all_uses_with(new)
         o.detach()
         mapping = dict(zip(args, kblock.args))
-        for inner in o.walk():
-            for i, v in enumerate(inner.operands):
+        for inner in nested:  # detaching o changed none of its nested ops
+            operands = inner._operands
+            for i, v in enumerate(operands):
                 if v in mapping:
                     inner.operands[i] = mapping[v]
         ret = func.ReturnOp.create(operands=list(o.results))
         ret.location = o.location
         kblock.add_ops([o, ret])
-        attrs: dict[str, Attribute] = {KERNEL_ATTR: StringAttr(kernel_name(o.name))}
+        attrs: dict[str, Attribute] = {KERNEL_ATTR: string_attr(kernel_name(o.name))}
         isl_name = island.attributes.get(ISLAND_ATTR)
         if isinstance(isl_name, StringAttr):
             attrs["taskgraph.in_island"] = isl_name

@@ -27,6 +27,7 @@ import types
 import typing
 from collections.abc import Callable, Sequence
 
+from opgraph.dialects.walk import walk_ops
 from opgraph.passes.registry import get_pass, pass_options
 from opgraph.passes.verify import find_verification_error, op_location
 from xdsl.context import Context
@@ -233,10 +234,32 @@ def pipeline_text(passes: Sequence[ModulePass]) -> str:
     return f"builtin.module({','.join(parts)})"
 
 
+# DEFAULT_PIPELINE parsed once (parsing and instantiating its 16 passes took about 8 ms per
+# compile): the passes are frozen dataclasses, so the instances can be shared; reused only
+# while the registry still maps every name to the same class (tests replace passes).
+_default_passes: tuple[ModulePass, ...] | None = None
+
+
+def _parsed_default_pipeline() -> list[ModulePass]:
+    global _default_passes
+    from opgraph.passes import registry
+
+    cached = _default_passes
+    if cached is not None:
+        registry._discover()
+        classes = registry._registry
+        if all(classes.get(p.name) is type(p) for p in cached):
+            return list(cached)
+    passes = parse_pipeline(DEFAULT_PIPELINE)
+    if all(dataclasses.is_dataclass(p) and type(p).__dataclass_params__.frozen for p in passes):  # type: ignore[attr-defined]
+        _default_passes = tuple(passes)
+    return passes
+
+
 def default_pipeline(ranks: int = 1) -> list[ModulePass]:
     """The passes of ``DEFAULT_PIPELINE``; ``ranks`` is the island grouping's rank count for
     ops that choose-parallelism left unannotated."""
-    passes = parse_pipeline(DEFAULT_PIPELINE)
+    passes = _parsed_default_pipeline()
     if ranks != 1:
         passes = [
             dataclasses.replace(p, ranks=ranks) if p.name == "form-islands" else p  # type: ignore[type-var]
@@ -265,7 +288,9 @@ def default_pipeline(ranks: int = 1) -> list[ModulePass]:
 # * cse: xDSL's CSE driver with a scoped table (entries added inside a region are undone
 #   when leaving it) instead of a copy per region; same visiting order, same decisions.
 #   For region-free ops of classes whose only effect trait is NoMemoryEffect (arith, df.col,
-#   ...) the driver's trait/effect queries are answered once per class.
+#   ...) the driver's trait/effect queries are answered once per class; for ops with regions
+#   (df.map, df.filter) the effects of their nested ops come from per-class answers
+#   (``_effects``) instead of xDSL's recursive query of every nested op.
 
 
 _MISSING = object()
@@ -273,9 +298,7 @@ _MISSING = object()
 
 def _walk_nested(module: Operation):
     """Every op nested in ``module`` (not ``module`` itself), parents before children."""
-    it = module.walk()
-    next(it)
-    return it
+    return walk_ops(module)[1:]
 
 
 def _nothing_dead(module: Operation) -> bool:
@@ -442,8 +465,69 @@ def _simple_pure(op: Operation) -> bool:
     )
 
 
+def _effect_kind(op: Operation) -> tuple[typing.Any, ...]:
+    """How ``xdsl.traits.get_effects`` answers for ops of this class: ``("const", effects)``
+    when every effect trait returns a constant (NoMemoryEffect/Pure, MemoryRead/Write/Alloc/
+    FreeEffect as defined by xDSL), ``("recursive", own effects)`` when one is xDSL's
+    RecursiveMemoryEffect and the others constant, else ``("other",)`` (ask xDSL)."""
+    from xdsl.traits import (
+        MemoryAllocEffect,
+        MemoryEffect,
+        MemoryFreeEffect,
+        MemoryReadEffect,
+        MemoryWriteEffect,
+        NoMemoryEffect,
+        RecursiveMemoryEffect,
+    )
+
+    constant = {
+        c.get_effects.__func__  # type: ignore[attr-defined]
+        for c in (NoMemoryEffect, MemoryReadEffect, MemoryWriteEffect, MemoryAllocEffect, MemoryFreeEffect)
+    }
+    recursive_fn = RecursiveMemoryEffect.get_effects.__func__  # type: ignore[attr-defined]
+    traits = op.get_traits_of_type(MemoryEffect)
+    if not traits:
+        return ("const", None)
+    own: set[typing.Any] = set()
+    recursive = False
+    for trait in traits:
+        fn = getattr(type(trait).get_effects, "__func__", None)
+        if fn in constant:
+            own.update(trait.get_effects(op))
+        elif fn is recursive_fn:
+            recursive = True
+        else:
+            return ("other",)
+    return ("recursive", frozenset(own)) if recursive else ("const", frozenset(own))
+
+
+def _effects(op: Operation, kinds: dict[type, tuple[typing.Any, ...]]) -> typing.Any:
+    """``xdsl.traits.get_effects(op)`` (an equal set, or None), with what depends only on
+    an op's class looked up once per class (xDSL recomputes the effects of every nested op
+    of each filter/map region)."""
+    kind = kinds.get(type(op))
+    if kind is None:
+        kind = kinds[type(op)] = _effect_kind(op)
+    tag = kind[0]
+    if tag == "const":
+        return None if kind[1] is None else set(kind[1])
+    if tag == "recursive":
+        effects = set(kind[1])
+        for region in op.regions:
+            for block in region.blocks:
+                for child in block.ops:
+                    child_effects = _effects(child, kinds)
+                    if child_effects is None:
+                        return None
+                    effects.update(child_effects)
+        return effects
+    from xdsl.traits import get_effects
+
+    return get_effects(op)
+
+
 def _cse(module: ModuleOp) -> None:
-    from xdsl.traits import IsolatedFromAbove
+    from xdsl.traits import IsolatedFromAbove, IsTerminator
     from xdsl.transforms.common_subexpression_elimination import CSEDriver
 
     class Driver(CSEDriver):
@@ -451,10 +535,13 @@ def _cse(module: ModuleOp) -> None:
             # xDSL's steps, with what depends only on the op's class looked up once: for
             # ops without regions whose only effect trait is NoMemoryEffect (Pure), the
             # driver's checks come down to "dead -> erase; else look up / record"
+            if op.regions:
+                self._simplify_region_op(op)
+                return
             simple = simple_pure.get(type(op))
             if simple is None:
                 simple = simple_pure[type(op)] = _simple_pure(op)
-            if not simple or op.regions:
+            if not simple:
                 CSEDriver._simplify_operation(self, op)
                 return
             for r in op.results:
@@ -465,6 +552,26 @@ def _cse(module: ModuleOp) -> None:
                 return
             existing = self._known_ops.get(op)
             if existing:
+                self._replace_and_delete(op, existing)
+                return
+            self._known_ops[op] = op
+
+        def _simplify_region_op(self, op):
+            # CSEDriver._simplify_operation for an op with regions: the same steps, with
+            # the effects of its nested ops from _effects. Dead ops and ops with effects
+            # take xDSL's own path.
+            if op.has_trait(IsTerminator):
+                return
+            if all(r.first_use is None for r in op.results):
+                CSEDriver._simplify_operation(self, op)
+                return
+            if any(len(region.blocks) > 1 for region in op.regions):
+                return
+            effects = _effects(op, effect_kinds)
+            if effects is None or len(effects) != 0:
+                CSEDriver._simplify_operation(self, op)
+                return
+            if existing := self._known_ops.get(op):
                 self._replace_and_delete(op, existing)
                 return
             self._known_ops[op] = op
@@ -492,6 +599,7 @@ def _cse(module: ModuleOp) -> None:
 
     attr_hashes: dict[int, tuple[typing.Any, int]] = {}
     simple_pure: dict[type, bool] = {}
+    effect_kinds: dict[type, tuple[typing.Any, ...]] = {}
     Driver(_known_ops=_ScopedKnownOps(attr_hashes)).simplify(module)  # type: ignore[arg-type]
 
 

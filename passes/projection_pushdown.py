@@ -52,6 +52,7 @@ from xdsl.rewriter import Rewriter
 
 from opgraph.dialects import dataframe as df
 from opgraph.dialects.upstream.vector_yield import YieldOp
+from opgraph.dialects.walk import walk_ops
 from opgraph.errors import PassError
 from opgraph.passes._expr_regions import (
     body,
@@ -75,7 +76,7 @@ def _schema(value: SSAValue) -> df.TableType | None:
 
 
 def _region_columns(op: Operation) -> set[str]:
-    return {inner.column.data for inner in op.walk() if isinstance(inner, df.ColumnOp)}
+    return {inner.column.data for inner in walk_ops(op) if isinstance(inner, df.ColumnOp)}
 
 
 def _kept_aggs(aggs: list[tuple[str, str, str]], needed: set[str]) -> list[tuple[str, str, str]]:

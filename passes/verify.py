@@ -17,11 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from opgraph.dialects.diagnostics import describe, file_line_col, op_location  # noqa: F401  (re-exported)
+from opgraph.dialects.taskgraph import PlanOp, check_islands, needs_island_check
 from xdsl.context import Context
-from xdsl.dialects.builtin import ModuleOp
+from xdsl.dialects.builtin import ModuleOp, StringAttr, SymbolRefAttr
+from xdsl.dialects.func import CallOpSymbolUserOpInterface, FuncOp
 from xdsl.ir import Operation
 from xdsl.passes import ModulePass
-from xdsl.traits import NoTerminator
+from xdsl.traits import IsolatedFromAbove, NoTerminator, SymbolOpInterface, SymbolTable
 from xdsl.utils.exceptions import DiagnosticException, VerifyException
 
 from opgraph.errors import IRError
@@ -81,13 +83,14 @@ class _OpInfo:
         "context_traits",
         "custom",
         "is_terminator",
+        "isolated",
         "no_terminator",
         "op_def",
         "signature_traits",
     )
 
     def __init__(self, op: Operation, verifier: _FastVerifier):
-        from xdsl.traits import IsolatedFromAbove, IsTerminator
+        from xdsl.traits import IsTerminator
 
         cls = type(op)
         self.op_def = None
@@ -119,6 +122,7 @@ class _OpInfo:
             and type(t).__name__ not in _SIGNATURE_ONLY_TRAITS
         )
         self.is_terminator = op.has_trait(IsTerminator)
+        self.isolated = op.has_trait(IsolatedFromAbove)
         self.no_terminator = op.has_trait(NoTerminator)
         self.abstract = _abstract_keys(self.op_def, self.signature_traits, self.context_traits)
 
@@ -126,24 +130,26 @@ class _OpInfo:
         """What the IRDL checks of ``op`` depend on (see ``_abstract_keys``)."""
         abstract = self.abstract
         names = self.attr_names
+        # (empty parts are spelled (), as the comprehensions would give them, only quicker)
+        attributes, properties, regions = op.attributes, op.properties, op.regions
         if abstract is None:
             return (
                 type(op),
                 tuple([v.type for v in op._operands]),
                 tuple([r.type for r in op.results]),
-                tuple([item for item in op.attributes.items() if item[0] in names]),
-                tuple(op.properties.items()),
-                tuple([tuple([a.type for b in r.blocks for a in b.args]) for r in op.regions]),
-                tuple([len(r.blocks) for r in op.regions]),
+                tuple([item for item in attributes.items() if item[0] in names]) if attributes else (),
+                tuple(properties.items()) if properties else (),
+                tuple([tuple([a.type for b in r.blocks for a in b.args]) for r in regions]) if regions else (),
+                tuple([len(r.blocks) for r in regions]) if regions else (),
             )
         operand_key, result_key, attr_keys, prop_keys, arg_key = abstract
         return (
             type(op),
             tuple([operand_key(v.type) for v in op._operands]),
             tuple([result_key(r.type) for r in op.results]),
-            tuple([(k, attr_keys.get(k, _same)(v)) for k, v in op.attributes.items() if k in names]),
-            tuple([(k, prop_keys.get(k, _same)(v)) for k, v in op.properties.items()]),
-            tuple([tuple([tuple([arg_key(a.type) for a in b.args]) for b in r.blocks]) for r in op.regions]),
+            tuple([(k, attr_keys.get(k, _same)(v)) for k, v in attributes.items() if k in names]) if attributes else (),
+            tuple([(k, prop_keys.get(k, _same)(v)) for k, v in properties.items()]) if properties else (),
+            tuple([tuple([tuple([arg_key(a.type) for a in b.args]) for b in r.blocks]) for r in regions]) if regions else (),
         )
 
 
@@ -284,8 +290,6 @@ class _FastCallee:
         self.verifier = verifier
 
     def verify(self, op: Operation) -> None:
-        from xdsl.dialects.func import FuncOp
-
         callee = self.verifier.lookup_symbol(op, op.callee)  # type: ignore[attr-defined]
         if callee is None or not isinstance(callee, FuncOp):
             raise VerifyException("callee not found: left to xDSL")
@@ -297,16 +301,19 @@ class _FastCallee:
 
 
 class _FastVerifier:
+    """Scopes are sets of ``id()`` of the values defined so far (SSA values hash by identity
+    through a Python-level ``__hash__``; the module is alive throughout, so ids are unique).
+    ``island_ops`` collects, in ``walk()`` order, the ops ``check_islands`` looks at."""
+
     def __init__(self) -> None:
         self.infos: dict[type, _OpInfo] = {}
         self.signatures: set[tuple] = set()
         self.symbol_tables: dict[int, tuple[Operation, dict]] = {}
         self.anchors: dict[int, tuple] = {}  # id(block) -> (block, its symbol-table op)
+        self.island_ops: list[Operation] = []
 
     def fast_trait(self, trait):
         """``trait``, or a quicker equivalent check of it."""
-        from xdsl.dialects.func import CallOpSymbolUserOpInterface
-
         if type(trait) is CallOpSymbolUserOpInterface:
             return _FastCallee(self)
         return trait
@@ -314,9 +321,6 @@ class _FastVerifier:
     def lookup_symbol(self, op: Operation, name) -> Operation | None:
         """``SymbolTable.lookup_symbol(op, name)`` (xdsl.traits) with one name -> op table per
         symbol-table op (the first op defining each name, like xDSL's scan)."""
-        from xdsl.dialects.builtin import StringAttr, SymbolRefAttr
-        from xdsl.traits import SymbolOpInterface, SymbolTable
-
         block = op.parent
         cached_anchor = self.anchors.get(id(block)) if not op.regions else None  # op itself no table
         if cached_anchor is not None and cached_anchor[0] is block:
@@ -345,17 +349,20 @@ class _FastVerifier:
         nested_root, *nested = name.nested_references.data
         return self.lookup_symbol(found, SymbolRefAttr(nested_root, nested))
 
-    def region(self, region, visible: set) -> None:
+    def region(self, region, visible: set[int]) -> None:
         parent = region.parent
         for block in region.blocks:
-            added = list(block.args)
+            added = [id(a) for a in block.args]
             visible.update(added)
             for op in block.ops:
                 if op.parent is not block:
                     raise VerifyException("parent pointer of an op does not refer to its block")
                 self.op(op, visible)
-                visible.update(op.results)
-                added.extend(op.results)
+                results = op.results
+                if results:
+                    ids = [id(r) for r in results]
+                    visible.update(ids)
+                    added.extend(ids)
             if parent is not None and len(region.blocks) == 1:
                 info = self.infos.get(type(parent)) or self._info(parent)
                 if not info.no_terminator:
@@ -371,17 +378,17 @@ class _FastVerifier:
         info = self.infos[type(op)] = _OpInfo(op, self)
         return info
 
-    def op(self, op: Operation, visible: set) -> None:
+    def op(self, op: Operation, visible: set[int]) -> None:
         for v in op._operands:
-            if v not in visible:
+            if id(v) not in visible:
                 raise VerifyException("operand not defined in scope")
         if op._successors:
             raise VerifyException("successors: left to xDSL")
+        if (op.attributes or isinstance(op, PlanOp)) and needs_island_check(op):
+            self.island_ops.append(op)
         info = self.infos.get(type(op)) or self._info(op)
         if op.regions:
-            from xdsl.traits import IsolatedFromAbove
-
-            scope = set() if op.has_trait(IsolatedFromAbove) else visible
+            scope = set() if info.isolated else visible
             for region in op.regions:
                 self.region(region, scope)
         if info.op_def is None:
@@ -438,11 +445,17 @@ def _verify_signature(op: Operation, info: _OpInfo) -> None:
 def fast_verify(module: Operation) -> bool:
     """True if ``module`` verifies (xDSL's checks, each op signature checked once); False
     when it may not (then ask xDSL's verifier)."""
+    return _fast_verify(module) is not None
+
+
+def _fast_verify(module: Operation) -> _FastVerifier | None:
+    """The verifier after a successful ``fast_verify`` (its ``island_ops``), else None."""
+    verifier = _FastVerifier()
     try:
-        _FastVerifier().op(module, set())
+        verifier.op(module, set())
     except Exception:  # noqa: BLE001  (any failure: xDSL's verifier decides and reports)
-        return False
-    return True
+        return None
+    return verifier
 
 
 def find_verification_error(module: Operation, fast: bool = False) -> tuple[Operation, str] | None:
@@ -450,7 +463,8 @@ def find_verification_error(module: Operation, fast: bool = False) -> tuple[Oper
 
     ``fast`` checks with ``fast_verify`` first (xDSL's verifier then only runs when that
     finds a problem); the compile driver's default pipeline uses it."""
-    if fast and fast_verify(module):
+    verifier = _fast_verify(module) if fast else None
+    if verifier is not None:
         found = None
     else:
         try:
@@ -460,10 +474,9 @@ def find_verification_error(module: Operation, fast: bool = False) -> tuple[Oper
             found = _first_error(module)  # slow path: locate the innermost failing op
     if found is not None:
         return found
-    from opgraph.dialects.taskgraph import verify_islands
-
     try:
-        verify_islands(module)
+        # the fast verifier's walk collected the ops the island check looks at
+        check_islands(verifier.island_ops if verifier is not None else module.walk())
     except VerifyException as e:
         text = str(e).strip().splitlines()[0]
         return getattr(e, "op", module), text

@@ -107,10 +107,6 @@ class ValueNames:
         self._ids[id(value)] = self(same_as)
 
 
-def _result_type_text(t: Attribute) -> str:
-    return "table" if type(t) is df.TableType else str(attr_to_json(t))
-
-
 def op_doc(op: Operation, names: ValueNames) -> OpDoc:
     return OpDoc(**_op_data(op, names))
 
@@ -125,17 +121,29 @@ def _op_data(op: Operation, names: ValueNames) -> dict[str, Any]:
     """An ``OpDoc``'s fields as plain data: pydantic validates nested plain data into models
     much faster than models are built one by one (thousands of ops and columns)."""
     results = op.results
-    table = next((r.type for r in results if type(r.type) is df.TableType), None)
+    table = None
+    types = []
+    for r in results:
+        t = r.type
+        if type(t) is df.TableType:
+            if table is None:
+                table = t
+            types.append("table")
+        else:
+            types.append(str(attr_to_json(t)))
+    # upstream ops keep their data in properties (arith.constant value, cmp predicates)
+    attributes = {k: attr_to_json(v) for k, v in op.properties.items()} if op.properties else {}
+    for k, v in op.attributes.items():
+        attributes[k] = attr_to_json(v)
     return {
         "op": op.name,
         "loc": loc_text(op),
-        "operands": [names(o) for o in op.operands],
+        "operands": [names(o) for o in op._operands],  # .operands wraps this tuple
         "results": [names(r) for r in results],
-        "result_types": [_result_type_text(r.type) for r in results],
+        "result_types": types,
         "schema": list(_schema_data(table)) if table is not None else None,
-        # upstream ops keep their data in properties (arith.constant value, cmp predicates)
-        "attributes": {k: attr_to_json(v) for d in (op.properties, op.attributes) for k, v in d.items()},
-        "regions": [[_op_data(inner, names) for inner in region.ops] for region in op.regions],
+        "attributes": attributes,
+        "regions": [[_op_data(inner, names) for inner in region.ops] for region in op.regions] if op.regions else [],
     }
 
 

@@ -75,7 +75,16 @@ def user_location() -> SourceLoc:
     if frame is None:
         return SourceLoc("<unknown>", 0, 0)
     code = frame.f_code
-    return SourceLoc(display_path(code.co_filename), frame.f_lineno, _column(code, frame.f_lasti))
+    # while tracing, paths are relative to the working directory the trace started in
+    # (read once per trace, not once per op)
+    cwd = _current[-1].cwd if _current else os.getcwd()
+    return _source_loc(_display_path(code.co_filename, cwd), frame.f_lineno, _column(code, frame.f_lasti))
+
+
+@lru_cache(maxsize=1 << 16)
+def _source_loc(file: str, line: int, column: int) -> SourceLoc:
+    # locations are immutable values: every op traced at one place shares one
+    return SourceLoc(file, line, column)
 
 
 # code object id -> (code object, its instruction positions); the entry keeps the code object
@@ -107,6 +116,11 @@ def gc_paused() -> Iterator[None]:
     took about a third of tracing + compiling time. Reference counting still frees
     everything acyclic; cyclic garbage is collected as usual once the collector resumes.
     Nested uses are fine: only the outermost one resumes it.
+
+    On resuming, the objects allocated meanwhile go straight to the collector's oldest
+    generation (``promote_to_oldest``) instead of being scanned by a young collection at the
+    next allocation (then again when promoted): a traced or compiled module lives on, and
+    what became garbage waits for the next full collection (bounded, see there).
     """
     if not gc.isenabled():
         yield
@@ -115,7 +129,37 @@ def gc_paused() -> Iterator[None]:
     try:
         yield
     finally:
+        promote_to_oldest()
         gc.enable()
+
+
+# Objects moved to the oldest generation by promote_to_oldest since the last full collection
+# (and that collection's number, gc.get_stats()[2]["collections"]). Unlike objects promoted
+# by young collections, they do not count towards the next automatic full collection, so
+# promotion stops past PROMOTE_LIMIT objects: collection then goes on as usual (and the
+# count restarts after the next full collection). A 10,000-op trace + compile allocates
+# about 1.2 million tracked objects.
+PROMOTE_LIMIT = 2_000_000
+_promoted = 0
+_promoted_since = -1
+
+
+def promote_to_oldest() -> bool:
+    """Moves every object the collector tracks into its oldest generation without scanning
+    them (``gc.freeze()`` + ``gc.unfreeze()``, which also resets the young generation's
+    allocation count). Not done when something else froze objects (``gc.freeze`` users,
+    e.g. before forking), or past ``PROMOTE_LIMIT``; returns whether it was done."""
+    global _promoted, _promoted_since
+    full = gc.get_stats()[-1]["collections"]
+    if full != _promoted_since:
+        _promoted, _promoted_since = 0, full
+    young = gc.get_count()[0]
+    if gc.get_freeze_count() or _promoted + young > PROMOTE_LIMIT:
+        return False
+    gc.freeze()
+    gc.unfreeze()
+    _promoted += young
+    return True
 
 
 def trace_error(message: str, loc: SourceLoc | None = None) -> TraceError:
@@ -132,6 +176,7 @@ class TraceState:
     temp_counter: int = 0
     inputs: list = field(default_factory=list)  # data bound to df.input ops, by index
     module_ops: list[Operation] = field(default_factory=list)  # top-level ops (dl.model, ...)
+    cwd: str = field(default_factory=os.getcwd)  # source paths are shown relative to it
 
     def append(self, op: Operation, loc: SourceLoc | None = None) -> Operation:
         op.location = (loc or user_location()).attr()
