@@ -12,8 +12,14 @@ k, y; right keys unique, so ~10M result rows), groupby 10M rows / 1,000 keys sum
 10M rows by an int64 key (with a float payload), filter+project 10M (4 float columns,
 ``a > 0.5``, keep 2 columns) and ``examples/etl.py`` end to end at 10M rows (Parquet in,
 Parquet out; the others do the same steps on the same files). opgraph runs through the
-public API (``pipeline.run(..., engine="local"|"mpi", ranks=N)``: trace + compile + run);
-the MPI engine (join and sort) includes spawning ``mpiexec`` and moving the inputs.
+public API (``pipeline.run(..., engine="local"|"mpi", ranks=N)``: trace + compile + run).
+MPI engine (join and sort): the ranks of its worker pool start in the warm-up call, so the
+timed calls include moving inputs and outputs through /dev/shm but not the spawn
+(``OPGRAPH_MPI_POOL=0`` times one ``mpiexec`` job per call). ``--mpi-threads-per-rank``
+(default ``auto,1``) picks the kernel-thread policies measured: ``auto`` = the default
+(cores ÷ ranks per rank: on 2 cores 1 rank uses 2 threads, 2 ranks 1 each, so equal total
+cores) and ``n`` = ``OPGRAPH_KERNEL_THREADS=n`` and ``OMP_NUM_THREADS=n`` in every rank
+(``1``: one core per rank, the classic strong scaling; engines ``og mpi r1 t1``/``r2 t1``).
 Also: hash-partition 10M rows x 3 cols into 8 parts vs pyarrow ``sort_indices``+``take``,
 and the peak RSS of the opgraph 10M join, measured in a child process (``ru_maxrss``).
 
@@ -43,6 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 ENGINES = ["pandas", "polars", "duckdb", "pyarrow", "og local r1", "og local r2", "og mpi r1", "og mpi r2"]
+#: MPI kernel-thread policies (--mpi-threads-per-rank): "auto" and/or a number per rank
+MPI_THREADS = ["auto", "1"]
 
 
 from workloads import (
@@ -59,6 +67,37 @@ from workloads import (
 
 def _og(pipe, *tables, engine="local", ranks=1, **kw):
     return lambda: pipe.run(*tables, engine=engine, ranks=ranks, **kw)
+
+
+def _with_env(fn, **env):
+    """``fn`` with ``env`` set in this process while it runs (the MPI ranks inherit it)."""
+
+    def call():
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            return fn()
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    return call
+
+
+def _mpi_cases(pipe, *tables) -> dict:
+    """``og mpi r1``/``r2`` per thread policy of MPI_THREADS (``auto``: no suffix)."""
+    c = {}
+    for threads in MPI_THREADS:
+        for ranks in (1, 2):
+            fn = _og(pipe, *tables, engine="mpi", ranks=ranks)
+            if threads == "auto":
+                c[f"og mpi r{ranks}"] = fn
+            else:
+                c[f"og mpi r{ranks} t{threads}"] = _with_env(fn, OPGRAPH_KERNEL_THREADS=threads, OMP_NUM_THREADS=threads)
+    return c
 
 
 def _duck():
@@ -95,8 +134,7 @@ def cases_join(n: int, mpi: bool) -> dict:
         "og local r2": _og(og_join, left, right, ranks=2),
     }
     if mpi:
-        c["og mpi r1"] = _og(og_join, left, right, engine="mpi", ranks=1)
-        c["og mpi r2"] = _og(og_join, left, right, engine="mpi", ranks=2)
+        c.update(_mpi_cases(og_join, left, right))
     return c
 
 
@@ -133,8 +171,7 @@ def cases_sort(n: int, mpi: bool) -> dict:
         "og local r2": _og(og_sort, t, ranks=2),
     }
     if mpi:
-        c["og mpi r1"] = _og(og_sort, t, engine="mpi", ranks=1)
-        c["og mpi r2"] = _og(og_sort, t, engine="mpi", ranks=2)
+        c.update(_mpi_cases(og_sort, t))
     return c
 
 
@@ -303,17 +340,30 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=None)
     ap.add_argument("--only", default="", help="comma-separated workloads: " + ",".join(CASES))
     ap.add_argument("--no-mpi", action="store_true")
+    ap.add_argument(
+        "--mpi-threads-per-rank",
+        default="auto,1",
+        help="MPI kernel threads per rank, comma-separated policies: auto (cores / ranks) and/or a number",
+    )
     ap.add_argument("--no-rss", action="store_true")
     ap.add_argument("--out", default=None, help="JSON results path")
     args = ap.parse_args()
     rows = args.rows or (1_000_000 if args.quick else 10_000_000)
     runs = args.runs or (3 if args.quick else 5)
     only = [w.strip() for w in args.only.split(",") if w.strip()] or list(CASES)
+    MPI_THREADS[:] = [t.strip() for t in args.mpi_threads_per_rank.split(",") if t.strip()]
+    if any(t != "auto" and not t.isdigit() for t in MPI_THREADS):
+        ap.error("--mpi-threads-per-rank: 'auto' or numbers")
+    for t in MPI_THREADS:
+        if t != "auto" and f"og mpi r1 t{t}" not in ENGINES:
+            ENGINES.extend([f"og mpi r1 t{t}", f"og mpi r2 t{t}"])
     results: dict = {
         "rows": rows,
         "runs": runs,
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "python": platform.python_version(),
+        "mpi_threads_per_rank": MPI_THREADS,
+        "mpi_pool": os.environ.get("OPGRAPH_MPI_POOL", "1") not in ("0", "false", "no", "off"),
         "seconds": {},
         "all_times": {},
     }
@@ -365,8 +415,14 @@ def print_table(results: dict) -> None:
     for w in ("join", "sort"):
         row = secs.get(w, {})
         if "og mpi r1" in row and "og mpi r2" in row:
-            print(f"{w}: MPI speed-up 2 ranks vs 1: {row['og mpi r1'] / row['og mpi r2']:.2f}x; "
+            print(f"{w}: MPI speed-up 2 ranks vs 1: {row['og mpi r1'] / row['og mpi r2']:.2f}x "
+                  f"(threads per rank: cores / ranks); "
                   f"local engine: {row['og local r1'] / row['og local r2']:.2f}x")
+        for e in row:
+            if e.startswith("og mpi r1 t") and e.replace("r1", "r2") in row:
+                t = e.rsplit("t", 1)[1]
+                print(f"{w}: MPI speed-up 2 ranks vs 1 with {t} kernel thread(s) per rank: "
+                      f"{row[e] / row[e.replace('r1', 'r2')]:.2f}x")
     if results.get("join_peak_rss_bytes"):
         print(f"peak RSS of the opgraph {results['rows']:,}-row join (child process): "
               f"{results['join_peak_rss_bytes'] / 2**30:.2f} GiB")

@@ -168,6 +168,8 @@ _DICT_OK = frozenset({"df.filter", "df.project", "df.map", "df.rename", "df.drop
 
 
 class _Executor:
+    gather_outputs = True  # False: each rank returns its partition of the outputs
+
     def __init__(
         self,
         doc: PlanDoc,
@@ -240,7 +242,7 @@ class _Executor:
                     self.staged = []
                 if comm.size > 1:
                     comm.barrier()  # committed before anyone returns
-            return outputs if comm.rank == 0 else []
+            return outputs if comm.rank == 0 or not self.gather_outputs else []
         except BaseException as e:
             # the local engine stops the other ranks first (so that none of them reports a
             # consequence of the cleanup below as the failure); the MPI worker aborts itself
@@ -343,10 +345,12 @@ class _Executor:
         if isinstance(d, Dist) and L.has_dictionaries(d.table):
             d = Dist(L.decode_dictionaries(d.table), d.part)
         if d.part.kind == "replicated":
-            table = d.table
-        else:
+            table = d.table if self.gather_outputs or self.comm.rank == 0 else d.table.slice(0, 0)
+        elif self.gather_outputs:
             table = P.gather_to_root(self.comm, d.table)
-        if self.comm.rank != 0:
+        else:  # execute_plan(gather_outputs=False): this rank's partition
+            table = d.table
+        if self.comm.rank != 0 and self.gather_outputs:
             return table
         table = L.conform(table, L.arrow_schema(columns))
         return _final_schema(table, columns)
@@ -582,8 +586,13 @@ def execute_plan(
     *,
     progress: Callable[[str], None] | None = None,
     placement: str | None = None,
+    gather_outputs: bool = True,
 ) -> list[pa.Table]:
     """Runs the plan on every rank of ``comm`` (collective: call it on all ranks).
+
+    ``gather_outputs=False``: every rank returns its own partition of each output instead
+    (their concatenation in rank order is the output; a replicated output is rank 0's; the
+    MPI worker pool writes them where the driver maps them, without a gather).
 
     ``placement``: ``"all"`` runs every island on all ranks of ``comm``; ``"plan"`` runs a
     dataframe island on ``min(island.ranks, comm.size)`` ranks (a sub-communicator of ranks
@@ -606,7 +615,9 @@ def execute_plan(
         doc = PlanDoc.model_validate(doc)
     elif isinstance(doc, str | bytes):
         doc = PlanDoc.model_validate_json(doc)
-    return _Executor(doc, list(inputs or []), comm, progress, _placement(placement)).run()
+    ex = _Executor(doc, list(inputs or []), comm, progress, _placement(placement))
+    ex.gather_outputs = gather_outputs
+    return ex.run()
 
 
 PLACEMENTS = ("all", "plan")

@@ -25,22 +25,44 @@ system's default search). Unless ``MPI4PY_LIBMPI`` is set, the ranks are pointed
 ``libmpi`` that belongs to the chosen launcher, so a system ``mpiexec`` also works in an
 environment that has the ``mpich`` wheel; a mismatch that remains is detected (the ranks see
 singleton worlds) and reported instead of running N copies.
+
+**Worker pool** (spawn mode, default): starting ``mpiexec``, MPI and Python with its imports in
+every rank costs seconds, so the first ``run_mpi`` with a given launcher, rank count, worker
+module and environment starts ``mpiexec -n N python -m opgraph.runtime.mpi_worker --serve
+SOCKET`` once and keeps those ranks for the later calls of this process (up to
+``MAX_POOLS`` pools, least recently used closed first). A call writes the plan and the
+inputs into a directory under /dev/shm (Arrow IPC files, memory-mapped by the ranks: no
+copy), sends one request line to every rank over a Unix socket, waits for rank 0's answer
+and memory-maps the outputs rank 0 wrote. Idle ranks block in a socket read (no CPU). The
+fault behaviour is that of one-shot runs (a rank raising: ``OpgraphError`` with its message
+and place; a rank killed: a clear error; a timeout: the ranks are stopped); after any of
+these the pool is gone and the next call starts a new one. Pools are closed at interpreter
+exit (``atexit``), by ``shutdown_pools()``, or when the driver dies (the ranks see the end
+of their socket). ``OPGRAPH_MPI_POOL=0`` (or ``run_mpi(..., pool=False)``) runs one job per
+call as before; srun launches are never pooled (their ranks may be on other nodes, and
+every rank must reach the driver's socket). The ranks run the code and see the environment
+of the moment their pool started: a changed environment (e.g. ``OPGRAPH_KERNEL_THREADS``)
+starts another pool; edited opgraph sources need ``shutdown_pools()``.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
+import select
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
 import tempfile
 import threading
-from collections import deque
+import time
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -52,7 +74,15 @@ from opgraph.errors import OpgraphError
 
 WORKER_MODULE = "opgraph.runtime.mpi_worker"
 
-__all__ = ["WORKER_MODULE", "find_mpiexec", "launcher_flavor", "mpi_world_size", "run_mpi"]
+__all__ = [
+    "WORKER_MODULE",
+    "find_mpiexec",
+    "launcher_flavor",
+    "mpi_world_size",
+    "pool_stats",
+    "run_mpi",
+    "shutdown_pools",
+]
 
 
 # --------------------------------------------------------------- in-world detection
@@ -259,6 +289,7 @@ def run_mpi(
     echo: bool = True,
     progress: bool = False,
     execute: Callable[..., list[pa.Table]] | None = None,
+    pool: bool | None = None,
 ) -> list[pa.Table]:
     """Runs the plan ``doc`` (a ``PlanDoc``, its dict or its JSON text) on ``ranks`` MPI ranks
     with the tables ``inputs`` bound to its ``df.input`` ops (by index); returns the outputs.
@@ -267,14 +298,17 @@ def run_mpi(
     ``worker_module``/``env`` change what the ranks run and their environment; ``echo=False``
     keeps the ranks' stderr to the error message only; ``progress=True`` makes rank 0 print one
     ``opgraph: ...`` line per island on stderr; ``execute`` replaces ``execute_plan`` when
-    running inside an existing world (tests, custom executors)."""
+    running inside an existing world (tests, custom executors). ``pool`` (default:
+    ``OPGRAPH_MPI_POOL``, on unless "0") keeps the ranks for later calls (module docstring)."""
     if not isinstance(ranks, int) or isinstance(ranks, bool) or ranks < 1:
         raise OpgraphError(f"the mpi engine needs a positive number of ranks, got {ranks!r}")
     inputs = [_as_table(t, i) for i, t in enumerate(inputs)]
-    env = {**(env or {}), **({"OPGRAPH_MPI_PROGRESS": "1"} if progress else {})}
     world = mpi_world_size()
     if world is not None and world > 1:
         return _run_in_world(doc, inputs, ranks, execute, progress)
+    if _pool_wanted(pool, mpiexec):
+        return _run_pooled(doc, inputs, ranks, timeout, mpiexec, worker_module, dict(env or {}), echo, progress)
+    env = {**(env or {}), **({"OPGRAPH_MPI_PROGRESS": "1"} if progress else {})}
     return _spawn(doc, inputs, ranks, timeout, mpiexec, worker_module, env, echo)
 
 
@@ -313,9 +347,12 @@ def _plan_doc(doc: Any):
 def _run_in_world(doc: Any, inputs: list[pa.Table], ranks: int, execute, progress: bool = False) -> list[pa.Table]:
     import numpy as np
     from mpi4py import MPI
-
     from opgraph.runtime.mpi_comm import MPICommunicator
-    from opgraph.runtime.mpi_worker import default_execute, describe_exception, error_line
+    from opgraph.runtime.mpi_worker import (
+        default_execute,
+        describe_exception,
+        error_line,
+    )
 
     world = MPI.COMM_WORLD
     rank, size = world.Get_rank(), world.Get_size()
@@ -375,10 +412,50 @@ class _OutputPump(threading.Thread):
         self.error_lines: list[str] = []
         self.verbose = bool(os.environ.get("OPGRAPH_DEBUG"))
         self._block: list[str] | None = None
+        # pool mode: the ranks that printed their end-of-call marker, per call
+        self._done: dict[int, set[int]] = {}
+        self._cond = threading.Condition()
+
+    def begin_call(self, echo: bool) -> None:
+        """Pool mode: a new call; what earlier calls printed is no longer its output."""
+        with self._cond:
+            self.echo = echo
+            self.lines.clear()
+            self.error_lines = []
+            self._done.clear()
+
+    def wait_done(self, call: int, ranks: int, timeout: float) -> bool:
+        """Pool mode: waits until every rank's end-of-call marker for ``call`` went through
+        (then everything the ranks printed during the call has been echoed)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self._done.get(call, ())) >= ranks or self._eof, timeout)
+
+    _eof = False
 
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            with self._cond:
+                self._eof = True
+                self._cond.notify_all()
+
+    def _run(self) -> None:
+        from opgraph.runtime.mpi_worker import POOL_DONE
+
+        marker = re.compile(re.escape(POOL_DONE) + r" (\d+) (\d+)")
         for raw in iter(self.stream.readline, b""):
             line = raw.decode(errors="replace").rstrip("\n")
+            if POOL_DONE in line:  # a rank's end-of-call marker (maybe glued to other output)
+                found = marker.findall(line)
+                if found:
+                    with self._cond:
+                        for call, rank in found:
+                            self._done.setdefault(int(call), set()).add(int(rank))
+                        self._cond.notify_all()
+                    line = marker.sub("", line)
+                    if not line.strip():
+                        continue
             self.lines.append(line)
             if line.startswith("error:"):
                 if len(self.error_lines) < 50:
@@ -429,7 +506,13 @@ def _shm_dir() -> str | None:
 def _spawn(doc, inputs, ranks, timeout, mpiexec, worker_module, extra_env, echo) -> list[pa.Table]:
     import importlib.util
 
-    from opgraph.runtime.mpi_worker import RESULTS_MANIFEST, input_path, output_path, read_ipc_file, write_ipc_file
+    from opgraph.runtime.mpi_worker import (
+        RESULTS_MANIFEST,
+        input_path,
+        output_path,
+        read_ipc_file,
+        write_ipc_file,
+    )
 
     if importlib.util.find_spec("mpi4py") is None:
         raise OpgraphError("the mpi engine needs mpi4py: `pip install mpi4py mpich` (or `pip install 'opgraph[mpi]'`)")
@@ -460,6 +543,551 @@ def _spawn(doc, inputs, ranks, timeout, mpiexec, worker_module, extra_env, echo)
         return [read_ipc_file(output_path(result_dir, i)) for i in range(count)]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------- the pool
+
+#: pools kept at once per driver process (e.g. 1 and 2 ranks, two environments)
+MAX_POOLS = 4
+#: seconds a pool may take to start (mpiexec, MPI_Init, imports) unless ``timeout`` is smaller
+POOL_START_TIMEOUT = 120.0
+
+#: environment variables that do not start another pool when they change
+_VOLATILE_ENV = frozenset({"PYTEST_CURRENT_TEST", "COLUMNS", "LINES", "_", "OLDPWD", "PWD", "SHLVL"})
+
+_pools: OrderedDict[tuple, _Pool] = OrderedDict()
+_pools_lock = threading.Lock()
+_pools_spawned = 0  # pools started by this process (tests, diagnostics)
+
+
+def _pool_wanted(pool: bool | None, mpiexec) -> bool:
+    if pool is not None:
+        return bool(pool)
+    if os.environ.get("OPGRAPH_MPI_POOL", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    if not hasattr(socket, "AF_UNIX"):  # pragma: no cover - Windows
+        return False
+    launcher = mpiexec if mpiexec is not None else os.environ.get("OPGRAPH_MPIEXEC") or None
+    if launcher is not None:
+        first = shlex.split(launcher)[0] if isinstance(launcher, str) else (list(launcher) or [""])[0]
+        if Path(first).name == "srun":
+            return False
+    return True
+
+
+def pool_stats() -> dict[str, Any]:
+    """The live pools of this process and how many were started (tests, diagnostics)."""
+    with _pools_lock:
+        pools = [p.describe() for p in _pools.values() if p.owner == os.getpid()]
+    return {"spawned": _pools_spawned, "pools": pools}
+
+
+def shutdown_pools() -> None:
+    """Closes every worker pool of this process (also done at interpreter exit)."""
+    with _pools_lock:
+        pools = list(_pools.values())
+        _pools.clear()
+    pools = [p for p in pools if p.owner == os.getpid()]
+    for p in pools:  # every pool's ranks finish at the same time
+        p.begin_close()
+    for p in pools:
+        p.finish_close()
+
+
+def _forget_pools_in_child() -> None:
+    """After ``fork``: the child must neither use nor keep alive its parent's pools (its
+    copies of their sockets would hide the parent's exit from the ranks)."""
+    global _reaper_queue
+    _reaper_queue = None  # the cleanup thread stayed in the parent
+    for p in list(_pools.values()):
+        p.owner = -1
+        p.inputs.kept = []  # their weak references would remove the parent's files
+        for conn in (*p.conns.values(), p.listener):
+            try:
+                conn.close()
+            except OSError:
+                pass
+        if p.proc.stdout is not None:  # the pipe's read end: point the descriptor at /dev/null
+            try:  # (closing the file object could wait on its lock, held by the parent's pump)
+                null = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(null, p.proc.stdout.fileno())
+                os.close(null)
+            except (OSError, ValueError):
+                pass
+    _pools.clear()
+
+
+atexit.register(shutdown_pools)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools_in_child)
+
+
+def _run_pooled(doc, inputs, ranks, timeout, mpiexec, worker_module, extra_env, echo, progress) -> list[pa.Table]:
+    import importlib.util
+
+    global _pools_spawned
+    if importlib.util.find_spec("mpi4py") is None:
+        raise OpgraphError("the mpi engine needs mpi4py: `pip install mpi4py mpich` (or `pip install 'opgraph[mpi]'`)")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    launcher = find_mpiexec(mpiexec)
+    flavor = launcher_flavor(launcher[0])
+    env = _child_env(launcher, flavor, ranks, extra_env)
+    # the ranks keep the environment they started with: another environment, another pool
+    # (but not for variables that change all the time and mean nothing to the ranks)
+    key = (tuple(launcher), ranks, worker_module, tuple(sorted(i for i in env.items() if i[0] not in _VOLATILE_ENV)))
+    retired = []
+    with _pools_lock:
+        pool = _pools.get(key)
+        if pool is not None and not pool.alive():
+            del _pools[key]  # its ranks died between calls
+            retired.append(pool)
+            pool = None
+        if pool is None:
+            while len(_pools) >= MAX_POOLS:
+                retired.append(_pools.popitem(last=False)[1])
+            pool = _Pool(launcher, flavor, ranks, worker_module, env)
+            _pools[key] = pool
+            _pools_spawned += 1
+        else:
+            _pools.move_to_end(key)
+    for old in retired:
+        old.close()
+    try:
+        return pool.run(_plan_text(doc), inputs, progress, echo, timeout, deadline)
+    except BaseException:
+        if not pool.alive() or pool.broken:
+            with _pools_lock:
+                if _pools.get(key) is pool:
+                    del _pools[key]
+            pool.close()
+        raise
+
+
+def _recv_line(sock: socket.socket, buf: bytearray) -> bytes | None:
+    """One line from ``sock`` (blocking; ``buf`` keeps what follows it); None at end of file."""
+    while b"\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None
+        buf += chunk
+    i = buf.index(b"\n")
+    line = bytes(buf[:i])
+    del buf[: i + 1]
+    return line
+
+
+class _Pool:
+    """``mpiexec -n ranks`` workers in ``--serve`` mode and their control sockets."""
+
+    def __init__(self, launcher: list[str], flavor: str, ranks: int, worker_module: str, env: dict[str, str]):
+        self.owner = os.getpid()
+        self.launcher = launcher
+        self.ranks = ranks
+        self.worker_module = worker_module
+        self.lock = threading.Lock()
+        self.broken = False  # a call failed in a way that leaves the ranks unusable
+        self.calls = 0
+        self.started = False
+        self.conns: dict[int, socket.socket] = {}
+        self.bufs: dict[int, bytearray] = {}
+        self.pid_rank: dict[int, int] = {}
+        self.inputs: _InputFiles  # below, in the pool's directory
+        base = os.environ.get("OPGRAPH_TMPDIR") or _shm_dir()
+        if len(str(Path(base or tempfile.gettempdir()).resolve())) > 70:
+            base = None  # a Unix socket's path has at most ~100 bytes
+        self.dir = Path(tempfile.mkdtemp(prefix="opgraph-mpi-pool-", dir=base))
+        self.sock_path = self.dir / "ctl.sock"
+        self.inputs = _InputFiles(self.dir / "inputs")
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.listener.bind(str(self.sock_path))
+            self.listener.listen(ranks + 4)
+        except OSError as exc:
+            self.listener.close()
+            self._cleanup_files()
+            raise OpgraphError(f"cannot open the MPI pool's control socket {self.sock_path}: {exc}") from None
+        args = ["--serve", str(self.sock_path), "--expect-ranks", str(ranks)]
+        cmd = _launch_command(launcher, flavor, ranks, worker_module, args)
+        try:
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+            )
+        except OSError as exc:
+            self._cleanup_files()
+            raise OpgraphError(f"cannot start the MPI launcher {cmd[0]}: {exc}") from None
+        self.pump = _OutputPump(self.proc.stdout, True)
+        self.pump.start()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "ranks": self.ranks,
+            "worker_module": self.worker_module,
+            "launcher_pid": self.proc.pid,
+            "rank_pids": {r: pid for pid, r in self.pid_rank.items()},
+            "calls": self.calls,
+            "alive": self.alive(),
+            "dir": str(self.dir),
+            "inputs_written": self.inputs.written,
+            "inputs_reused": self.inputs.reused,
+        }
+
+    def alive(self) -> bool:
+        return not self.broken and self.proc.poll() is None
+
+    # -- start ----------------------------------------------------------------------
+    def _start(self, deadline: float | None) -> None:
+        """Waits for every rank's hello line."""
+        limit = time.monotonic() + POOL_START_TIMEOUT
+        if deadline is not None:
+            limit = min(limit, deadline)
+        self.listener.settimeout(0.1)
+        pending: dict[socket.socket, bytearray] = {}
+        while len(self.conns) < self.ranks:
+            if self.proc.poll() is not None:
+                raise self._died(self.dir)
+            if time.monotonic() > limit:
+                self._kill()
+                if deadline is not None and limit >= deadline:
+                    raise self._timeout_error(deadline)
+                raise OpgraphError(
+                    f"the {self.ranks} MPI ranks did not start within {POOL_START_TIMEOUT:g} s"
+                    + _tail(self.pump, 5)
+                )
+            try:
+                conn, _ = self.listener.accept()
+                conn.settimeout(None)
+                pending[conn] = bytearray()
+            except TimeoutError:
+                pass
+            except OSError:
+                pass
+            if pending:
+                ready, _, _ = select.select(list(pending), [], [], 0)
+                for conn in ready:
+                    line = _recv_line(conn, pending[conn])
+                    buf = pending.pop(conn)
+                    if line is None:
+                        conn.close()
+                        continue
+                    hello = json.loads(line)
+                    rank = int(hello["rank"])
+                    self.conns[rank] = conn
+                    self.bufs[rank] = buf
+                    self.pid_rank[int(hello["pid"])] = rank
+        self.listener.close()
+        self.started = True
+
+    # -- one call -------------------------------------------------------------------
+    def run(self, plan_text: str, inputs: list[pa.Table], progress: bool, echo: bool, timeout, deadline) -> list[pa.Table]:
+        from opgraph.runtime.mpi_worker import output_path, read_ipc_file
+
+        with self.lock:
+            if not self.alive():
+                raise self._died(self.dir)
+            self.pump.begin_call(echo)
+            self._timeout = timeout if timeout is not None else 0.0
+            try:
+                if not self.started:
+                    self._start(deadline)
+            except BaseException:
+                self._kill()
+                raise
+            self.calls += 1
+            call = self.calls
+            timing = _DriverTiming(call)
+            call_dir = self.dir / f"call-{call}"
+            result_dir = call_dir / "results"
+            try:
+                result_dir.mkdir(parents=True)
+                plan_path = call_dir / "plan.json"
+                plan_path.write_text(plan_text)
+                input_files = self.inputs.stage(inputs)
+                timing("inputs-written")
+                request = {
+                    "cmd": "run",
+                    "call": call,
+                    "plan": str(plan_path),
+                    "input_files": [str(f) for f in input_files],
+                    "results": str(result_dir),
+                    "progress": bool(progress),
+                    "cwd": os.getcwd(),
+                }
+                line = json.dumps(request).encode() + b"\n"
+                try:
+                    for rank in range(self.ranks):
+                        self.conns[rank].sendall(line)
+                    reply = self._wait_reply(deadline, result_dir)
+                    timing("reply")
+                except BaseException:
+                    self.broken = True  # mid-call: the ranks cannot be trusted any more
+                    raise
+                if not reply.get("ok"):  # pragma: no cover - ranks only answer success
+                    self.broken = True
+                    raise OpgraphError(f"the MPI ranks answered {reply!r}")
+                # everything the ranks printed during the call goes out before we return
+                self.pump.wait_done(call, self.ranks, 5.0)
+                timing("output-echoed")
+                if reply.get("parts"):  # every rank wrote its partition of each output
+                    outputs = [
+                        _concat_parts([read_ipc_file(output_path(result_dir, i, r)) for r in range(self.ranks)])
+                        for i in range(int(reply["outputs"]))
+                    ]
+                else:
+                    outputs = [read_ipc_file(output_path(result_dir, i)) for i in range(int(reply["outputs"]))]
+                timing("outputs-mapped")
+                return outputs
+            finally:
+                # freeing the files' memory takes a while: not on the caller's time (the
+                # outputs stay mapped; the ranks dropped the inputs)
+                _remove_later(call_dir)
+                self.inputs.release()
+
+    def _wait_reply(self, deadline: float | None, result_dir: Path) -> dict[str, Any]:
+        socks = {conn: rank for rank, conn in self.conns.items()}
+        try:
+            while True:
+                wait = 0.25 if deadline is None else max(0.0, min(0.25, deadline - time.monotonic()))
+                ready, _, _ = select.select(list(socks), [], [], wait)
+                for conn in ready:
+                    rank = socks[conn]
+                    if rank == 0:
+                        line = _recv_line(conn, self.bufs[0])
+                        if line is not None:
+                            return json.loads(line)
+                    elif conn.recv(65536, socket.MSG_PEEK):  # pragma: no cover - ranks > 0 send nothing
+                        conn.recv(65536)
+                        continue
+                    raise self._died(result_dir)  # a rank's socket ended: it is gone
+                if self.proc.poll() is not None:
+                    raise self._died(result_dir)
+                if deadline is not None and time.monotonic() >= deadline:
+                    self._kill()
+                    raise self._timeout_error(deadline)
+        except KeyboardInterrupt:  # the job must not outlive the interrupted call
+            self._kill()
+            raise
+
+    def _timeout_error(self, deadline: float) -> OpgraphError:
+        return OpgraphError(
+            f"the MPI run did not finish within {self._timeout:g} s; its {self.ranks} ranks were stopped"
+            + _tail(self.pump, 5)
+        )
+
+    _timeout = 0.0
+
+    def _died(self, result_dir: Path) -> OpgraphError:
+        """The launcher is ending (a rank raised and aborted, or was killed): wait for it,
+        then explain, as a one-shot run would."""
+        self.broken = True
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            _stop(self.proc)
+        self.pump.join(timeout=10)
+        rc = self.proc.returncode
+        return _failure(rc if rc is not None else -1, self.pump, result_dir, self.ranks, self.launcher[0], self.pid_rank)
+
+    def _kill(self) -> None:
+        self.broken = True
+        _stop(self.proc)
+        self.pump.join(timeout=10)
+
+    # -- end ------------------------------------------------------------------------
+    def close(self, grace: float = 10.0) -> None:
+        """Asks the ranks to finish (end of their sockets), stops them if they linger."""
+        self.begin_close()
+        self.finish_close(grace)
+
+    def begin_close(self) -> None:
+        # a call in progress in another thread finishes first (bounded: a hung call's
+        # ranks are stopped below anyway)
+        locked = self.lock.acquire(timeout=30)
+        try:
+            for conn in self.conns.values():
+                try:
+                    conn.close()
+                except OSError:
+                    pass
+            self.conns = {}
+            try:
+                self.listener.close()
+            except OSError:
+                pass
+        finally:
+            if locked:
+                self.lock.release()
+
+    def finish_close(self, grace: float = 10.0) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                _stop(self.proc)
+        self.pump.join(timeout=5)
+        self.broken = True
+        self._cleanup_files()
+
+    def _cleanup_files(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _concat_parts(parts: list[pa.Table]) -> pa.Table:
+    """The ranks' partitions of one output, in rank order, as one table (no copy); a column
+    is nullable when it is in any partition."""
+    nonempty = [t for t in parts if t.num_rows] or parts[:1]
+    if len(nonempty) == 1:
+        return nonempty[0]
+    first = nonempty[0].schema
+    fields = [f.with_nullable(any(t.schema.field(j).nullable for t in nonempty)) for j, f in enumerate(first)]
+    schema = pa.schema(fields, metadata=first.metadata)
+    return pa.concat_tables(
+        [t if t.schema.equals(schema) else pa.Table.from_arrays(t.columns, schema=schema) for t in nonempty]
+    )
+
+
+_reaper_queue: Any = None
+_reaper_lock = threading.Lock()
+
+
+def _remove_later(path: Path) -> None:
+    """Removes ``path`` in a background thread (a pool's directory is removed as a whole
+    when the pool closes, so nothing is left if the process ends first)."""
+    global _reaper_queue
+    import queue
+
+    with _reaper_lock:
+        if _reaper_queue is None:
+            _reaper_queue = queue.SimpleQueue()
+
+            def reap(q=_reaper_queue) -> None:
+                while True:
+                    path = q.get()
+                    if path.is_dir():
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        path.unlink(missing_ok=True)
+
+            threading.Thread(target=reap, daemon=True, name="opgraph-mpi-cleanup").start()
+    _reaper_queue.put(path)
+
+
+class _DriverTiming:
+    """``OPGRAPH_MPI_TIMING=1``: the driver's phases of a pooled call on stderr."""
+
+    def __init__(self, call: int):
+        self.on = os.environ.get("OPGRAPH_MPI_TIMING") == "1"
+        self.call = call
+        self.t0 = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        if self.on:
+            print(f"opgraph-mpi-timing: driver call {self.call} {name} {time.perf_counter() - self.t0:.3f}", file=sys.stderr, flush=True)
+
+
+def _input_cache_limit() -> int:
+    """Bytes of input files a pool keeps for the next call (``OPGRAPH_MPI_INPUT_CACHE``)."""
+    value = os.environ.get("OPGRAPH_MPI_INPUT_CACHE", "").strip()
+    if value.isdigit():
+        return int(value)
+    return 1 << 30
+
+
+class _InputFiles:
+    """A pool's input tables as Arrow IPC files (in /dev/shm: the ranks map them, no copy).
+
+    The files of the last call are kept (up to ``OPGRAPH_MPI_INPUT_CACHE`` bytes, 1 GiB by
+    default; 0: none) while their tables are alive (a file goes when its table is garbage
+    collected): a later call with the same table object whose content is still the file's
+    (compared, never assumed: a table may wrap memory that was changed since) reuses the file
+    instead of writing it again."""
+
+    def __init__(self, directory: Path):
+        self.dir = directory
+        self.serial = 0
+        self.kept: list[tuple[Any, Path]] = []  # (weakref to the table, its file)
+        self.written = 0
+        self.reused = 0
+
+    def stage(self, tables: list[pa.Table]) -> list[Path]:
+        import weakref
+
+        from opgraph.runtime.mpi_worker import write_ipc_file
+
+        self.dir.mkdir(exist_ok=True)
+        files: list[Path | None] = [None] * len(tables)
+        candidates = []
+        for i, table in enumerate(tables):
+            for ref, path in self.kept:
+                if ref() is table:
+                    candidates.append((i, table, path))
+                    break
+
+        def same(job) -> bool:
+            _, table, path = job
+            try:
+                return _same_content(table, path)
+            except (OSError, pa.ArrowException):
+                return False
+
+        def write(job) -> None:
+            _, table, path = job
+            write_ipc_file(path, table)
+
+        for (i, _, path), ok in zip(candidates, _parallel(same, candidates)):
+            if ok:
+                files[i] = path
+                self.reused += 1
+        todo = []
+        for i, table in enumerate(tables):
+            if files[i] is None:
+                again = next((j for j in range(i) if tables[j] is table), None)  # the same table twice
+                if again is not None and files[again] is not None:
+                    files[i] = files[again]
+                    continue
+                self.serial += 1
+                files[i] = self.dir / f"input-{self.serial}.arrow"
+                todo.append((i, table, files[i]))
+        _parallel(write, todo)
+        self.written += len(todo)
+        # keep this call's files for the next one, as far as the limit goes
+        budget = _input_cache_limit()
+        kept: list[tuple[Any, Path]] = []
+        for table, path in zip(tables, files):
+            size = path.stat().st_size if budget > 0 else 0
+            if 0 < size <= budget and all(p != path for _, p in kept):
+                try:
+                    kept.append((weakref.ref(table, lambda _ref, p=path: _remove_later(p)), path))
+                    budget -= size
+                except TypeError:  # pragma: no cover - a table type without weak references
+                    pass
+        keep = {p for _, p in kept}
+        self._drop = [p for _, p in self.kept if p not in keep] + [p for p in files if p not in keep]
+        self.kept = kept
+        return files  # type: ignore[return-value]
+
+    def release(self) -> None:
+        """After the call: the files not kept go (in the background)."""
+        for path in getattr(self, "_drop", []):
+            _remove_later(path)
+        self._drop = []
+
+
+def _same_content(table: pa.Table, path: Path) -> bool:
+    from opgraph.runtime.mpi_worker import read_ipc_file
+
+    written = read_ipc_file(path)
+    return written.schema.equals(table.schema, check_metadata=True) and written.equals(table)
+
+
+def _parallel(fn, jobs: list) -> list:
+    """``fn`` over ``jobs`` in threads when there are several big ones (copies and compares
+    release the GIL)."""
+    if len(jobs) < 2 or sum(job[1].nbytes for job in jobs) < (64 << 20):
+        return [fn(job) for job in jobs]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as ex:
+        return list(ex.map(fn, jobs))
 
 
 def _run_launcher(cmd: list[str], env: dict[str, str], timeout: float | None, echo: bool):
@@ -531,7 +1159,9 @@ def _rank_of_pid(result_dir: Path) -> dict[int, int]:
     return out
 
 
-def _failure(rc: int, pump: _OutputPump, result_dir: Path, ranks: int, launcher: str) -> OpgraphError:
+def _failure(
+    rc: int, pump: _OutputPump, result_dir: Path, ranks: int, launcher: str, pid_rank: dict[int, int] | None = None
+) -> OpgraphError:
     # 1. a rank reported an exception (its record names the user's file:line)
     records = []
     for f in result_dir.glob("error-rank*.json"):
@@ -555,7 +1185,7 @@ def _failure(rc: int, pump: _OutputPump, result_dir: Path, ranks: int, launcher:
         err.output = text  # type: ignore[attr-defined]
         return err
     # 3. a rank killed by a signal: hydra names its PID, mpirun its rank
-    pid_rank = _rank_of_pid(result_dir)
+    pid_rank = {**_rank_of_pid(result_dir), **(pid_rank or {})}
     m = re.search(r"PID (\d+) RUNNING AT (\S+)\s*\n=\s*(?:KILLED BY SIGNAL|EXIT CODE):\s*(\d+)", text)
     m2 = re.search(r"process rank (\d+) with PID (\d+) on node (\S+) exited\s+on\s+signal (\d+)", text)
     sig = None

@@ -15,6 +15,27 @@ Any exception on any rank prints one line ``error: [<file>:<line>: ]<message> (o
 n)`` on stderr, leaves ``error-rank<r>.json`` in ``RESULT_DIR`` (when visible) and calls
 ``MPI_Abort``, so the whole run stops at once instead of hanging in the next collective.
 Set ``OPGRAPH_DEBUG=1`` to also get the Python traceback.
+
+**Pool mode** (the engine's persistent workers, ``runtime/mpi_engine.py``):
+
+    mpiexec -n N python -m opgraph.runtime.mpi_worker --serve SOCKET [--expect-ranks N]
+
+Every rank connects to the driver's Unix socket ``SOCKET``, sends one hello line ``{"rank",
+"size", "pid"}`` and then blocks in a read of that socket (no CPU, no MPI polling while
+idle). A request is one JSON line that the driver sends to every rank: ``{"cmd": "run",
+"call", "plan", "input_files", "results", "progress", "cwd"}`` (the plan and result directory
+as above; the inputs are Arrow IPC files in the pool's directory, which every rank maps). Every rank runs the plan; with the plan executor every rank then
+writes its own partition of each output as ``output_<i>.part<r>.arrow`` (no gather to rank
+0: the driver maps the partitions and concatenates them in rank order, without a copy); with
+a custom ``execute`` rank 0 writes ``output_<i>.arrow``. Rank 0 answers ``{"ok": true,
+"outputs": k, "parts": bool}``.
+After a call each rank prints ``opgraph-mpi-pool: done <call> <rank>`` on stderr (the driver
+waits for these so that everything a rank printed during the call is echoed before
+``run_mpi`` returns). Errors are handled as in one-shot mode (error line, record in
+``results``, ``MPI_Abort``: the pool dies and the driver starts a new one on the next call).
+End of file on the socket (the driver exited or closed the pool) or ``{"cmd": "exit"}``:
+the rank leaves the loop and finalises MPI. Startup errors (ABI mismatch, unreachable
+socket) leave their record in the socket's directory.
 """
 
 from __future__ import annotations
@@ -23,6 +44,7 @@ import argparse
 import faulthandler
 import json
 import os
+import socket
 import sys
 import traceback
 from collections.abc import Callable
@@ -42,8 +64,11 @@ def input_path(directory: str | os.PathLike, index: int) -> Path:
     return Path(directory) / f"input_{index}.arrow"
 
 
-def output_path(directory: str | os.PathLike, index: int) -> Path:
-    return Path(directory) / f"output_{index}.arrow"
+def output_path(directory: str | os.PathLike, index: int, rank: int | None = None) -> Path:
+    """Output ``index`` (rank 0 wrote it whole), or ``rank``'s partition of it (pool mode)."""
+    if rank is None:
+        return Path(directory) / f"output_{index}.arrow"
+    return Path(directory) / f"output_{index}.part{rank}.arrow"
 
 
 def write_ipc_file(path: Path, table: pa.Table) -> None:
@@ -160,7 +185,6 @@ def load_inputs(comm, inputs_dir: str, count: int) -> list[pa.Table]:
     """Every rank gets every input table: memory-mapped where all ranks see the files,
     broadcast from rank 0 otherwise."""
     from mpi4py import MPI
-
     from opgraph.runtime.mpi_comm import MPICommunicator
 
     visible = all(input_path(inputs_dir, i).is_file() for i in range(count))
@@ -190,16 +214,28 @@ def _progress(line: str) -> None:
     print(f"opgraph: {line}", file=sys.stderr, flush=True)
 
 
-def default_execute(doc, inputs: list[pa.Table], comm, progress: bool | None = None) -> list[pa.Table]:
+def default_execute(
+    doc, inputs: list[pa.Table], comm, progress: bool | None = None, gather_outputs: bool = True
+) -> list[pa.Table]:
     """``execute_plan``; with ``progress`` (default: ``OPGRAPH_MPI_PROGRESS=1``) rank 0 prints
-    one line per island."""
+    one line per island. ``gather_outputs=False``: every rank returns its partitions."""
     from opgraph.runtime.executor import execute_plan
 
     if progress is None:
         progress = os.environ.get("OPGRAPH_MPI_PROGRESS") == "1"
+    kw: dict[str, Any] = {} if gather_outputs else {"gather_outputs": False}
     if progress and comm.rank == 0:
-        return execute_plan(doc, inputs, comm, progress=_progress)
-    return execute_plan(doc, inputs, comm)
+        return execute_plan(doc, inputs, comm, progress=_progress, **kw)
+    return execute_plan(doc, inputs, comm, **kw)
+
+
+def _executor_returns_partitions() -> bool:
+    """Whether ``execute_plan`` can leave each rank's output partition where it is."""
+    import inspect
+
+    from opgraph.runtime.executor import execute_plan
+
+    return "gather_outputs" in inspect.signature(execute_plan).parameters
 
 
 # ------------------------------------------------------------------------- main
@@ -207,11 +243,19 @@ def default_execute(doc, inputs: list[pa.Table], comm, progress: bool | None = N
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m opgraph.runtime.mpi_worker")
-    p.add_argument("plan")
-    p.add_argument("inputs_dir")
-    p.add_argument("result_dir")
+    p.add_argument("plan", nargs="?")
+    p.add_argument("inputs_dir", nargs="?")
+    p.add_argument("result_dir", nargs="?")
     p.add_argument("--expect-ranks", type=int, default=None)
-    return p.parse_args(argv)
+    p.add_argument("--serve", metavar="SOCKET", default=None, help="pool mode: serve requests from this socket")
+    args = p.parse_args(argv)
+    if args.serve is not None:
+        if args.plan is not None:
+            p.error("--serve takes no PLAN INPUTS_DIR RESULT_DIR")
+        args.result_dir = str(Path(args.serve).parent)  # startup error records
+    elif args.result_dir is None:
+        p.error("PLAN, INPUTS_DIR and RESULT_DIR are required (or --serve SOCKET)")
+    return args
 
 
 _T0 = __import__("time").perf_counter()
@@ -226,7 +270,8 @@ def _phase(name: str) -> None:
 
 
 def main(argv: list[str] | None = None, execute: ExecuteFn | None = None) -> int:
-    """Runs one rank. ``execute`` replaces ``execute_plan`` (tests, custom executors)."""
+    """Runs one rank (one plan, or the pool's request loop with ``--serve``). ``execute``
+    replaces ``execute_plan`` (tests, custom executors)."""
     _phase("start")
     args = parse_args(sys.argv[1:] if argv is None else argv)
     faulthandler.enable()  # a crash in a native kernel still shows the Python stack
@@ -248,10 +293,11 @@ def main(argv: list[str] | None = None, execute: ExecuteFn | None = None) -> int
     world = MPI.COMM_WORLD
     rank, size = world.Get_rank(), world.Get_size()
     reporter = _Reporter(result_dir, rank, size)
-    try:
-        (result_dir / f"rank{rank}.pid").write_text(str(os.getpid()))
-    except OSError:
-        pass  # the result directory is on another node: fine
+    if args.serve is None:
+        try:
+            (result_dir / f"rank{rank}.pid").write_text(str(os.getpid()))
+        except OSError:
+            pass  # the result directory is on another node: fine
     if args.expect_ranks is not None and size != args.expect_ranks:
         # the launcher started processes that do not form one MPI world: each is its own
         # singleton. Report it (from each, identically) and stop without collectives.
@@ -279,31 +325,21 @@ def main(argv: list[str] | None = None, execute: ExecuteFn | None = None) -> int
             node = world.Split_type(MPI.COMM_TYPE_SHARED)
             os.environ["OPGRAPH_RANKS_PER_NODE"] = str(node.Get_size())
             node.Free()
-        except Exception:  # noqa: BLE001 - no shared-memory split: keep every core
+        except Exception:  # noqa: BLE001, S110 - no shared-memory split: keep every core
             pass
+    if args.serve is not None:
+        return _serve(world, args.serve, reporter, execute)
     try:
         _phase("mpi-init")
         doc = load_plan(world, args.plan)
         inputs = load_inputs(world, args.inputs_dir, count_inputs(world, args.inputs_dir))
         _phase("inputs")
         comm = MPICommunicator(world)
-        prof_dir = os.environ.get("OPGRAPH_MPI_PROFILE")  # debugging aid: cProfile per rank
-        if prof_dir:
-            import cProfile
-
-            prof = cProfile.Profile()
-            outputs = prof.runcall(execute or default_execute, doc, inputs, comm)
-            prof.dump_stats(os.path.join(prof_dir, f"rank{rank}.prof"))
-        else:
-            outputs = (execute or default_execute)(doc, inputs, comm)
+        outputs = _execute(execute, doc, inputs, comm, None, rank)
         _phase("executed")
         comm.finish()
         if rank == 0:
-            outputs = list(outputs or [])
-            for i, table in enumerate(outputs):
-                if not isinstance(table, pa.Table):
-                    raise TypeError(f"the executor returned {type(table).__name__} as output {i}, not a pyarrow.Table")
-                write_ipc_file(output_path(result_dir, i), table)
+            _write_outputs(result_dir, outputs)
             manifest = result_dir / RESULTS_MANIFEST
             tmp = manifest.with_name(f".{manifest.name}.tmp")
             tmp.write_text(json.dumps({"outputs": len(outputs), "ranks": size}))
@@ -315,6 +351,159 @@ def main(argv: list[str] | None = None, execute: ExecuteFn | None = None) -> int
         world.Abort(2 if _is_opgraph_error(exc) else 1)
         return 1  # not reached
     return 0
+
+
+def _execute(
+    execute: ExecuteFn | None,
+    doc,
+    inputs,
+    comm,
+    progress: bool | None,
+    rank: int,
+    call: int | None = None,
+    gather_outputs: bool = True,
+):
+    prof_dir = os.environ.get("OPGRAPH_MPI_PROFILE")  # debugging aid: cProfile per rank
+    if execute is not None:
+        fn, args = execute, (doc, inputs, comm)
+    else:
+        fn, args = default_execute, (doc, inputs, comm, progress, gather_outputs)
+    if not prof_dir:
+        return fn(*args)
+    import cProfile
+
+    prof = cProfile.Profile()
+    outputs = prof.runcall(fn, *args)
+    name = f"rank{rank}.prof" if call is None else f"rank{rank}-call{call}.prof"
+    prof.dump_stats(os.path.join(prof_dir, name))
+    return outputs
+
+
+def _write_outputs(result_dir: Path, outputs, rank: int | None = None) -> list[pa.Table]:
+    outputs = list(outputs or [])
+    for i, table in enumerate(outputs):
+        if not isinstance(table, pa.Table):
+            raise TypeError(f"the executor returned {type(table).__name__} as output {i}, not a pyarrow.Table")
+        write_ipc_file(output_path(result_dir, i, rank), table)
+    return outputs
+
+
+# -------------------------------------------------------------------- pool mode
+
+POOL_DONE = "opgraph-mpi-pool: done"
+
+
+def _send_line(sock: socket.socket, obj: dict[str, Any]) -> None:
+    sock.sendall(json.dumps(obj).encode() + b"\n")
+
+
+def _serve(world, sock_path: str, reporter: _Reporter, execute: ExecuteFn | None) -> int:
+    """The pool's request loop (see the module docstring)."""
+    rank, size = world.Get_rank(), world.Get_size()
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(sock_path)
+        _send_line(sock, {"rank": rank, "size": size, "pid": os.getpid()})
+    except OSError as exc:
+        reporter.report(
+            {
+                "type": "pool",
+                "opgraph_error": True,
+                "message": (
+                    f"MPI rank {rank} cannot reach the driver's control socket {sock_path} ({exc}); the pooled "
+                    "mpi engine needs every rank on the driver's node: set OPGRAPH_MPI_POOL=0 for one-shot runs"
+                ),
+                "file": None,
+                "line": None,
+                "traceback": "",
+            }
+        )
+        world.Abort(3)
+        return 3  # not reached
+    _phase("pool-ready")
+    if execute is None:  # the executor's imports overlap the driver's writing of the inputs
+        try:
+            import opgraph.runtime.executor  # noqa: F401
+        except Exception:  # noqa: BLE001, S110 - the first call reports it
+            pass
+        _phase("executor-imported")
+    reader = sock.makefile("rb")
+    while True:
+        try:
+            line = reader.readline()
+        except OSError:
+            line = b""
+        if not line:
+            break  # the driver closed the pool or exited
+        request = json.loads(line)
+        if request.get("cmd") != "run":
+            break
+        _serve_call(world, sock, request, execute)
+    try:
+        sock.close()
+    except OSError:
+        pass
+    pool_dir = Path(sock_path).parent
+    if rank == 0 and pool_dir.name.startswith("opgraph-mpi-pool-"):
+        # the driver may have died without cleaning up (its files live in /dev/shm)
+        import shutil
+
+        shutil.rmtree(pool_dir, ignore_errors=True)
+    return 0
+
+
+def _serve_call(world, sock: socket.socket, request: dict[str, Any], execute: ExecuteFn | None) -> None:
+    from opgraph.runtime.mpi_comm import MPICommunicator
+
+    rank, size = world.Get_rank(), world.Get_size()
+    call = int(request.get("call", 0))
+    result_dir = Path(request["results"])
+    reporter = _Reporter(result_dir, rank, size)
+    MPICommunicator.abort_hook = reporter.abort_hook
+    try:
+        _phase(f"call {call} received")
+        cwd = request.get("cwd")
+        if cwd and cwd != os.getcwd():
+            try:
+                os.chdir(cwd)
+            except OSError:
+                pass
+        doc = load_plan(world, request["plan"])
+        inputs = [read_ipc_file(Path(f)) for f in request["input_files"]]  # mapped: no copy
+        _phase(f"call {call} inputs")
+        comm = MPICommunicator(world)
+        progress = True if request.get("progress") else None  # None: OPGRAPH_MPI_PROGRESS decides
+        # the plan's own executor: every rank writes its partitions of the outputs (no
+        # gather to rank 0; the driver maps them all); a custom one returns them on rank 0
+        parts = execute is None and _executor_returns_partitions()
+        outputs = _execute(execute, doc, inputs, comm, progress, rank, call, gather_outputs=not parts)
+        _phase(f"call {call} executed")
+        comm.finish()
+        del inputs, doc  # the input files' mappings end with the call
+        if parts:
+            count = len(_write_outputs(result_dir, outputs, rank))
+        else:
+            count = len(_write_outputs(result_dir, outputs)) if rank == 0 else 0
+        del outputs
+        _phase(f"call {call} outputs-written")
+        world.Barrier()
+    except BaseException as exc:  # noqa: BLE001 - any failure must stop every rank
+        reporter.report(describe_exception(exc))
+        world.Abort(2 if _is_opgraph_error(exc) else 1)
+        return  # not reached
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # one write(2): the launcher forwards the ranks' output in chunks, and the marker
+        # must reach the driver as one line of its own
+        os.write(sys.stderr.fileno(), f"{POOL_DONE} {call} {rank}\n".encode())
+    except (OSError, ValueError):
+        pass
+    if rank == 0:
+        try:
+            _send_line(sock, {"ok": True, "call": call, "outputs": count, "parts": parts})
+        except OSError:
+            pass  # the driver went away: the next read ends the loop
 
 
 if __name__ == "__main__":

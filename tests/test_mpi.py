@@ -1,7 +1,8 @@
 """The MPI engine: ``MPICommunicator`` across real ranks, the worker, ``run_mpi``.
 
 Everything here runs the real ``mpiexec`` of the pip-installed ``mpich`` (the environment's
-``bin/mpiexec``) with 2 ranks. Scripts that run on the ranks are written to ``tmp_path`` and
+``bin/mpiexec``) with 2 ranks, one job per call (``OPGRAPH_MPI_POOL=0``; the pool of
+persistent workers is tested in tests/test_mpi_pool*.py). Scripts that run on the ranks are written to ``tmp_path`` and
 assert on every rank; a failing assertion exits non-zero (through MPI_Abort) and the test
 shows the ranks' output.
 """
@@ -36,9 +37,11 @@ pytestmark = needs_mpi
 
 @pytest.fixture(autouse=True)
 def _pip_installed_mpi(monkeypatch) -> None:
-    """These tests use the environment's MPI (the mpich wheel), whatever the caller set."""
+    """These tests use the environment's MPI (the mpich wheel), whatever the caller set, and
+    one job per call (the worker pool: tests/test_mpi_pool*.py)."""
     for name in ("OPGRAPH_MPIEXEC", "MPI4PY_LIBMPI", "MPI4PY_MPIABI"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OPGRAPH_MPI_POOL", "0")
 
 
 HAVE_EXECUTOR = (Path(mpi_engine.__file__).parent / "executor.py").is_file()
