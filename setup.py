@@ -23,7 +23,7 @@ extensions = [
     Extension(
         "opgraph.runtime.kernels.opkernels",
         sources=["runtime/kernels/opkernels.pyx"],
-        depends=["runtime/kernels/op_kernels.hpp"],
+        depends=["runtime/kernels/op_kernels.hpp", "runtime/kernels/kernel_common.hpp", "runtime/kernels/kernel_buffers.pxd"],
         include_dirs=["runtime/kernels"],
         language="c++",
         extra_compile_args=[*CXX_FLAGS, "-pthread"],
@@ -33,7 +33,7 @@ extensions = [
     Extension(
         "opgraph.runtime.kernels.filtering",
         sources=["runtime/kernels/filtering.pyx"],
-        depends=["runtime/kernels/filter_kernels.hpp"],
+        depends=["runtime/kernels/filter_kernels.hpp", "runtime/kernels/kernel_common.hpp", "runtime/kernels/kernel_buffers.pxd"],
         include_dirs=["runtime/kernels"],
         language="c++",
         extra_compile_args=[*CXX_FLAGS, "-pthread"],
@@ -43,7 +43,7 @@ extensions = [
     Extension(
         "opgraph.runtime.kernels.windowing",
         sources=["runtime/kernels/windowing.pyx"],
-        depends=["runtime/kernels/window_kernels.hpp"],
+        depends=["runtime/kernels/window_kernels.hpp", "runtime/kernels/kernel_buffers.pxd"],
         include_dirs=["runtime/kernels"],
         language="c++",
         extra_compile_args=CXX_FLAGS,
@@ -52,7 +52,7 @@ extensions = [
     Extension(
         "opgraph.runtime.kernels.grouping",
         sources=["runtime/kernels/grouping.pyx"],
-        depends=["runtime/kernels/group_kernels.hpp"],
+        depends=["runtime/kernels/group_kernels.hpp", "runtime/kernels/kernel_common.hpp", "runtime/kernels/kernel_buffers.pxd"],
         include_dirs=["runtime/kernels"],
         language="c++",
         extra_compile_args=[*CXX_FLAGS, "-pthread"],
@@ -64,6 +64,7 @@ setup(
     ext_modules=cythonize(
         extensions,
         language_level=3,
+        include_path=["runtime/kernels"],  # kernel_buffers.pxd (cimported by the .pyx files)
         compiler_directives={
             "boundscheck": False,
             "wraparound": False,

@@ -383,6 +383,8 @@ class _Executor:
         # sources keep string columns dictionary-encoded through row-wise ops (cheap reads,
         # filters and isin on the dictionary); every other op sees the plan's plain types
         passthrough = self.comm.size == 1 and op.op.startswith("comm.")  # moves nothing
+        # one rank: the group-by keys on a dictionary's indices (local_ops._dictionary_keys)
+        passthrough = passthrough or (self.comm.size == 1 and op.op == "df.groupby_agg")
         if op.op not in _DICT_OK and not passthrough and isinstance(d, Dist) and L.has_dictionaries(d.table):
             d = Dist(L.decode_dictionaries(d.table), d.part)
             self.env[op.operands[i]] = d

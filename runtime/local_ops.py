@@ -388,8 +388,15 @@ def join(
     arrays.extend(rout[: len(rnames)])
     if len(arrays) != len(schema):
         raise ValueError(f"df.join: produced {len(arrays)} columns, the plan's schema has {len(schema)}")
-    arrays = [_cast_column(a, f.type) if a.type != f.type else a for a, f in zip(arrays, schema)]
-    return pa.Table.from_arrays(arrays, schema=schema)
+    fields = list(schema)
+    for i, (a, f) in enumerate(zip(arrays, schema)):
+        if a.type == f.type:
+            continue
+        if pa.types.is_dictionary(a.type) and a.type.value_type == f.type:
+            fields[i] = f.with_type(a.type)  # kept encoded (one-rank join): the executor decodes it where needed
+        else:
+            arrays[i] = _cast_column(a, f.type)
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=schema.metadata))
 
 
 # -------------------------------------------------------------------- set operators
@@ -574,18 +581,53 @@ def grouped_kernel(key_columns: Sequence[Any], columns: Sequence[tuple[Any, str]
     return GK.groupby(list(key_columns), values, specs)
 
 
+#: how many group-bys grouped a dictionary-encoded key on its indices (tests)
+dictionary_key_groupbys = 0
+
+
+def _dictionary_keys(table: pa.Table, keys: Sequence[str]) -> tuple[list[Any], list[Any]]:
+    """The key columns the group-by kernel reads, and per key the dictionary that decodes
+    its result (None: a plain key). A dictionary-encoded key (a Parquet string column kept
+    encoded by the executor) is grouped on its indices (the kernel's array-indexed path
+    instead of hashing strings): the chunks' dictionaries are unified first, and only a
+    dictionary without nulls or repeated values qualifies (else two indices could name one
+    key); a null index is a null key, so nulls still form one group."""
+    cols: list[Any] = []
+    dicts: list[Any] = []
+    for k in keys:
+        col = table.column(k)
+        t = col.type
+        if pa.types.is_dictionary(t) and pa.types.is_integer(t.index_type):
+            c = col.unify_dictionaries() if col.num_chunks > 1 else col
+            dictionary = c.chunk(0).dictionary if c.num_chunks else pa.array([], t.value_type)
+            if dictionary.null_count == 0 and len(pc.unique(dictionary)) == len(dictionary):
+                cols.append(pa.chunked_array([ch.indices for ch in c.chunks], type=t.index_type))
+                dicts.append(dictionary)
+                continue
+            col = pc.cast(col, t.value_type)
+        cols.append(col)
+        dicts.append(None)
+    return cols, dicts
+
+
 def groupby_agg(table: pa.Table, keys: Sequence[str], aggs: Sequence[Sequence[str]], schema: pa.Schema) -> pa.Table:
     """``groupby(keys).agg(name=(column, fn))``: null keys form one group. Our C++ kernel
-    where it applies (``grouped_kernel``), Acero's hash group-by otherwise."""
+    where it applies (``grouped_kernel``; dictionary-encoded keys on their indices,
+    ``_dictionary_keys``), Acero's hash group-by otherwise."""
     keys = list(keys)
     if all(fn in GK.FNS for _, _, fn in aggs):
         cols: dict[str, Any] = {}
-        got = grouped_kernel(
-            [table.column(k) for k in keys], [(cols.setdefault(c, table.column(c)), fn) for _, c, fn in aggs]
-        )
+        key_cols, dicts = _dictionary_keys(table, keys)
+        got = None
+        if not any(pa.types.is_dictionary(table.column(c).type) for _, c, _ in aggs):
+            got = grouped_kernel(key_cols, [(cols.setdefault(c, table.column(c)), fn) for _, c, fn in aggs])
         if got is not None:
-            out = [*got[0], *got[1]]
+            global dictionary_key_groupbys
+            dictionary_key_groupbys += any(d is not None for d in dicts)
+            gkeys = [k if d is None else d.take(k) for k, d in zip(got[0], dicts)]  # decode the result's keys
+            out = [*gkeys, *got[1]]
             return pa.Table.from_arrays([_cast_column(a, f.type) if a.type != f.type else a for a, f in zip(out, schema)], schema=schema)
+    table = decode_dictionaries(table)
     key_names = [f"__g{i}" for i in range(len(keys))]
     arrays = [table.column(k) for k in keys]
     names = list(key_names)

@@ -40,46 +40,10 @@
 #include <emmintrin.h>
 #endif
 
+#include "kernel_common.hpp"
+
 namespace opgraph {
 namespace filt {
-
-inline int clamp_threads(int nthreads, int64_t n, int64_t min_per_thread) {
-  if (nthreads < 1) nthreads = 1;
-  int64_t most = n / min_per_thread;
-  if (most < 1) most = 1;
-  if (nthreads > most) nthreads = static_cast<int>(most);
-  return nthreads;
-}
-
-template <class F>
-void parallel_for(int nthreads, F&& f) {
-  if (nthreads <= 1) {
-    f(0);
-    return;
-  }
-  std::vector<std::thread> ts;
-  ts.reserve(nthreads - 1);
-  for (int t = 1; t < nthreads; ++t) ts.emplace_back([&f, t] { f(t); });
-  f(0);
-  for (auto& th : ts) th.join();
-}
-
-inline bool get_bit(const uint8_t* p, int64_t i) { return (p[i >> 3] >> (i & 7)) & 1; }
-
-// nbits (<= 64) bits starting at bit_off, as the low bits of a word
-inline uint64_t load_bits(const uint8_t* bits, int64_t bit_off, int64_t nbits) {
-  const int64_t byte0 = bit_off >> 3;
-  const int sh = static_cast<int>(bit_off & 7);
-  const int64_t nbytes = (sh + nbits + 7) >> 3;
-  uint8_t buf[16] = {0};
-  std::memcpy(buf, bits + byte0, static_cast<size_t>(nbytes));
-  uint64_t lo, hi;
-  std::memcpy(&lo, buf, 8);
-  std::memcpy(&hi, buf + 8, 8);
-  uint64_t w = sh ? ((lo >> sh) | (hi << (64 - sh))) : lo;
-  if (nbits < 64) w &= (uint64_t(1) << nbits) - 1;
-  return w;
-}
 
 // One run of rows in which the mask and every column are single contiguous arrays.
 struct Seg {

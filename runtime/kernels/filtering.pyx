@@ -21,6 +21,7 @@ Threads: ``kernel_threads()`` (cores / ranks sharing them; ``OPGRAPH_KERNEL_THRE
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.string cimport memset
 from libcpp.vector cimport vector
+from kernel_buffers cimport buf_addr as _addr
 
 import numpy as np
 import pyarrow as pa
@@ -63,12 +64,6 @@ def _threads():
     from opgraph.runtime.kernels import kernel_threads  # cores / ranks sharing them
 
     return kernel_threads()
-
-
-cdef inline const uint8_t* _addr(object buf):
-    if buf is None:
-        return NULL
-    return <const uint8_t*><uintptr_t>buf.address
 
 
 cdef int _width(object t):

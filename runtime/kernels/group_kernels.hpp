@@ -58,6 +58,8 @@
 
 #include <sys/mman.h>
 
+#include "kernel_common.hpp"
+
 namespace opgraph {
 namespace grp {
 
@@ -134,59 +136,6 @@ template <class W> inline W& wref(W8& w);
 template <> inline int64_t& wref<int64_t>(W8& w) { return w.i; }
 template <> inline uint64_t& wref<uint64_t>(W8& w) { return w.u; }
 template <> inline double& wref<double>(W8& w) { return w.d; }
-
-// ------------------------------------------------------------------ threading helpers
-
-inline int clamp_threads(int nthreads, int64_t n, int64_t min_per_thread = 1 << 16) {
-  if (nthreads < 1) nthreads = 1;
-  int64_t most = n / min_per_thread;
-  if (most < 1) most = 1;
-  if (nthreads > most) nthreads = static_cast<int>(most);
-  return nthreads;
-}
-
-// f(0..nthreads-1) on threads; the first exception (e.g. bad_alloc) is rethrown here, after
-// every thread has finished, so that it reaches Python instead of terminating the process
-template <class F>
-void parallel_for(int nthreads, F&& f) {
-  if (nthreads <= 1) {
-    f(0);
-    return;
-  }
-  std::exception_ptr err;
-  std::mutex mu;
-  auto run = [&](int t) {
-    try {
-      f(t);
-    } catch (...) {
-      std::lock_guard<std::mutex> lock(mu);
-      if (!err) err = std::current_exception();
-    }
-  };
-  std::vector<std::thread> ts;
-  ts.reserve(nthreads - 1);
-  for (int t = 1; t < nthreads; ++t) ts.emplace_back([&run, t] { run(t); });
-  run(0);
-  for (auto& th : ts) th.join();
-  if (err) std::rethrow_exception(err);
-}
-
-// OPGRAPH_KERNEL_TRACE=1 prints phase times (seconds) on stderr.
-struct PhaseTimer {
-  bool on;
-  std::chrono::steady_clock::time_point t0;
-  const char* what;
-  explicit PhaseTimer(const char* w)
-      : on(std::getenv("OPGRAPH_KERNEL_TRACE") != nullptr), t0(std::chrono::steady_clock::now()), what(w) {}
-  void lap(const char* phase) {
-    if (!on) return;
-    auto t1 = std::chrono::steady_clock::now();
-    std::fprintf(stderr, "[grp] %s %s %.4f\n", what, phase, std::chrono::duration<double>(t1 - t0).count());
-    t0 = t1;
-  }
-};
-
-inline bool get_bit(const uint8_t* bits, int64_t i) { return (bits[i >> 3] >> (i & 7)) & 1; }
 
 inline void unpack_bits(const uint8_t* bits, int64_t off, int m, uint8_t* out) {
   for (int i = 0; i < m; ++i) out[i] = get_bit(bits, off + i);
@@ -756,7 +705,7 @@ inline void run_partitioned(Ctx& ctx, Result& res, int nthreads, int pbits, doub
   const int64_t nparts = int64_t(1) << pbits;
   const int64_t np1 = nparts + 1;  // + null-key rows
   const int sh = 64 - pbits;
-  PhaseTimer timer("partitioned");
+  PhaseTimer timer("partitioned", "grp");
   // record layout: key, values (aligned), validity bytes
   Layout L;
   L.val_off.assign(sp.nvals, SIZE_MAX);
@@ -1028,7 +977,7 @@ inline Result* k_groupby(const Spec& sp, int nthreads, int mode) {
     while (pbits < 12 && (n >> pbits) > 8192) ++pbits;
     run_partitioned(ctx, *res, nthreads, pbits, ratio);
   } else {
-    PhaseTimer timer(ctx.direct ? "direct" : "local");
+    PhaseTimer timer(ctx.direct ? "direct" : "local", "grp");
     const int nt = clamp_threads(nthreads, n);
     std::vector<GroupTable> tabs(nt);
     parallel_for(nt, [&](int t) {

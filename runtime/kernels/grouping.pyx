@@ -18,6 +18,7 @@ Threads: ``kernel_threads()``.
 
 from libc.stdint cimport int64_t, uint8_t
 from libcpp.vector cimport vector
+from kernel_buffers cimport buf_ptr as _ptr, buf_wptr as _wptr, opg_delete
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -53,12 +54,6 @@ cdef extern from "group_kernels.hpp" namespace "opgraph::grp" nogil:
     Result* k_groupby(const Spec& sp, int nthreads, int mode) except +
     void k_finalize(Result* res, const Spec& sp, OutCol* keys, OutCol* aggs, int nthreads) except +
 
-cdef extern from *:
-    """
-    template <class T> void grp_delete(T* p) { delete p; }
-    """
-    void grp_delete[T](T* p) nogil
-
 FNS = ("sum", "sum_f", "mean", "min", "max", "count", "size", "var", "std")
 _FN_CODE = {fn: i for i, fn in enumerate(FNS)}
 
@@ -80,26 +75,6 @@ def _threads():
     from opgraph.runtime.kernels import kernel_threads
 
     return kernel_threads()
-
-
-cdef uint8_t* _wptr(object buf) except? NULL:
-    cdef uint8_t[::1] mv
-    if buf is None:
-        return NULL
-    mv = memoryview(buf).cast("B")
-    if mv.shape[0] == 0:
-        return NULL
-    return &mv[0]
-
-
-cdef const uint8_t* _ptr(object buf) except? NULL:
-    cdef const uint8_t[::1] mv
-    if buf is None:
-        return NULL
-    mv = memoryview(buf).cast("B")
-    if mv.shape[0] == 0:
-        return NULL
-    return &mv[0]
 
 
 def key_type_ok(t) -> bool:
@@ -281,7 +256,7 @@ def groupby(keys, values, aggs, int mode=0, nthreads=None):
             out_aggs.append(pa.Array.from_buffers(out_agg_types[j], G, [mb if nn else None, vb], null_count=nn))
     finally:
         with nogil:
-            grp_delete(res)
+            opg_delete(res)
     calls += 1
     return _restore(out_keys, key_types), _restore_aggs(out_aggs, aggs, values)
 

@@ -35,6 +35,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <cmath>
@@ -44,45 +45,10 @@
 #include <thread>
 #include <vector>
 
+#include "kernel_common.hpp"
+
 namespace opgraph {
 namespace opk {
-
-// ------------------------------------------------------------------ threading helpers
-
-inline int clamp_threads(int nthreads, int64_t n, int64_t min_per_thread = 1 << 16) {
-  if (nthreads < 1) nthreads = 1;
-  int64_t most = n / min_per_thread;
-  if (most < 1) most = 1;
-  if (nthreads > most) nthreads = static_cast<int>(most);
-  return nthreads;
-}
-
-template <class F>
-void parallel_for(int nthreads, F&& f) {
-  if (nthreads <= 1) {
-    f(0);
-    return;
-  }
-  std::vector<std::thread> ts;
-  ts.reserve(nthreads - 1);
-  for (int t = 1; t < nthreads; ++t) ts.emplace_back([&f, t] { f(t); });
-  f(0);
-  for (auto& th : ts) th.join();
-}
-
-// OPGRAPH_KERNEL_TRACE=1 prints phase times (seconds) of the join/sort kernels on stderr.
-struct PhaseTimer {
-  bool on;
-  std::chrono::steady_clock::time_point t0;
-  const char* what;
-  explicit PhaseTimer(const char* w) : on(std::getenv("OPGRAPH_KERNEL_TRACE") != nullptr), t0(std::chrono::steady_clock::now()), what(w) {}
-  void lap(const char* phase) {
-    if (!on) return;
-    auto t1 = std::chrono::steady_clock::now();
-    std::fprintf(stderr, "[opk] %s %s %.4f\n", what, phase, std::chrono::duration<double>(t1 - t0).count());
-    t0 = t1;
-  }
-};
 
 // Uninitialised scratch (std::vector would zero-fill hundreds of MB first).
 template <class T>
@@ -106,8 +72,6 @@ struct KeyRow {
   int64_t k;
   int64_t i;
 };
-
-inline bool get_bit(const uint8_t* bits, int64_t i) { return (bits[i >> 3] >> (i & 7)) & 1; }
 
 // ------------------------------------------------------------------------ radix keys
 
@@ -324,8 +288,14 @@ enum JoinHow : int { JOIN_INNER = 0, JOIN_LEFT = 1, JOIN_RIGHT = 2, JOIN_OUTER =
 constexpr uint64_t kMul = 0x9e3779b97f4a7c15ULL;
 
 struct JoinResult {
-  std::vector<std::vector<int64_t>> li, ri;  // per partition (+1 for null keys)
+  std::vector<std::vector<int64_t>> li, ri;  // per partition / left row block (+1 for the rest)
   int64_t total = 0;
+  int ordered = 0;  // 1: inner/left matches in left-row order (the sequential probe)
+  JoinResult* finish() {
+    total = 0;
+    for (auto& v : li) total += static_cast<int64_t>(v.size());
+    return this;
+  }
 };
 
 // Scatter the valid rows of keys into nparts partitions (stable); returns the partition
@@ -389,8 +359,180 @@ inline std::vector<int64_t> partition_side(const int64_t* k, const uint8_t* vali
   return starts;
 }
 
+// A thread's output vectors, built locally and moved into res->li/ri[slot] when the scope
+// ends: push_back straight on res->li[slot] would write vector headers that share cache
+// lines with other threads' (false sharing: 2 threads were slower than 1).
+struct MoveOut {
+  JoinResult* r;
+  int slot;
+  std::vector<int64_t>& a;
+  std::vector<int64_t>& b;
+  ~MoveOut() {
+    r->li[slot] = std::move(a);
+    r->ri[slot] = std::move(b);
+  }
+};
+
+// Right keys whose range is at most kDenseFactor * (right rows) (e.g. a dimension table's
+// 0..n-1 ids) or at most kSmallBuild right rows: no partitioning; one table on the right rows
+// (direct-addressed by key - min, or open addressing) is probed by the left rows in order,
+// left row blocks spread over threads. The result's inner/left rows then come in left-row
+// order (each left row's matches in right-row order), so that gathering the left columns -
+// usually the wide, big side - reads memory sequentially. Right/outer kinds append the
+// unmatched (and null-key) right rows in right-row order.
+constexpr int64_t kDenseFactor = 4;
+constexpr int64_t kSmallBuild = 16384;
+
+inline JoinResult* join_sequential_probe(const int64_t* lk, const uint8_t* lvalid, int64_t lvoff, int64_t nl,
+                                         const int64_t* rk, const uint8_t* rvalid, int64_t rvoff, int64_t nr, int how,
+                                         int nthreads, bool dense, int64_t mn, int64_t mx) {
+  auto* res = new JoinResult();
+  res->ordered = 1;
+  const bool keep_left = how == JOIN_LEFT || how == JOIN_OUTER;
+  const bool keep_right = how == JOIN_RIGHT || how == JOIN_OUTER;
+  PhaseTimer timer("join-seq");
+  // build: head[slot] = first right row of the key, chain[j] = next right row of the same key
+  int64_t cap;
+  int sbits = 0;
+  if (dense) {
+    cap = mx - mn + 1;
+  } else {
+    sbits = 1;
+    while ((int64_t(1) << sbits) < 2 * nr) ++sbits;
+    cap = int64_t(1) << sbits;
+  }
+  const uint64_t mask = static_cast<uint64_t>(cap - 1);
+  RawBuf<int32_t> head(cap), chain(nr);
+  RawBuf<int64_t> tkey(dense ? 0 : cap);
+  std::memset(head.data(), 0xff, static_cast<size_t>(cap) * sizeof(int32_t));
+  auto hslot = [&](int64_t key) -> uint64_t { return (static_cast<uint64_t>(key) * kMul) >> (64 - sbits); };
+  bool unique = true;  // no key twice: the probe never reads chain (one cache miss less per row)
+  for (int64_t j = nr - 1; j >= 0; --j) {  // reverse: chains list rows ascending
+    if (rvalid && !get_bit(rvalid, rvoff + j)) continue;
+    const int64_t key = rk[j];
+    if (dense) {
+      const int64_t s = key - mn;
+      chain[j] = head[s];
+      unique &= head[s] < 0;
+      head[s] = static_cast<int32_t>(j);
+      continue;
+    }
+    uint64_t s = hslot(key);
+    for (;;) {
+      if (head[s] < 0) {
+        tkey[s] = key;
+        chain[j] = -1;
+        head[s] = static_cast<int32_t>(j);
+        break;
+      }
+      if (tkey[s] == key) {
+        chain[j] = head[s];
+        head[s] = static_cast<int32_t>(j);
+        unique = false;
+        break;
+      }
+      s = (s + 1) & mask;
+    }
+  }
+  timer.lap("build");
+  auto first = [&](int64_t key) -> int32_t {
+    if (dense) return (key < mn || key > mx) ? -1 : head[key - mn];
+    uint64_t s = hslot(key);
+    for (;;) {
+      const int32_t hd = head[s];
+      if (hd < 0 || tkey[s] == key) return hd;
+      s = (s + 1) & mask;
+    }
+  };
+  std::vector<uint8_t> matched(keep_right ? nr : 0, 0);
+  const int nt = clamp_threads(nthreads, nl);
+  res->li.resize(nt + 1);
+  res->ri.resize(nt + 1);
+  parallel_for(nt, [&](int t) {
+    const int64_t lo = nl * t / nt, hi = nl * (t + 1) / nt;
+    std::vector<int64_t> oli, ori;
+    MoveOut done{res, t, oli, ori};
+    oli.reserve(hi - lo);
+    ori.reserve(hi - lo);
+    if (unique && dense && !keep_right) {  // the common dimension-table case: one load per row
+      const int32_t* hd = head.data();
+      constexpr int64_t kAhead = 16;  // prefetch distance: the table is often beyond L2
+      for (int64_t i = lo; i < hi; ++i) {
+        if (i + kAhead < hi) {
+          const uint64_t ka = static_cast<uint64_t>(lk[i + kAhead]) - static_cast<uint64_t>(mn);
+          if (ka < static_cast<uint64_t>(cap)) __builtin_prefetch(hd + ka);
+        }
+        const int64_t key = lk[i];
+        int32_t h = (key < mn || key > mx || (lvalid && !get_bit(lvalid, lvoff + i))) ? -1 : hd[key - mn];
+        if (h >= 0 || keep_left) {
+          oli.push_back(i);
+          ori.push_back(h);
+        }
+      }
+      return;
+    }
+    for (int64_t i = lo; i < hi; ++i) {
+      int32_t h = -1;
+      if (!lvalid || get_bit(lvalid, lvoff + i)) h = first(lk[i]);
+      if (h < 0) {
+        if (keep_left) {
+          oli.push_back(i);
+          ori.push_back(-1);
+        }
+        continue;
+      }
+      for (int32_t j = h; j >= 0; j = unique ? -1 : chain[j]) {
+        oli.push_back(i);
+        ori.push_back(j);
+        if (keep_right) __atomic_store_n(&matched[j], static_cast<uint8_t>(1), __ATOMIC_RELAXED);
+      }
+    }
+  });
+  timer.lap("probe");
+  if (keep_right) {
+    std::vector<int64_t>& nli = res->li[nt];
+    std::vector<int64_t>& nri = res->ri[nt];
+    for (int64_t j = 0; j < nr; ++j) {
+      if (!matched[j]) {  // unmatched or a null key
+        nli.push_back(-1);
+        nri.push_back(j);
+      }
+    }
+  }
+  return res->finish();
+}
+
 inline JoinResult* k_hash_join_i64(const int64_t* lk, const uint8_t* lvalid, int64_t lvoff, int64_t nl, const int64_t* rk,
                                  const uint8_t* rvalid, int64_t rvoff, int64_t nr, int how, int nthreads) {
+  if (nr > 0 && nr < (int64_t(1) << 31) - 1) {
+    int64_t mn = INT64_MAX, mx = INT64_MIN;
+    {
+      const int nt = clamp_threads(nthreads, nr);
+      std::vector<int64_t> tmn(nt, INT64_MAX), tmx(nt, INT64_MIN);
+      parallel_for(nt, [&](int t) {
+        int64_t a = INT64_MAX, b = INT64_MIN;
+        for (int64_t j = nr * t / nt, e = nr * (t + 1) / nt; j < e; ++j) {
+          if (rvalid && !get_bit(rvalid, rvoff + j)) continue;
+          a = std::min(a, rk[j]);
+          b = std::max(b, rk[j]);
+        }
+        tmn[t] = a;
+        tmx[t] = b;
+      });
+      for (int t = 0; t < nt; ++t) {
+        mn = std::min(mn, tmn[t]);
+        mx = std::max(mx, tmx[t]);
+      }
+    }
+    // range in uint64 (no signed overflow); all-null right keys: an empty dense table
+    const bool any_valid = mn <= mx;
+    const uint64_t range = any_valid ? static_cast<uint64_t>(mx) - static_cast<uint64_t>(mn) : 0;
+    const bool dense = any_valid && range < static_cast<uint64_t>(kDenseFactor * nr);
+    if (dense || nr <= kSmallBuild || !any_valid) {
+      if (!any_valid) mn = 0, mx = 0;
+      return join_sequential_probe(lk, lvalid, lvoff, nl, rk, rvalid, rvoff, nr, how, nthreads, dense || !any_valid, mn, mx);
+    }
+  }
   auto* res = new JoinResult();
   int bits = 0;
   while (bits < 12 && (nr >> bits) > 16384) ++bits;
@@ -418,8 +560,8 @@ inline JoinResult* k_hash_join_i64(const int64_t* lk, const uint8_t* lvalid, int
       if (p >= nparts) break;
       const int64_t r0 = rs[p], m = rs[p + 1] - rs[p];
       const int64_t l0 = ls[p], ml = ls[p + 1] - ls[p];
-      std::vector<int64_t>& oli = res->li[p];
-      std::vector<int64_t>& ori = res->ri[p];
+      std::vector<int64_t> oli, ori;  // moved into res at the end (no false sharing of headers)
+      MoveOut done{res, static_cast<int>(p), oli, ori};
       if (m == 0) {
         if (keep_left) {
           oli.resize(ml);
@@ -515,10 +657,7 @@ inline JoinResult* k_hash_join_i64(const int64_t* lk, const uint8_t* lvalid, int
       nri.push_back(j);
     }
   }
-  int64_t total = 0;
-  for (auto& v : res->li) total += static_cast<int64_t>(v.size());
-  res->total = total;
-  return res;
+  return res->finish();
 }
 
 inline void join_copy_out(JoinResult* res, int64_t* li, int64_t* ri, int nthreads) {
@@ -639,21 +778,6 @@ int64_t take_fixed(int width, const uint8_t* src, int64_t src_off, const uint8_t
 
 // Positions of rows whose mask bit is set and valid -> out (sized for n); returns count.
 // 64 rows at a time (word of mask & validity, then its set bits), ranges split over threads.
-inline uint64_t load_bits64(const uint8_t* bits, int64_t bit_off, int64_t nbits) {
-  // nbits (<= 64) bits starting at bit_off, as the low bits of a word
-  uint64_t w = 0;
-  const int64_t byte0 = bit_off >> 3;
-  const int sh = static_cast<int>(bit_off & 7);
-  const int64_t nbytes = (sh + nbits + 7) >> 3;
-  uint8_t buf[16] = {0};
-  std::memcpy(buf, bits + byte0, static_cast<size_t>(nbytes));
-  uint64_t lo, hi;
-  std::memcpy(&lo, buf, 8);
-  std::memcpy(&hi, buf + 8, 8);
-  w = sh ? ((lo >> sh) | (hi << (64 - sh))) : lo;
-  if (nbits < 64) w &= (uint64_t(1) << nbits) - 1;
-  return w;
-}
 
 template <class IdxT>
 int64_t k_mask_to_indices(const uint8_t* mask, int64_t moff, const uint8_t* mvalid, int64_t mvoff, int64_t n, IdxT* out,
@@ -661,8 +785,8 @@ int64_t k_mask_to_indices(const uint8_t* mask, int64_t moff, const uint8_t* mval
   int nt = clamp_threads(nthreads, n, 1 << 18);
   std::vector<int64_t> counts(nt + 1, 0);
   auto word = [&](int64_t i, int64_t len) -> uint64_t {
-    uint64_t w = load_bits64(mask, moff + i, len);
-    if (mvalid) w &= load_bits64(mvalid, mvoff + i, len);
+    uint64_t w = load_bits(mask, moff + i, len);
+    if (mvalid) w &= load_bits(mvalid, mvoff + i, len);
     return w;
   };
   auto range = [&](int t, int64_t& lo, int64_t& hi) {

@@ -18,6 +18,7 @@ Threads: ``OPGRAPH_KERNEL_THREADS`` (default: the machine's cores).
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libcpp.vector cimport vector
+from kernel_buffers cimport buf_ptr as _ptr, opg_delete
 
 import os
 
@@ -38,6 +39,7 @@ cdef extern from "op_kernels.hpp" namespace "opgraph::opk" nogil:
     void k_sort_indices[IdxT](const SortKey* ks, int nkeys, int64_t n, IdxT* out, int nthreads)
     cdef cppclass JoinResult:
         int64_t total
+        int ordered
     JoinResult* k_hash_join_i64(const int64_t* lk, const uint8_t* lvalid, int64_t lvoff, int64_t nl,
                               const int64_t* rk, const uint8_t* rvalid, int64_t rvoff, int64_t nr,
                               int how, int nthreads)
@@ -51,27 +53,11 @@ cdef extern from "op_kernels.hpp" namespace "opgraph::opk" nogil:
                          const uint64_t* const* skeys, const uint8_t* const* snulls, int64_t nsplit,
                          int32_t* out, int nthreads)
 
-cdef extern from *:
-    """
-    template <class T> void opg_delete(T* p) { delete p; }
-    """
-    void opg_delete[T](T* p) nogil
-
 
 def _threads():
     from opgraph.runtime.kernels import kernel_threads  # cores / ranks sharing them
 
     return kernel_threads()
-
-
-cdef const uint8_t* _ptr(object buf) except? NULL:
-    cdef const uint8_t[::1] mv
-    if buf is None:
-        return NULL
-    mv = memoryview(buf).cast("B")
-    if mv.shape[0] == 0:
-        return NULL
-    return &mv[0]
 
 
 def _single(arr):
@@ -239,6 +225,10 @@ def range_partition(keys, nulls, skeys, snulls):
 
 _HOW = {"inner": 0, "left": 1, "right": 2, "outer": 3}
 
+#: whether the last hash_join_i64 probed the left rows in order (op_kernels.hpp
+#: join_sequential_probe: inner/left results in left-row order; tests)
+last_join_ordered = False
+
 
 def hash_join_i64(left_keys, right_keys, how="inner"):
     """Matching row pairs of two int64 key arrays: (left indices, right indices), numpy
@@ -271,6 +261,8 @@ def hash_join_i64(left_keys, right_keys, how="inner"):
     with nogil:
         res = k_hash_join_i64(lk, lv, lo, nl, rk, rv, ro, nr, h, nt)
     cdef int64_t total = res.total
+    global last_join_ordered
+    last_join_ordered = bool(res.ordered)
     li = np.empty(total, dtype=np.int64)
     ri = np.empty(total, dtype=np.int64)
     cdef int64_t[::1] liv = li

@@ -18,6 +18,7 @@ ordered above all numbers for min/max, integer sums in int64).
 
 from libc.stdint cimport int64_t, uint8_t
 from libcpp.vector cimport vector
+from kernel_buffers cimport buf_ptr as _ptr
 
 import numpy as np
 import pyarrow as pa
@@ -50,16 +51,6 @@ _KINDS = {
     pa.float32(): (KIND_FLOAT32, 4), pa.float64(): (KIND_FLOAT64, 8),
 }
 _OPS = {"rolling_sum": OP_SUM, "rolling_mean": OP_MEAN, "rolling_min": OP_MIN, "rolling_max": OP_MAX}
-
-
-cdef const uint8_t* _ptr(object buf) except? NULL:
-    cdef const uint8_t[::1] mv
-    if buf is None:
-        return NULL
-    mv = memoryview(buf).cast("B")
-    if mv.shape[0] == 0:
-        return NULL
-    return &mv[0]
 
 
 def single(arr, typ=None):
