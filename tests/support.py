@@ -18,3 +18,15 @@ HAVE_MPI = VENV_MPIEXEC.exists() and importlib.util.find_spec("mpi4py") is not N
 needs_mpi = pytest.mark.skipif(
     not HAVE_MPI and not os.environ.get("CI"), reason="no mpiexec next to the Python executable (pip install mpich)"
 )
+
+
+def write_small_parquet(directory: Path) -> str:
+    """A seeded 10-row Parquet file with columns k (int64, 5 keys), a and b (float64)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = directory / "in.parquet"
+    rng = np.random.default_rng(0)
+    pq.write_table(pa.table({"k": rng.integers(0, 5, 10), "a": rng.random(10), "b": rng.random(10)}), path)
+    return str(path)

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import gc
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from opgraph.dialects import dataframe as df
 from opgraph.dialects import taskgraph as tg
@@ -22,6 +19,7 @@ from opgraph.passes import pipeline as pp
 from opgraph.passes import registry
 from opgraph.passes._expr_regions import is_closed, value_columns
 from opgraph.passes.verify import find_verification_error
+from support import write_small_parquet
 from xdsl.dialects import func
 from xdsl.dialects.builtin import (
     ArrayAttr,
@@ -45,10 +43,7 @@ from opgraph.tracing import gc_paused, promote_to_oldest
 
 @pytest.fixture(scope="module")
 def path(tmp_path_factory):
-    p = tmp_path_factory.mktemp("shortcuts") / "in.parquet"
-    rng = np.random.default_rng(0)
-    pq.write_table(pa.table({"k": rng.integers(0, 5, 10), "a": rng.random(10), "b": rng.random(10)}), p)
-    return str(p)
+    return write_small_parquet(tmp_path_factory.mktemp("shortcuts"))
 
 
 @og.pipeline

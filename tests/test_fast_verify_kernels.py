@@ -4,11 +4,9 @@ xDSL rejects (cached symbol lookups, abstract op signatures)."""
 
 from __future__ import annotations
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from opgraph.passes.verify import fast_verify
+from support import write_small_parquet
 from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, StringAttr, SymbolRefAttr, i64
 
 import opgraph as og
@@ -17,10 +15,7 @@ from opgraph.driver import compile_traced
 
 @pytest.fixture(scope="module")
 def path(tmp_path_factory):
-    p = tmp_path_factory.mktemp("fv") / "in.parquet"
-    rng = np.random.default_rng(0)
-    pq.write_table(pa.table({"k": rng.integers(0, 5, 10), "a": rng.random(10), "b": rng.random(10)}), p)
-    return str(p)
+    return write_small_parquet(tmp_path_factory.mktemp("fv"))
 
 
 @og.pipeline

@@ -16,7 +16,7 @@ from opgraph.runtime import parallel_ops as P
 from opgraph.runtime.executor import ISLAND_TIMELINE, run_local
 from opgraph.runtime.local_comm import run_ranks
 from test_runtime_local import assert_same, duck
-from test_runtime_random import make_tables, random_pipelines
+from test_runtime_random import make_tables, pipeline_of, random_pipelines
 
 import opgraph as og
 
@@ -118,16 +118,7 @@ def test_rebalance_keeps_order_and_evens_out(width):
 def test_random_pipelines_with_random_island_widths_match_duckdb(case, widths):
     seed, rows, brows, null_p, builder, ranks = case
     a, b = make_tables(seed, rows, brows, null_p)
-    steps = list(builder.steps)
-
-    @og.pipeline
-    def random_pipeline(a, b):
-        t = a
-        for step in steps:
-            t = step(t, b)
-        return t
-
-    plan = random_pipeline.compile(a, b)
+    plan = pipeline_of(builder).compile(a, b)
     doc = _with_widths(plan.doc, widths)
     (ours,) = run_local(doc, plan.inputs, ranks, placement="plan")
     try:

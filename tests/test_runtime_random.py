@@ -291,12 +291,8 @@ def random_pipelines(draw):
     return seed, rows, brows, null_p, builder, ranks
 
 
-# OPGRAPH_RANDOM_EXAMPLES=1000 for a deeper search (the default keeps the file ~10 s on 2 cores)
-@settings(max_examples=int(os.environ.get("OPGRAPH_RANDOM_EXAMPLES", "40")), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(random_pipelines())
-def test_random_pipelines_match_duckdb(case):
-    seed, rows, brows, null_p, builder, ranks = case
-    a, b = make_tables(seed, rows, brows, null_p)
+def pipeline_of(builder: Builder) -> og.Pipeline:
+    """The drawn steps as an opgraph pipeline over the tables (a, b)."""
     steps = list(builder.steps)
 
     @og.pipeline
@@ -306,7 +302,16 @@ def test_random_pipelines_match_duckdb(case):
             t = step(t, b)
         return t
 
-    plan = random_pipeline.compile(a, b)
+    return random_pipeline
+
+
+# OPGRAPH_RANDOM_EXAMPLES=1000 for a deeper search (the default keeps the file ~10 s on 2 cores)
+@settings(max_examples=int(os.environ.get("OPGRAPH_RANDOM_EXAMPLES", "40")), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(random_pipelines())
+def test_random_pipelines_match_duckdb(case):
+    seed, rows, brows, null_p, builder, ranks = case
+    a, b = make_tables(seed, rows, brows, null_p)
+    plan = pipeline_of(builder).compile(a, b)
     (ours,) = run_local(plan.doc, plan.inputs, ranks)
     expected = duck(builder.sql, a=a, b=b)
     try:
