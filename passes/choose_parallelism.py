@@ -31,7 +31,8 @@ to the machine's cores — or GPUs for GPU options — and the machine maximum i
   difference
   concat             local                                                out: any
   sort               sample-sort (regular sampling: r-1 samples per rank gathered, sorted on
-                     one rank, r-1 splitters broadcast, all-to-all, local merge)  out: range(by)
+                     one rank, r-1 splitters broadcast, rows partitioned by splitter,
+                     all-to-all, local merge)                              out: range(by)
   aggregate          allreduce of partials (decomposable) else gather     out: single
   head               gather (local head, gather r*n rows, head)           out: single
   dl.train           allreduce (data parallel) on cpu or gpu              out: replicated
@@ -131,6 +132,44 @@ _EP_KIND = {
     "dl.to_tensor": "project",
     "dl.to_table": "project",
 }
+
+
+#: ops that select columns without copying them (Arrow tables share the buffers)
+_ZERO_COPY = frozenset({"df.project", "df.drop", "df.rename"})
+
+#: bytes per value of a column of unknown width (strings: offset + a short value)
+_VARIABLE_WIDTH_BYTES = 16.0
+
+
+def _column_bytes(table_type: Any, names: Any) -> float:
+    total = 0.0
+    for name in names:
+        col = table_type.column(name)
+        width = getattr(col[0], "bitwidth", None) if col is not None else None
+        total += max(1.0, width / 8.0) if isinstance(width, int) else _VARIABLE_WIDTH_BYTES
+    return total
+
+
+def _filter_row_bytes(op: Any) -> float:
+    """Bytes per input row a filter touches: the predicate's columns plus the columns kept
+    for its readers (only those a ``df.project`` reader selects, as the runtime gathers)."""
+    table = op.operands[0].type
+    read = {o.column.data for o in op.predicate.walk() if isinstance(o, df.ColumnOp)}
+    kept: dict[str, None] = {}
+    users = [u.operation for u in op.results[0].uses]
+    if users and all(isinstance(u, df.ProjectOp) for u in users):
+        for u in users:
+            kept.update(dict.fromkeys(_strs(u.columns)))
+    else:
+        kept = dict.fromkeys(table.column_names)
+    return _column_bytes(table, read) + _column_bytes(table, kept)
+
+
+def _groupby_row_bytes(op: Any, keys: list[str]) -> float:
+    """Bytes per input row a group-by touches: its keys and each aggregated column once."""
+    columns = dict.fromkeys(keys)
+    columns.update(dict.fromkeys(col for _, col, _ in df.agg_tuples(op.aggs)))
+    return _column_bytes(op.operands[0].type, columns)
 
 
 # ----------------------------------------------------------------------------- partitionings
@@ -275,7 +314,12 @@ class Problem:
         if name in _EP_KIND or not (name.startswith(("df.", "dl."))):
             if not ins:
                 return [self._single_rank("local", "single")]
-            t = m.compute(_EP_KIND.get(name, "project"), n_in, b_in, g)
+            if name in _ZERO_COPY:
+                t = m.compute("project", n_in, b_in, g, touch=0.0)
+            elif isinstance(op, df.FilterOp):
+                t = m.compute("filter", n_in, b_in, g, row_bytes=_filter_row_bytes(op))
+            else:
+                t = m.compute(_EP_KIND.get(name, "project"), n_in, b_in, g)
             alg = "local"
             if isinstance(op, df.WindowOp):
                 w = node.nbytes / max(node.rows, 1.0)
@@ -313,6 +357,9 @@ class Problem:
                 + m.gather(samples * key_w, g)
                 + np.where(r > 1, samples / m.rate("sort") * np.maximum(1.0, np.log2(np.maximum(samples, 2.0)) / 23.25), 0.0)
                 + m.broadcast((r - 1) * key_w, g)
+                # every row's part from the splitters, rows grouped by part: the same work
+                # as a hash partition-and-scatter
+                + np.where(r > 1, m.compute("hash_partition", n_in, b_in, g), 0.0)
                 + m.alltoall(b_in, g)
                 + m.compute("concat", n_in, b_in, g)
             )
@@ -382,7 +429,8 @@ class Problem:
             kind = "distinct"
         p = hash_p(keys)
         ws = WORKING_SET_FACTOR * (src.nbytes + node.nbytes)
-        local = m.guard_total(m.compute(kind, src.rows, src.nbytes, g), ws, g)
+        row_bytes = _groupby_row_bytes(op, keys) if isinstance(op, df.GroupByAggOp) else None
+        local = m.guard_total(m.compute(kind, src.rows, src.nbytes, g, row_bytes=row_bytes), ws, g)
         opts = []
         for c in self.candidates(node.inputs[0]):
             ck, cols = parse_p(c)

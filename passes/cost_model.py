@@ -17,7 +17,10 @@ Local kernels (``compute``), per op kind (``KERNEL_KINDS``)::
     s     = thread speedup of a rank on its floor(C / q) kernel threads (the runtime gives each
             rank cores / ranks-per-node threads): min(t, 1 + (t - 1)(S - 1)/(T - 1)) with
             S = calibration[kind].parallel_speedup measured on T = calibration[kind].threads
-            cores; 1 when not calibrated (one core per rank)
+            cores; 1 when not calibrated (one core per rank); times W/w for kinds calibrated
+            touching W = calibration[kind].row_bytes bytes per row when the op touches w
+            (filter: predicate columns + the columns its readers keep; groupby: keys + the
+            aggregated columns)
     overhead = calibration[kind].overhead_s, else DEFAULT_OVERHEAD_S
     mem_bw = calibration.memory.bandwidth_bytes_per_s, else the spec's node memory bandwidth
     logf  = max(1, log2(rows/r) / log2(REF_SORT_ROWS)) for sorts (n log n), else 1
@@ -291,12 +294,23 @@ class CostModel:
         t = _arr(threads)
         return np.minimum(t, 1.0 + per_thread * (t - 1.0))
 
-    def compute(self, kind: str, rows: float, nbytes: float, r: ArrayLike, touch: float = 2.0) -> np.ndarray:
+    def width_factor(self, kind: str, row_bytes: float | None) -> float:
+        """Rate multiplier for an op touching ``row_bytes`` bytes per row when ``calibrate``
+        measured ``kind`` touching ``calibration[kind].row_bytes`` (1 when either is unknown)."""
+        figures = self.cal.get(kind)
+        if row_bytes is None or row_bytes <= 0 or not figures or "row_bytes" not in figures:
+            return 1.0
+        return float(figures["row_bytes"]) / row_bytes
+
+    def compute(
+        self, kind: str, rows: float, nbytes: float, r: ArrayLike, touch: float = 2.0, row_bytes: float | None = None
+    ) -> np.ndarray:
         """Seconds of the local kernel ``kind`` over ``rows`` input rows / ``nbytes`` bytes
-        split evenly over ``r`` CPU ranks (see the module docstring)."""
+        split evenly over ``r`` CPU ranks (see the module docstring); ``row_bytes``: the bytes
+        per row the kernel reads and writes, for kinds calibrated with ``row_bytes``."""
         r = _arr(r)
         inv_r, mem_term, sync, threads = self._grid_arrays(r)
-        rate = self.rate(kind) * self.thread_speedup(kind, threads)
+        rate = self.rate(kind) * self.thread_speedup(kind, threads) * self.width_factor(kind, row_bytes)
         t = np.maximum((rows / rate) * inv_r, (touch * nbytes) * mem_term)
         if kind == "sort":
             n_local = rows * inv_r

@@ -62,6 +62,7 @@ def test_calibrated_spec_validates_and_has_every_figure(calibrated, capsys):
         else:
             assert "parallel_speedup" not in cal[kind]
     assert "parallel_speedup" not in cal["read_parquet"]
+    assert cal["filter"]["row_bytes"] == 40 and cal["groupby"]["row_bytes"] == 24
     assert 1e8 < cal["memory"]["bandwidth_bytes_per_s"] < 1e13
     # the detected spec's defaults are replaced by measurements and marked so
     assert spec.sources["nodes.memory.bandwidth_gb_per_s"] == "measured"

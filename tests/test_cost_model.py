@@ -354,3 +354,47 @@ def test_sampled_distinct_counts_of_in_memory_inputs():
     true_h = len(np.unique(t["h"].to_numpy()))
     assert true_h / 4 <= d["h"] <= n  # GEE's guarantee: within sqrt(N/n) of the truth
     assert sample_distinct(pa.table({"x": pa.array([], pa.int64())})) == {}
+
+
+def test_calibrated_filter_and_groupby_rates_scale_with_the_bytes_they_touch():
+    from opgraph.passes.choose_parallelism import _filter_row_bytes, _groupby_row_bytes
+
+    spec = load_spec("laptop").model_copy(
+        update={
+            "calibration": {
+                "filter": {"rows_per_s": 1e8, "overhead_s": 0.0, "row_bytes": 40.0},
+                "groupby": {"rows_per_s": 1e8, "overhead_s": 0.0, "row_bytes": 24.0},
+            }
+        }
+    )
+    m = CostModel(spec)
+    assert m.width_factor("filter", 20.0) == 2.0
+    assert m.width_factor("filter", None) == 1.0
+    assert m.width_factor("sort", 8.0) == 1.0  # not calibrated with row_bytes
+    assert CostModel(load_spec("laptop")).width_factor("filter", 20.0) == 1.0
+    rows = 1e7
+    assert float(m.compute("filter", rows, 0.0, 1.0, row_bytes=20.0)) == pytest.approx(rows / 2e8)
+
+    t = pa.table({c: np.arange(100, dtype=np.float64) for c in "abcd"}).append_column("k", pa.array(np.arange(100) % 7))
+
+    @og.pipeline
+    def keep_two(t):
+        t = t[t["a"] > 0.5]
+        return t[["b", "c"]]
+
+    @og.pipeline
+    def keep_all(t):
+        return t[t["a"] > 0.5]
+
+    @og.pipeline
+    def group(t):
+        return t.groupby("k").agg(s=("a", "sum"), m=("a", "mean"), x=("b", "max"))
+
+    def first(module, cls):
+        return next(op for op in module.walk() if isinstance(op, cls))
+
+    # the predicate's column plus the kept ones (the runtime gathers only what readers keep)
+    assert _filter_row_bytes(first(keep_two.trace(t), df.FilterOp)) == 8 + 16
+    assert _filter_row_bytes(first(keep_all.trace(t), df.FilterOp)) == 8 + 40
+    # keys and each aggregated column once
+    assert _groupby_row_bytes(first(group.trace(t), df.GroupByAggOp), ["k"]) == 8 + 16

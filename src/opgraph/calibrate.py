@@ -35,7 +35,7 @@ What is measured (all on this machine, with the runtime that will run the plans)
   mpi4py is found.
 
 Result: ``calibration`` = ``{op_kind: {rows_per_s, overhead_s[, bytes_per_s][, threads,
-parallel_speedup]}, memory:
+parallel_speedup][, row_bytes]}, memory:
 {bandwidth_bytes_per_s}, mpi: {latency_s, bandwidth_bytes_per_s}}``. Without a base spec
 the spec starts from ``hw detect`` and the measured rates also replace its defaults
 (``nodes.memory.bandwidth_gb_per_s``, the disk's read/write, CPU GFLOP/s, the loopback
@@ -200,6 +200,13 @@ def _table(n: int, seed: int = 0) -> pa.Table:
     })
 
 
+#: bytes per row each op kind reads and writes in its test pipeline below (all columns of the
+#: test table are 8 bytes wide): filter reads ``a`` and keeps all four columns; groupby
+#: reads the key ``k`` and the aggregated ``a`` and ``b``. Recorded as ``row_bytes`` so the
+#: cost model scales the rate to an op touching other columns.
+ROW_BYTES = {"filter": 8.0 + 32.0, "groupby": 24.0}
+
+
 def _pipelines() -> dict[str, tuple[Callable[..., Any], int]]:
     """op kind -> (pipeline body over table inputs, number of table inputs)."""
     import opgraph as og
@@ -296,6 +303,8 @@ def measure_op_kinds(
             figures = {"rows_per_s": float(f"{rate:.4g}"), "overhead_s": float(f"{overhead:.4g}")}
             if nbytes:
                 figures["bytes_per_s"] = float(f"{nbytes / times[1]:.4g}")
+            if kind in ROW_BYTES:
+                figures["row_bytes"] = ROW_BYTES[kind]
             speedup = ""
             if cores > 1 and (kind in bodies or kind == "hash_partition"):
                 figures["threads"] = float(cores)
