@@ -357,9 +357,8 @@ class Problem:
                 + m.gather(samples * key_w, g)
                 + np.where(r > 1, samples / m.rate("sort") * np.maximum(1.0, np.log2(np.maximum(samples, 2.0)) / 23.25), 0.0)
                 + m.broadcast((r - 1) * key_w, g)
-                # every row's part from the splitters, rows grouped by part: the same work
-                # as a hash partition-and-scatter
-                + np.where(r > 1, m.compute("hash_partition", n_in, b_in, g), 0.0)
+                # every row's part from the splitters, rows grouped by part and gathered
+                + np.where(r > 1, m.compute("range_partition", n_in, b_in, g), 0.0)
                 + m.alltoall(b_in, g)
                 + m.compute("concat", n_in, b_in, g)
             )

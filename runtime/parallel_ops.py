@@ -534,10 +534,8 @@ def _range_partition_radix(comm: Communicator, table: pa.Table, by: list[str], a
     random sample of every rank's keys is allgathered and sorted, n-1 splitters picked, and
     the C++ kernel ``range_partition`` gives every row its part by binary search over the
     splitters' radix keys (lexicographic, nulls last; equal keys go to one rank); rows are
-    grouped by part with the stable counting sort of ``partition.group_by_partition``."""
-    from opgraph.runtime.kernels import opkernels as K
-    from opgraph.runtime.partition import group_by_partition
-
+    grouped by part with the stable counting sort of ``partition.group_by_partition``
+    (``split_by_splitters``)."""
     n, rows = comm.size, table.num_rows
     s = min(rows, 64 * n)
     rng = np.random.default_rng(0x5EED + comm.rank)
@@ -551,9 +549,21 @@ def _range_partition_radix(comm: Communicator, table: pa.Table, by: list[str], a
     weights = np.cumsum(samples.column("__w").to_numpy())
     picks = [min(int(np.searchsorted(weights, weights[-1] * j / n, side="left")), samples.num_rows - 1) for j in range(1, n)]
     splitters = samples.take(pa.array(picks, pa.int64()))
+    return _exchange(comm, split_by_splitters(table, by, ascending, splitters.select(by)), table.schema)
+
+
+def split_by_splitters(table: pa.Table, by: Sequence[str], ascending: Sequence[bool], splitters: pa.Table) -> list[pa.Table]:
+    """``table``'s rows in ``splitters.num_rows + 1`` parts by key range (the local step of
+    the sample sort, numeric/temporal keys): part ids by binary search over the splitters'
+    radix keys (C++ ``range_partition``; lexicographic, nulls last), rows grouped by part with
+    a stable counting sort and gathered."""
+    from opgraph.runtime.kernels import opkernels as K
+    from opgraph.runtime.partition import group_by_partition
+
+    n, rows = splitters.num_rows + 1, table.num_rows
     rk, rn, sk, sn = [], [], [], []
     for b, asc in zip(by, ascending):
-        k, nl = K.radix_keys(keys.column(b), not asc)
+        k, nl = K.radix_keys(table.column(b), not asc)
         rk.append(k)
         rn.append(nl)
         k, nl = K.radix_keys(splitters.column(b), not asc)
@@ -562,8 +572,7 @@ def _range_partition_radix(comm: Communicator, table: pa.Table, by: list[str], a
     pids = K.range_partition(rk, rn, sk, sn)
     idx, offsets = group_by_partition(pids, n, np.int32 if rows < 2**31 else np.int64)
     grouped = L.take_table(table, idx)
-    parts = [grouped.slice(int(offsets[q]), int(offsets[q + 1] - offsets[q])) for q in range(n)]
-    return _exchange(comm, parts, table.schema)
+    return [grouped.slice(int(offsets[q]), int(offsets[q + 1] - offsets[q])) for q in range(n)]
 
 
 def range_partition(comm: Communicator, table: pa.Table, by: Sequence[str], ascending: Sequence[bool]) -> tuple[pa.Table, bool]:

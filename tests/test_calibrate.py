@@ -55,7 +55,7 @@ def test_calibrated_spec_validates_and_has_every_figure(calibrated, capsys):
     for kind in ("read_parquet", "write_parquet"):
         assert cal[kind]["bytes_per_s"] > 0
     cores = len(os.sched_getaffinity(0))
-    for kind in ("join", "groupby", "sort", "filter", "hash_partition"):
+    for kind in ("join", "groupby", "sort", "filter", "hash_partition", "range_partition"):
         if cores > 1:  # measured speedup of one rank on all cores, within [1, cores]
             assert cal[kind]["threads"] == cores
             assert 1.0 <= cal[kind]["parallel_speedup"] <= cores, kind

@@ -5,7 +5,7 @@ What is measured (all on this machine, with the runtime that will run the plans)
 * **Kernel throughput per op kind** (the ``calibration`` contract of the cost model):
   for each of ``join, groupby, sort, filter, project, map, distinct, window, aggregate,
   concat, head, set_op, read_parquet, write_parquet, read_csv, write_csv, read_ipc,
-  write_ipc, hash_partition`` a one-op pipeline is traced, compiled (default passes) and
+  write_ipc, hash_partition, range_partition`` a one-op pipeline is traced, compiled (default passes) and
   run by the local engine with one rank at two sizes ``n1 < n2``; the best of a few runs at
   each size gives ``t(n) = overhead_s + n / rows_per_s`` (a straight line through the two
   points). Arrow's thread pool and our kernels are limited to one thread meanwhile and the
@@ -16,7 +16,8 @@ What is measured (all on this machine, with the runtime that will run the plans)
   the cost model scales a rank's rate by it). For I/O kinds that is the encode/decode work (files in the page cache);
   the disk's bandwidth is measured separately (below) and is the cost model's other term.
   ``n`` counts the op's **input rows** (both inputs for ``join``/``concat``/``set_op``; rows
-  read or written for I/O; rows split for ``hash_partition``, into 8 parts). The test
+  read or written for I/O; rows split for ``hash_partition`` (by ``k``) and
+  ``range_partition`` (by ``id`` at 7 splitters: the sample sort's local step), into 8 parts). The test
   table has an int64 key with 1,000 distinct values, a unique int64 id and two float64
   columns (32 bytes per row; ``join`` joins (id, a) with (id, c) on the unique id); I/O op
   kinds also get ``bytes_per_s`` (in-memory Arrow bytes per CPU second). Ops whose time does
@@ -84,7 +85,7 @@ __all__ = [
 OP_KINDS = (
     "join", "groupby", "sort", "filter", "project", "map", "distinct", "window", "aggregate",
     "concat", "head", "set_op", "read_parquet", "write_parquet", "read_csv", "write_csv",
-    "read_ipc", "write_ipc", "hash_partition",
+    "read_ipc", "write_ipc", "hash_partition", "range_partition",
 )
 #: rows/s written for ops whose time does not grow with the row count (zero-copy ops)
 MAX_ROWS_PER_S = 1e11
@@ -227,6 +228,16 @@ def _pipelines() -> dict[str, tuple[Callable[..., Any], int]]:
     }
 
 
+def _range_split(t: pa.Table) -> Callable[[], Any]:
+    """The sample sort's local step on ``t``: rows split by ``id`` into ``HASH_PARTS`` key
+    ranges at evenly spaced splitters (``parallel_ops.split_by_splitters``)."""
+    from opgraph.runtime.parallel_ops import split_by_splitters
+
+    n = t.num_rows
+    splitters = pa.table({"id": pa.array([n * j // HASH_PARTS for j in range(1, HASH_PARTS)], pa.int64())})
+    return lambda: split_by_splitters(t, ["id"], [True], splitters)
+
+
 def _other(n: int) -> pa.Table:
     """The second input of two-input ops (same schema for concat/set_op, c/d for join)."""
     t = _table(n, seed=1)
@@ -295,6 +306,11 @@ def measure_op_kinds(
                     run()
                     times.append(_best(run, reps, CPU_CLOCK))
                     rows.append(n)
+                elif kind == "range_partition":
+                    run = _range_split(t)
+                    run()
+                    times.append(_best(run, reps, CPU_CLOCK))
+                    rows.append(n)
                 else:
                     seconds, nbytes = _measure_io(kind, t, n, reps, workdir, spec)
                     times.append(seconds)
@@ -306,7 +322,7 @@ def measure_op_kinds(
             if kind in ROW_BYTES:
                 figures["row_bytes"] = ROW_BYTES[kind]
             speedup = ""
-            if cores > 1 and (kind in bodies or kind == "hash_partition"):
+            if cores > 1 and (kind in bodies or kind in ("hash_partition", "range_partition")):
                 figures["threads"] = float(cores)
                 figures["parallel_speedup"] = float(f"{parallel_speedup(run, reps, cores):.3g}")
                 speedup = f", {figures['parallel_speedup']:.2f}x on {cores} threads"
