@@ -168,8 +168,6 @@ _DICT_OK = frozenset({"df.filter", "df.project", "df.map", "df.rename", "df.drop
 
 
 class _Executor:
-    gather_outputs = True  # False: each rank returns its partition of the outputs
-
     def __init__(
         self,
         doc: PlanDoc,
@@ -177,6 +175,7 @@ class _Executor:
         comm: Communicator,
         progress: Callable[[str], None] | None,
         placement: str = "all",
+        gather_outputs: bool = True,  # False: each rank returns its partition of the outputs
     ):
         self.doc = doc
         self.inputs = list(inputs)
@@ -194,6 +193,7 @@ class _Executor:
                     self.consumers.setdefault(v, []).append(op)
         self.output_ids = set(doc.outputs)
         self.placement = placement
+        self.gather_outputs = gather_outputs
         self.narrowed: set[str] = set()  # values an island left on fewer ranks than the world
         self.has_sinks = any(op.op in IO.SINK_FORMATS for isl in doc.islands for op in isl.ops)
 
@@ -274,27 +274,21 @@ class _Executor:
                     seen[v] = None
         return list(seen)
 
-    def _move_inputs(self, island: IslandDoc, width: int) -> None:
-        """Island inputs held differently from ``width`` even slices (a transfer from an
-        island on other ranks) are re-split onto ranks ``0..width-1``, order kept."""
+    def _resplit_inputs(self, island: IslandDoc, width: int, only: set[str] | None = None) -> None:
+        """The island's partitioned inputs (those in ``only``, if given) re-split evenly onto
+        ranks ``0..width-1``, order kept: the transfer from an island on other ranks. A hash
+        placement over other ranks is none here; a range order survives."""
         for v in self._external_values(island):
             d = self.env[v]
-            if not isinstance(d, Dist) or d.part.kind == "replicated":
-                continue
-            # a hash placement over the world is none over ``width`` ranks; a range order survives
-            self.env[v] = Dist(P.rebalance(self.comm, d.table, width), d.part if d.part.kind == "range" else ANY)
+            if (only is None or v in only) and isinstance(d, Dist) and d.part.kind != "replicated":
+                self.env[v] = Dist(P.rebalance(self.comm, d.table, width), d.part if d.part.kind == "range" else ANY)
 
     def spread_inputs(self, island: IslandDoc) -> None:
-        """Before an island on every rank: inputs left on fewer ranks by an earlier narrower
-        island (the plan's transfer, ``from_ranks < to_ranks``) are spread evenly."""
-        if self.comm.size == 1 or not self.narrowed:
-            return
-        for v in self._external_values(island):
-            if v in self.narrowed:
-                d = self.env[v]
-                if isinstance(d, Dist) and d.part.kind != "replicated":
-                    self.env[v] = Dist(P.rebalance(self.comm, d.table, self.comm.size), d.part if d.part.kind == "range" else ANY)
-                self.narrowed.discard(v)
+        """Before an island on every rank: inputs an earlier narrower island left on fewer
+        ranks (the plan's transfer, ``from_ranks < to_ranks``) are spread evenly."""
+        if self.comm.size > 1 and self.narrowed:
+            self._resplit_inputs(island, self.comm.size, self.narrowed)
+            self.narrowed.difference_update(self._external_values(island))
 
     def run_on_subgroup(self, island: IslandDoc, width: int) -> None:
         """Runs ``island`` on world ranks ``0..width-1`` over a sub-communicator; the other
@@ -302,11 +296,11 @@ class _Executor:
         from opgraph.runtime import kernels as K
 
         world = self.comm
-        self._move_inputs(island, width)
+        self._resplit_inputs(island, width)
         active = world.rank < width
         sub = world.split(0 if active else 1, world.rank)
         if active:
-            sharing = getattr(K._local, "ranks", None)
+            sharing = K.ranks_sharing()
             if sharing == world.size:  # local engine: the idle ranks' cores go to the active ones
                 K.set_ranks_sharing(width)
             self.comm = sub
@@ -617,9 +611,7 @@ def execute_plan(
         doc = PlanDoc.model_validate(doc)
     elif isinstance(doc, str | bytes):
         doc = PlanDoc.model_validate_json(doc)
-    ex = _Executor(doc, list(inputs or []), comm, progress, _placement(placement))
-    ex.gather_outputs = gather_outputs
-    return ex.run()
+    return _Executor(doc, list(inputs or []), comm, progress, _placement(placement), gather_outputs).run()
 
 
 PLACEMENTS = ("all", "plan")

@@ -229,15 +229,6 @@ def default_execute(
     return execute_plan(doc, inputs, comm, **kw)
 
 
-def _executor_returns_partitions() -> bool:
-    """Whether ``execute_plan`` can leave each rank's output partition where it is."""
-    import inspect
-
-    from opgraph.runtime.executor import execute_plan
-
-    return "gather_outputs" in inspect.signature(execute_plan).parameters
-
-
 # ------------------------------------------------------------------------- main
 
 
@@ -475,7 +466,7 @@ def _serve_call(world, sock: socket.socket, request: dict[str, Any], execute: Ex
         progress = True if request.get("progress") else None  # None: OPGRAPH_MPI_PROGRESS decides
         # the plan's own executor: every rank writes its partitions of the outputs (no
         # gather to rank 0; the driver maps them all); a custom one returns them on rank 0
-        parts = execute is None and _executor_returns_partitions()
+        parts = execute is None
         outputs = _execute(execute, doc, inputs, comm, progress, rank, call, gather_outputs=not parts)
         _phase(f"call {call} executed")
         comm.finish()

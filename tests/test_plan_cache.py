@@ -69,7 +69,7 @@ def test_second_run_reuses_the_plan_and_uses_the_new_data(compile_counter):
     assert _as_dict(first) != _as_dict(second)
 
 
-def test_hardware_engine_and_pipeline_are_part_of_the_key(compile_counter):
+def test_hardware_and_engine_are_part_of_the_key_but_not_ranks(compile_counter):
     a = _table(3)
     positive_sum(a)
     positive_sum(a)

@@ -22,6 +22,11 @@ def set_ranks_sharing(ranks: int | None) -> int | None:
     return prev
 
 
+def ranks_sharing() -> int | None:
+    """The calling thread's ``set_ranks_sharing`` value (None: not set)."""
+    return getattr(_local, "ranks", None)
+
+
 def _cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -34,7 +39,7 @@ def kernel_threads() -> int:
     v = os.environ.get("OPGRAPH_KERNEL_THREADS", "").strip()
     if v.isdigit():
         return max(1, int(v))
-    ranks = getattr(_local, "ranks", None)
+    ranks = ranks_sharing()
     if not ranks:
         env = os.environ.get("OPGRAPH_RANKS_PER_NODE", "").strip()
         ranks = int(env) if env.isdigit() else 1

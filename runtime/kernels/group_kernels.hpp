@@ -428,33 +428,34 @@ inline int chunk_of(const Spec& sp, int64_t row) {
   return lo;
 }
 
-// Calls f(chunk, local_start, global_start, m) for blocks of <= kBlock rows of [lo, hi)
+// Calls f(chunk, local_start, global_start, m) for the pieces of [lo, hi) that lie in one
+// chunk and hold at most max_rows rows
 template <class F>
-void for_blocks(const Spec& sp, int64_t lo, int64_t hi, F&& f) {
+void for_pieces(const Spec& sp, int64_t lo, int64_t hi, int64_t max_rows, F&& f) {
   if (lo >= hi) return;
   int c = chunk_of(sp, lo);
   int64_t r = lo;
   while (r < hi) {
     while (sp.chunk_starts[c + 1] <= r) ++c;
     const int64_t cend = std::min<int64_t>(hi, sp.chunk_starts[c + 1]);
-    const int64_t m = std::min<int64_t>(kBlock, cend - r);
-    f(c, r - sp.chunk_starts[c], r, static_cast<int>(m));
+    const int64_t m = std::min<int64_t>(max_rows, cend - r);
+    f(c, r - sp.chunk_starts[c], r, m);
     r += m;
   }
+}
+
+// Calls f(chunk, local_start, global_start, m) for blocks of <= kBlock rows of [lo, hi)
+template <class F>
+void for_blocks(const Spec& sp, int64_t lo, int64_t hi, F&& f) {
+  for_pieces(sp, lo, hi, kBlock, [&](int c, int64_t local, int64_t global, int64_t m) {
+    f(c, local, global, static_cast<int>(m));
+  });
 }
 
 // Calls f(chunk, local_start, m) for the chunk pieces of [lo, hi)
 template <class F>
 void for_blocks_large(const Spec& sp, int64_t lo, int64_t hi, F&& f) {
-  if (lo >= hi) return;
-  int c = chunk_of(sp, lo);
-  int64_t r = lo;
-  while (r < hi) {
-    while (sp.chunk_starts[c + 1] <= r) ++c;
-    const int64_t cend = std::min<int64_t>(hi, sp.chunk_starts[c + 1]);
-    f(c, r - sp.chunk_starts[c], cend - r);
-    r = cend;
-  }
+  for_pieces(sp, lo, hi, hi - lo, [&](int c, int64_t local, int64_t, int64_t m) { f(c, local, m); });
 }
 
 // keys of a block -> kb (uint64) and kn (1 = null; only when ctx.key_nulls)

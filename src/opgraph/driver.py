@@ -217,11 +217,15 @@ def _compile_traced(
     return Plan(traced.name, spec.name, module, doc, dumps, traced.inputs)
 
 
+def _check_engine(engine: str) -> None:
+    if engine not in ("local", "mpi"):
+        raise OpgraphError(f"unknown engine '{engine}' (expected 'local' or 'mpi')")
+
+
 def plan_for_run(traced: Traced, engine: str, hw: Any = None, cwd: Path | None = None) -> Plan:
     """The plan a run executes: ``engine`` checked, compiled for ``hw`` (default laptop)
     without IR dumps."""
-    if engine not in ("local", "mpi"):
-        raise OpgraphError(f"unknown engine '{engine}' (expected 'local' or 'mpi')")
+    _check_engine(engine)
     return compile_traced(traced, hw=hw if hw is not None else "laptop", cwd=cwd, keep_dumps=False)
 
 
@@ -274,8 +278,7 @@ def _plan_cache_key(traced: Traced, engine: str, hw: Any) -> tuple[Any, ...]:
 
 def cached_plan_doc(traced: Traced, engine: str, hw: Any = None) -> PlanDoc:
     """``plan_for_run(...).doc``, compiled once per distinct key (see ``_plan_cache``)."""
-    if engine not in ("local", "mpi"):
-        raise OpgraphError(f"unknown engine '{engine}' (expected 'local' or 'mpi')")
+    _check_engine(engine)  # before the key: a bad engine costs no printing
     key = _plan_cache_key(traced, engine, hw)
     with _plan_cache_lock:
         doc = _plan_cache.get(key)
