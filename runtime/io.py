@@ -33,6 +33,7 @@ import re
 import secrets
 import shutil
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from opgraph.runtime import local_ops as L
 from opgraph.runtime.communicator import Communicator
+from opgraph.runtime.kernels import kernel_threads
 from opgraph.runtime.parallel_ops import rebalance
 from pyarrow import ipc
 
@@ -137,6 +139,17 @@ def _with_columns(table: pa.Table, schema: pa.Schema, path: str) -> pa.Table:
 PARQUET_MEMORY_MAP = os.environ.get("OPGRAPH_PARQUET_MMAP", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+def _by_file(pieces: Sequence[tuple[str, int, int]]) -> list[tuple[str, list[int]]]:
+    """``(file, row group, rows)`` pieces as ``(file, [row groups])`` runs, in order."""
+    out: list[tuple[str, list[int]]] = []
+    for f, g, _ in pieces:
+        if out and out[-1][0] == f:
+            out[-1][1].append(g)
+        else:
+            out.append((f, [g]))
+    return out
+
+
 def _read_parquet(files: list[str], schema: pa.Schema, comm: Communicator) -> tuple[pa.Table, int]:
     pieces: list[tuple[str, int, int]] = []
     metas = {}
@@ -148,13 +161,16 @@ def _read_parquet(files: list[str], schema: pa.Schema, comm: Communicator) -> tu
         metas[f] = meta
         for g in range(meta.num_row_groups):
             pieces.append((f, g, meta.row_group(g).num_rows))
-    mine = _split([p[2] for p in pieces], comm.size, comm.rank)
-    tables = []
-    by_file: dict[str, list[int]] = {}
-    for i in mine:
-        f, g, _ = pieces[i]
-        by_file.setdefault(f, []).append(g)
-    for f, groups in by_file.items():
+    mine = [pieces[i] for i in _split([p[2] for p in pieces], comm.size, comm.rank)]
+    # this rank's row groups in contiguous runs, one per kernel thread, each decoded on its
+    # own thread: Arrow's use_threads splits by column only, so one expensive column (an
+    # int64 key that fell back from dictionary to plain pages) kept the other core idle
+    threads = min(kernel_threads(), len(mine))
+    runs = [[mine[i] for i in _split([p[2] for p in mine], threads, t)] for t in range(threads)]
+    tasks = [(f, groups, threads == 1) for run in runs for f, groups in _by_file(run)]
+
+    def read(task: tuple[str, list[int], bool]) -> pa.Table:
+        f, groups, use_threads = task
         file_schema = metas[f].schema.to_arrow_schema()
         present = set(file_schema.names)
         cols = [c for c in schema.names if c in present]
@@ -165,11 +181,17 @@ def _read_parquet(files: list[str], schema: pa.Schema, comm: Communicator) -> tu
             if pa.types.is_string(schema.field(c).type) and pa.types.is_string(file_schema.field(c).type)
         ]
         try:
-            pf = pq.ParquetFile(f, read_dictionary=dict_cols or None, memory_map=PARQUET_MEMORY_MAP)
-            t = pf.read_row_groups(groups, columns=cols, use_threads=True)
+            pf = pq.ParquetFile(f, metadata=metas[f], read_dictionary=dict_cols or None, memory_map=PARQUET_MEMORY_MAP)
+            t = pf.read_row_groups(groups, columns=cols, use_threads=use_threads)
         except (pa.ArrowInvalid, OSError) as e:
             raise SourceError(f"cannot read '{f}': {e}") from None
-        tables.append(_with_columns(t, schema, f))
+        return _with_columns(t, schema, f)
+
+    if len(tasks) > 1 and threads > 1:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="opgraph-read") as pool:
+            tables = list(pool.map(read, tasks))
+    else:
+        tables = [read(task) for task in tasks]
     if not tables:
         return schema.empty_table(), len(pieces)
     if len(tables) == 1:

@@ -317,6 +317,24 @@ _JOIN_TYPES = {"inner": "inner", "left": "left outer", "right": "right outer", "
 _I64_KEYS = (pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32())
 
 
+#: rows compared per step of ``is_identity`` (no index-sized temporaries)
+_IDENTITY_BLOCK = 1 << 16
+
+
+def is_identity(idx: np.ndarray, n: int) -> bool:
+    """Whether ``idx`` is ``0, 1, ..., n-1``: an inner join whose every left row matched
+    once, probed in left-row order (op_kernels.hpp ``join_sequential_probe``), e.g. facts
+    joined to a dimension table; the left columns then need no gather."""
+    if len(idx) != n or n <= 0 or idx[0] != 0 or idx[-1] != n - 1:
+        return False
+    ramp = np.arange(min(n, _IDENTITY_BLOCK), dtype=idx.dtype)
+    for start in range(0, n, _IDENTITY_BLOCK):
+        block = idx[start : start + _IDENTITY_BLOCK]
+        if not np.array_equal(block - start, ramp[: len(block)]):
+            return False
+    return True
+
+
 def _index_array(idx: np.ndarray, how: str) -> pa.Array:
     """Arrow indices for ``take``: -1 (no row on this side of an outer match) -> null."""
     if how != "inner" and len(idx) and idx.min() < 0:
@@ -365,6 +383,8 @@ def join(
         lnp = rnp = None
 
     def gather(cols: list[Any], idx: Any, idx_np: np.ndarray | None) -> list[Any]:
+        if idx_np is not None and is_identity(idx_np, len(cols[0]) if cols else -1):
+            return list(cols)  # every row once, in order (a key-ordered probe): no copy
         if idx_np is not None:  # all of one side's columns in one pass
             return take_columns(cols, idx_np, idx)
         return [c.take(idx) for c in cols]

@@ -293,3 +293,32 @@ def test_local_join_vs_duckdb_every_kind(how):
         got = plain.to_pandas()
         assert got["value"].tolist() == epd["value"].tolist()
         assert got["age"].fillna(-1).tolist() == epd["age"].fillna(-1).tolist()
+
+
+@pytest.mark.parametrize("how", ["inner", "left"])
+@pytest.mark.parametrize("variant", ["every-row-once", "one-row-twice", "one-row-unmatched"])
+def test_join_to_dimension_table_skips_left_gather_only_when_exact(variant, how, monkeypatch):
+    """Facts joined to unique dimension keys: when every left row matches once the left
+    columns pass through uncopied (``is_identity``); a duplicate right key or a missing
+    key must still give DuckDB's answer."""
+    rng = np.random.default_rng(5)
+    n, m = 70_000, 3_000  # more rows than one is_identity block
+    keys = rng.integers(0, m, n)
+    right_keys = np.arange(m)
+    if variant == "one-row-twice":
+        right_keys = np.concatenate([right_keys, [int(keys[n // 2])]])
+    if variant == "one-row-unmatched":
+        keys[n - 1] = m + 10
+    left = pa.table({"user_id": keys, "value": rng.random(n)})
+    right = pa.table({"user_id": right_keys, "age": rng.integers(18, 90, len(right_keys))})
+    calls = []
+    real = L.take_columns
+    monkeypatch.setattr(L, "take_columns", lambda cols, *a: calls.append(len(cols[0])) or real(cols, *a))
+    schema = pa.schema([("user_id", pa.int64()), ("value", pa.float64()), ("age", pa.int64())])
+    out = L.join(left, right, how, ["user_id"], ["user_id"], schema)
+    exp = duck(f"SELECT l.user_id, l.value, r.age FROM l {_SQL_KIND[how]} JOIN r USING (user_id)", l=left, r=right)
+    assert_same(out, exp)
+    exact = variant == "every-row-once" or (variant == "one-row-unmatched" and how == "left")
+    assert (n not in calls) == exact  # the left side (n rows) was gathered unless exact
+    if exact:
+        assert out.column("value").chunks[0].buffers()[1].address == left.column("value").chunks[0].buffers()[1].address

@@ -619,7 +619,9 @@ def test_windows_with_empty_partitions_and_multi_rank_halos():
 # -------------------------------------------------------------------- sources and sinks
 
 
-def test_read_parquet_directory_splits_row_groups_and_projects(tmp_path):
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_read_parquet_directory_splits_row_groups_and_projects(tmp_path, threads, monkeypatch):
+    monkeypatch.setenv("OPGRAPH_KERNEL_THREADS", threads)  # a rank's row groups over its threads
     d = tmp_path / "parts"
     d.mkdir()
     for n in range(3):
