@@ -48,6 +48,22 @@ extensions = [
         language="c++",
         extra_compile_args=CXX_FLAGS,
     ),
+    # range partitioning by splitters for the sample sort (range_kernels.hpp; scatter and
+    # counting sort shared with hash_kernels.hpp)
+    Extension(
+        "opgraph.runtime.kernels.ranging",
+        sources=["runtime/kernels/ranging.pyx"],
+        depends=[
+            "runtime/kernels/range_kernels.hpp",
+            "runtime/kernels/hash_kernels.hpp",
+            "runtime/kernels/kernel_common.hpp",
+            "runtime/kernels/kernel_buffers.pxd",
+        ],
+        include_dirs=["runtime/kernels"],
+        language="c++",
+        extra_compile_args=[*CXX_FLAGS, "-pthread"],
+        extra_link_args=["-pthread"],
+    ),
     # hash group-by aggregation (group_kernels.hpp)
     Extension(
         "opgraph.runtime.kernels.grouping",

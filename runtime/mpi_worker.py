@@ -253,11 +253,16 @@ _T0 = __import__("time").perf_counter()
 
 
 def _phase(name: str) -> None:
-    """``OPGRAPH_MPI_TIMING=1``: each rank prints its phase times (seconds since start)."""
+    """``OPGRAPH_MPI_TIMING=1``: each rank prints its phase times (wall seconds since start,
+    and the process's CPU seconds so far)."""
     if os.environ.get("OPGRAPH_MPI_TIMING") == "1":
         import time
 
-        print(f"opgraph-mpi-timing: pid {os.getpid()} {name} {time.perf_counter() - _T0:.3f}", file=sys.stderr, flush=True)
+        print(
+            f"opgraph-mpi-timing: pid {os.getpid()} {name} {time.perf_counter() - _T0:.3f} cpu {time.process_time():.3f}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def main(argv: list[str] | None = None, execute: ExecuteFn | None = None) -> int:

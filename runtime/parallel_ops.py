@@ -28,10 +28,13 @@ aggregate           partial rows per rank (var/std as count, mean, M2, combined 
 distinct, set ops   local distinct (pre-combine), shuffle by the row (or ``subset``), local
                     distinct / membership; receivers concatenate senders in rank order, so
                     "first occurrence" is global.
-sort                sample sort: local stable sort, weighted regular samples allgathered,
-                    n-1 splitters, each rank cuts its sorted rows at the splitters (equal
-                    keys go to one rank, which keeps the sort stable), ``alltoallv``, local
-                    stable sort of the received runs. Result ordered across ranks 0..n-1.
+sort                sample sort: a random sample of the keys allgathered, n-1 splitters,
+                    each rank splits its rows by key range with the C++ range-partition
+                    kernel (``partition.range_partition``; equal keys go to one rank, rows
+                    keep their order per sender, which keeps the sort stable),
+                    ``alltoallv``, local stable sort of the received rows. Key types the
+                    kernel lacks: local sort first, regular samples, cut of the sorted
+                    rows at the splitters. Result ordered across ranks 0..n-1.
 head                counts allgathered; each rank keeps the prefix of its rows that falls in
                     the first n of the global order (no data moves).
 window              halo exchange: each rank gets the rows before/after its range that its
@@ -46,7 +49,11 @@ concat              local (no data movement); the global order interleaves the i
 from __future__ import annotations
 
 import math
+import os
+import sys
+import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,7 +62,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from opgraph.runtime import local_ops as L
 from opgraph.runtime.communicator import Communicator
-from opgraph.runtime.partition import hash_partition
+from opgraph.runtime.partition import hash_partition, range_partition_supported
+from opgraph.runtime.partition import range_partition as _range_split
 
 __all__ = [
     "ANY",
@@ -131,6 +139,27 @@ class Dist:
     part: Partitioning = field(default=ANY)
 
 
+# ------------------------------------------------------------------------ timing
+
+#: ``OPGRAPH_MPI_TIMING=1`` (read at import; the MPI ranks inherit it): every rank prints
+#: the wall and CPU seconds of the stages below (partition, exchange, local join/sort) on
+#: stderr as ``opgraph-mpi-timing: rank R stage NAME wall W cpu C``.
+_TIMING = os.environ.get("OPGRAPH_MPI_TIMING") == "1"
+
+
+@contextmanager
+def _stage(comm: Communicator, name: str):
+    if not _TIMING:
+        yield
+        return
+    w0, c0 = time.perf_counter(), time.process_time()
+    try:
+        yield
+    finally:
+        w, c = time.perf_counter() - w0, time.process_time() - c0
+        print(f"opgraph-mpi-timing: rank {comm.rank} stage {name} wall {w:.3f} cpu {c:.3f}", file=sys.stderr, flush=True)
+
+
 # ------------------------------------------------------------------------ movement
 
 
@@ -146,8 +175,9 @@ def unreplicate(comm: Communicator, d: Dist) -> Dist:
 
 
 def _exchange(comm: Communicator, parts: list[pa.Table], schema: pa.Schema) -> pa.Table:
-    received = comm.alltoallv(parts)
-    return L.concat_tables(received, schema)
+    with _stage(comm, "exchange"):
+        received = comm.alltoallv(parts)
+        return L.concat_tables(received, schema)
 
 
 def shuffle_hash(comm: Communicator, table: pa.Table, keys: Sequence[str], types: Sequence[pa.DataType] | None = None) -> pa.Table:
@@ -164,9 +194,11 @@ def shuffle_hash(comm: Communicator, table: pa.Table, keys: Sequence[str], types
         work = table
         for name, k, t in zip(extra, keys, types):
             work = work.append_column(name, L._cast_column(table.column(k), t))
-        parts = [p.select(schema.names) for p in hash_partition(work, extra, n)]
+        with _stage(comm, "hash-partition"):
+            parts = [p.select(schema.names) for p in hash_partition(work, extra, n)]
     else:
-        parts = hash_partition(table, keys, n)
+        with _stage(comm, "hash-partition"):
+            parts = hash_partition(table, keys, n)
     return _exchange(comm, parts, schema)
 
 
@@ -240,7 +272,8 @@ def join(
     same_names = all(lk == rk for lk, rk in zip(left_on, right_on))
     out_part = Partitioning("hash", tuple(left_on), tuple(key_types)) if same_names else ANY
     if comm.size == 1:
-        return Dist(L.join(left.table, right.table, how, left_on, right_on, schema), out_part)
+        with _stage(comm, "local-join"):
+            return Dist(L.join(left.table, right.table, how, left_on, right_on, schema), out_part)
     # both replicated (e.g. two broadcast inputs): every rank joins the whole tables
     if right.part.kind == "replicated" and left.part.kind == "replicated":
         return Dist(L.join(left.table, right.table, how, left_on, right_on, schema), REPLICATED)
@@ -258,7 +291,8 @@ def join(
         return Dist(out, ANY)
     lt = left.table if left.part.hashed_on(left_on, key_types) else shuffle_hash(comm, left.table, left_on, key_types)
     rt = right.table if right.part.hashed_on(right_on, key_types) else shuffle_hash(comm, right.table, right_on, key_types)
-    return Dist(L.join(lt, rt, how, left_on, right_on, schema), out_part)
+    with _stage(comm, "local-join"):
+        return Dist(L.join(lt, rt, how, left_on, right_on, schema), out_part)
 
 
 # ------------------------------------------------------------------------- group by
@@ -530,12 +564,12 @@ OVERSAMPLE = 16
 
 
 def _range_partition_radix(comm: Communicator, table: pa.Table, by: list[str], ascending: list[bool]) -> pa.Table:
-    """Sample-sort exchange for numeric/temporal keys without a local sort first: a seeded
-    random sample of every rank's keys is allgathered and sorted, n-1 splitters picked, and
-    the C++ kernel ``range_partition`` gives every row its part by binary search over the
-    splitters' radix keys (lexicographic, nulls last; equal keys go to one rank); rows are
-    grouped by part with the stable counting sort of ``partition.group_by_partition``
-    (``split_by_splitters``)."""
+    """Sample-sort exchange for keys the range kernel handles (numeric, bool, temporal,
+    string/binary) without a local sort first: a seeded random sample of every rank's keys
+    is allgathered and sorted, n-1 splitters picked, and the fused C++ kernel
+    ``partition.range_partition`` gives every row its part by binary search among the
+    splitters (lexicographic, nulls last; equal keys go to one rank) and scatters the
+    columns into part order (``split_by_splitters``)."""
     n, rows = comm.size, table.num_rows
     s = min(rows, 64 * n)
     rng = np.random.default_rng(0x5EED + comm.rank)
@@ -549,42 +583,35 @@ def _range_partition_radix(comm: Communicator, table: pa.Table, by: list[str], a
     weights = np.cumsum(samples.column("__w").to_numpy())
     picks = [min(int(np.searchsorted(weights, weights[-1] * j / n, side="left")), samples.num_rows - 1) for j in range(1, n)]
     splitters = samples.take(pa.array(picks, pa.int64()))
-    return _exchange(comm, split_by_splitters(table, by, ascending, splitters.select(by)), table.schema)
+    with _stage(comm, "range-partition"):
+        parts = split_by_splitters(table, by, ascending, splitters.select(by))
+    return _exchange(comm, parts, table.schema)
 
 
 def split_by_splitters(table: pa.Table, by: Sequence[str], ascending: Sequence[bool], splitters: pa.Table) -> list[pa.Table]:
     """``table``'s rows in ``splitters.num_rows + 1`` parts by key range (the local step of
-    the sample sort, numeric/temporal keys): part ids by binary search over the splitters'
-    radix keys (C++ ``range_partition``; lexicographic, nulls last), rows grouped by part with
-    a stable counting sort and gathered."""
-    from opgraph.runtime.kernels import opkernels as K
-    from opgraph.runtime.partition import group_by_partition
-
-    n, rows = splitters.num_rows + 1, table.num_rows
-    rk, rn, sk, sn = [], [], [], []
-    for b, asc in zip(by, ascending):
-        k, nl = K.radix_keys(table.column(b), not asc)
-        rk.append(k)
-        rn.append(nl)
-        k, nl = K.radix_keys(splitters.column(b), not asc)
-        sk.append(k)
-        sn.append(nl)
-    pids = K.range_partition(rk, rn, sk, sn)
-    idx, offsets = group_by_partition(pids, n, np.int32 if rows < 2**31 else np.int64)
-    grouped = L.take_table(table, idx)
-    return [grouped.slice(int(offsets[q]), int(offsets[q + 1] - offsets[q])) for q in range(n)]
+    the sample sort): the fused C++ kernel ``partition.range_partition`` (part of every row
+    by binary search of its key tuple among the sorted splitters: lexicographic, asc/desc
+    per key, nulls last, NaN after numbers; rows equal to splitter s go to part s; then the
+    hash shuffle's stable counting sort and scatter kernels). Within a part rows keep their
+    order. Key types: integers, floats, bool, temporal, string/binary; other types raise
+    TypeError (``range_partition`` below sends them through its sort-first path)."""
+    by = list(by)
+    if not range_partition_supported([table.schema.field(b).type for b in by]):
+        raise TypeError(f"split_by_splitters: unsupported key types {[str(table.schema.field(b).type) for b in by]}")
+    return _range_split(table, by, list(ascending), splitters.select(by))
 
 
 def range_partition(comm: Communicator, table: pa.Table, by: Sequence[str], ascending: Sequence[bool]) -> tuple[pa.Table, bool]:
     """Sample-sort exchange: returns (this rank's rows of the key range it owns, whether the
-    rows came back as sorted runs). Numeric/temporal keys: the C++ range-partition kernel
-    on unsorted rows (``_range_partition_radix``; runs not sorted). Other keys: local
-    stable sort, weighted regular samples, cut at the splitters (sorted runs)."""
-    from opgraph.runtime.kernels import opkernels as K
-
+    rows came back as sorted runs). Numeric/bool/temporal/string keys: the C++
+    range-partition kernel on unsorted rows (``_range_partition_radix``; runs not sorted).
+    Other keys (decimal, dictionary, nested, ...: orders the kernel does not implement):
+    local stable sort, weighted regular samples, cut at the splitters by a Python binary
+    search comparing ``as_py`` values (sorted runs)."""
     n = comm.size
     by, ascending = list(by), list(ascending)
-    if K.sortable([table.schema.field(b).type for b in by]):  # same schema on every rank
+    if range_partition_supported([table.schema.field(b).type for b in by]):  # same schema on every rank
         return _range_partition_radix(comm, table, by, ascending), False
     local = L.sort(table, by, ascending)
     rows = local.num_rows
@@ -620,9 +647,11 @@ def sort(comm: Communicator, d: Dist, by: Sequence[str], ascending: Sequence[boo
     d = unreplicate(comm, d)
     part = Partitioning("range", tuple(by), tuple(d.table.schema.field(b).type for b in by), tuple(ascending))
     if comm.size == 1 or (d.part.kind == "range" and d.part.keys == part.keys and d.part.ascending == part.ascending):
-        return Dist(L.sort(d.table, by, ascending), part)
+        with _stage(comm, "local-sort"):
+            return Dist(L.sort(d.table, by, ascending), part)
     moved, _ = range_partition(comm, d.table, by, ascending)
-    return Dist(L.sort(moved, by, ascending), part)
+    with _stage(comm, "local-sort"):
+        return Dist(L.sort(moved, by, ascending), part)
 
 
 # ----------------------------------------------------------------------------- head

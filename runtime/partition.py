@@ -1,4 +1,6 @@
-"""Hash partitioning of Arrow tables (the local half of a hash shuffle).
+"""Hash and range partitioning of Arrow tables (the local half of a hash shuffle / of the
+sample sort's exchange; range: ``range_partition``, C++ ``kernels/ranging``, sharing the
+scatter step ``scatter_parts`` below).
 
 Row hashes come from the compiled kernel ``opgraph.runtime.kernels.hashing`` (C++ via
 Cython; platform-independent "opgraph-hash-v1", see runtime/kernels/hash_kernels.hpp), so
@@ -35,7 +37,10 @@ __all__ = [
     "partition_ids",
     "partition_indices",
     "partition_positions",
+    "range_partition",
+    "range_partition_supported",
     "scatter_column",
+    "scatter_parts",
 ]
 
 HASH_VERSION: str = _hashing.HASH_VERSION
@@ -95,12 +100,18 @@ def hash_partition(table: pa.Table, keys: list[str], nparts: int) -> list[pa.Tab
     keys = _check_args(table, keys, nparts)
     if nparts == 1:
         return [table]
-    hashes = _hashing.hash_columns(table, keys)
-    pids = _hashing.partition_ids(hashes, nparts)
-    del hashes
     idx_dtype = np.int32 if table.num_rows <= _INT32_MAX else np.int64
-    dest, offsets = _hashing.partition_positions(pids, nparts, idx_dtype)
-    del pids
+    # hash -> part id -> destination, fused and in place (one pooled buffer)
+    dest, offsets = _hashing.hash_positions(table, keys, nparts, idx_dtype)
+    return scatter_parts(table, dest, offsets)
+
+
+def scatter_parts(table: pa.Table, dest: np.ndarray, offsets: np.ndarray) -> list[pa.Table]:
+    """``table``'s rows moved to positions ``dest`` (a permutation: every row's place in
+    part order, from ``partition_positions`` or ``range_partition_positions``) by the C++
+    scatter kernels, cut into the parts ``offsets[p]:offsets[p+1]`` (zero-copy slices of
+    one scattered copy; the input schema kept). Types the scatter kernels do not cover are
+    gathered with one Arrow ``take`` instead."""
     perm = None
     columns = []
     for col in table.columns:
@@ -111,6 +122,35 @@ def hash_partition(table: pa.Table, keys: list[str], nparts: int) -> list[pa.Tab
             out = col.take(perm)
         columns.append(out)
     grouped = pa.Table.from_arrays(columns, schema=table.schema)
+    nparts = len(offsets) - 1
     return [
         grouped.slice(int(offsets[p]), int(offsets[p + 1] - offsets[p])) for p in range(nparts)
     ]
+
+
+def range_partition(table: pa.Table, by: list[str], ascending: list[bool], splitters: pa.Table) -> list[pa.Table]:
+    """``table``'s rows in ``splitters.num_rows + 1`` parts by key range (the sample sort's
+    local step): a row goes to the first part s whose splitter row it sorts at or before
+    (keys ``by`` compared lexicographically, each ascending or descending, nulls last, NaN
+    after numbers; equal keys share a part), rows after the last splitter to the last part.
+    ``splitters`` (columns ``by``, the types of ``table``'s) must be sorted in that order.
+    Part ids and positions: the C++ kernel ``kernels/ranging`` (range_kernels.hpp); the
+    move: the hash shuffle's scatter kernels (``scatter_parts``). Within a part rows keep
+    their input order. Key types: ``range_partition_supported``; others raise TypeError."""
+    from opgraph.runtime.kernels import ranging as _ranging
+
+    dest, offsets = _ranging.range_positions(
+        [table.column(b) for b in by],
+        [not a for a in ascending],
+        [splitters.column(b) for b in by],
+        np.int32 if table.num_rows <= _INT32_MAX else np.int64,
+    )
+    return scatter_parts(table, dest, offsets)
+
+
+def range_partition_supported(types: list[pa.DataType]) -> bool:
+    """Whether ``range_partition`` handles keys of these types (integers, floats, bool,
+    temporal, string/binary)."""
+    from opgraph.runtime.kernels import ranging as _ranging
+
+    return _ranging.supported(types)

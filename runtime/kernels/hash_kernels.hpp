@@ -391,6 +391,40 @@ void scatter_var_data(const uint8_t* offsets_buf, const uint8_t* data, int64_t s
   }
 }
 
+// Fused partition_ids + partition_positions over row hashes, in place: `buf` holds the n
+// row hashes on entry and every row's destination (int32 or int64, at the start of the
+// same memory) on return; offsets[nparts + 1] as in partition_positions. Entry i of the
+// destinations never lies beyond hash i, so the part ids overwrite the hashes as they are
+// read (no part-id or position arrays of their own: less memory to fault in).
+template <typename I>
+void hash_positions_inplace(void* buf, int64_t n, uint32_t nparts, int64_t* offsets) {
+  const uint64_t* h = static_cast<const uint64_t*>(buf);
+  I* d = static_cast<I*>(buf);
+  std::vector<int64_t> cursor(static_cast<size_t>(nparts), 0);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t p = reduce_range(h[i], nparts);
+    d[i] = static_cast<I>(p);  // 4i <= 8i: hash i is read before anything overwrites it
+    ++cursor[p];
+  }
+  int64_t acc = 0;
+  for (uint32_t p = 0; p < nparts; ++p) {
+    offsets[p] = acc;
+    const int64_t c = cursor[p];
+    cursor[p] = acc;
+    acc += c;
+  }
+  offsets[nparts] = acc;
+  int64_t* cur = cursor.data();
+  for (int64_t i = 0; i < n; ++i) d[i] = static_cast<I>(cur[d[i]]++);
+}
+
+inline void hash_positions_inplace_any(void* buf, int64_t n, uint32_t nparts, int64_t* offsets, int index_bytes) {
+  if (index_bytes == 4)
+    hash_positions_inplace<int32_t>(buf, n, nparts, offsets);
+  else
+    hash_positions_inplace<int64_t>(buf, n, nparts, offsets);
+}
+
 // ---- non-template entry points for Cython (index_bytes: 4 -> int32, 8 -> int64) ----
 inline int partition_positions_any(const int32_t* pids, int64_t n, int32_t nparts, int64_t* offsets,
                                    void* dest, int index_bytes) {

@@ -55,6 +55,8 @@ cdef extern from "hash_kernels.hpp" namespace "opgraph::hashk" nogil:
                                int64_t* offsets, int64_t* perm)
     int partition_positions_any(const int32_t* pids, int64_t n, int32_t nparts,
                                 int64_t* offsets, void* dest, int index_bytes)
+    void hash_positions_inplace_any(void* buf, int64_t n, uint32_t nparts, int64_t* offsets,
+                                    int index_bytes)
     void invert_permutation_any(const void* dest, int64_t n, void* perm, int index_bytes)
     void scatter_fixed_any(int64_t width, const uint8_t* src, int64_t src_offset, int64_t n,
                            const void* dest, int index_bytes, uint8_t* out)
@@ -248,6 +250,11 @@ def hash_columns(data, keys=None):
     single Array/ChunkedArray. Equal key tuples hash equal regardless of chunking, slicing,
     integer width, float width or string offset width; nulls hash to a fixed word.
     """
+    return _hash_into(data, keys, None)
+
+
+cdef object _hash_into(data, keys, object out):
+    """hash_columns into ``out`` (a writable uint64 array of the row count) or a new array."""
     cols = _key_columns(data, keys)
     if not cols:
         raise ValueError("hash_columns: at least one key column is required")
@@ -256,7 +263,8 @@ def hash_columns(data, keys=None):
         if len(c) != n:
             raise ValueError(
                 f"hash_columns: key columns differ in length ({len(c)} vs {n})")
-    out = np.empty(n, dtype=np.uint64)
+    if out is None:
+        out = np.empty(n, dtype=np.uint64)
     if n == 0:
         return out
     cdef uint64_t[::1] ov = out
@@ -337,6 +345,36 @@ def group_by_partition(part_ids, nparts, index_dtype=np.int64):
     if rc != 0:
         raise ValueError(f"group_by_partition: a partition id lies outside [0, {np_})")
     return indices, offsets
+
+
+def hash_positions(data, keys, nparts, index_dtype=np.int64):
+    """``partition_positions(partition_ids(hash_columns(data, keys), nparts), nparts,
+    index_dtype)`` fused: (dest, offsets). The hashes are computed into a buffer from
+    Arrow's memory pool (its pages are reused from call to call instead of being faulted
+    in afresh) and turned into part ids and then destinations in place; ``dest`` is a view
+    of that buffer."""
+    cdef int32_t np_ = _check_nparts(nparts)
+    idt = np.dtype(index_dtype)
+    if idt not in (np.int32, np.int64):
+        raise TypeError("hash_positions: index_dtype must be int32 or int64")
+    n = data.num_rows if isinstance(data, (pa.Table, pa.RecordBatch)) else None
+    if n is None:
+        n = len(_key_columns(data, keys)[0])
+    if idt == np.int32 and n > 2**31 - 1:
+        raise ValueError("hash_positions: int32 positions cannot address more than 2^31-1 rows")
+    buf = pa.allocate_buffer(max(n, 1) * 8)
+    hashes = np.frombuffer(buf, dtype=np.uint64, count=n)
+    _hash_into(data, keys, hashes)
+    offsets = np.zeros(np_ + 1, dtype=np.int64)
+    cdef int64_t nn = n
+    cdef int64_t[::1] ofv = offsets
+    cdef uint8_t* p = _mut_ptr(buf)
+    cdef int ib = idt.itemsize
+    if nn:
+        with nogil:
+            hash_positions_inplace_any(<void*>p, nn, <uint32_t>np_, &ofv[0], ib)
+    dest = np.frombuffer(buf, dtype=idt, count=n)
+    return dest, offsets
 
 
 def _index_array(obj, name):
