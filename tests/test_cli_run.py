@@ -165,8 +165,8 @@ def test_other_stderr_lines_pass_through_the_display():
 
 def test_unknown_engine_is_a_user_error():
     plan, inputs = _plan()
-    with pytest.raises(OpgraphError, match="unknown engine 'ray'"):
-        run_with_progress(plan.doc, inputs, "ray", 1, console=_terminal()[0])
+    with pytest.raises(OpgraphError, match="unknown engine 'spark' \\(expected one of local, mpi, ray\\)"):
+        run_with_progress(plan.doc, inputs, "spark", 1, console=_terminal()[0])
 
 
 

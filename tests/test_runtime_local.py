@@ -22,6 +22,7 @@ from opgraph.runtime.communicator import Communicator
 from opgraph.runtime.executor import ExecutionError, run_local
 from opgraph.runtime.local_comm import CommAborted, run_ranks
 from pyarrow import ipc
+from support import collectives_and_point_to_point
 
 import opgraph as og
 from opgraph.errors import OpgraphError
@@ -730,29 +731,7 @@ def test_a_failing_rank_aborts_the_others_without_hanging(monkeypatch):
 
 
 def test_local_communicator_collectives_and_point_to_point():
-    def body(comm):
-        r, n = comm.rank, comm.size
-        t = pa.table({"r": [r] * (r + 1)})
-        got = comm.alltoallv([pa.table({"src": [r], "dst": [q]}) for q in range(n)])
-        assert [g.column("src")[0].as_py() for g in got] == list(range(n))
-        assert all(g.column("dst")[0].as_py() == r for g in got)
-        b = comm.bcast(t if r == 2 else None, root=2)
-        assert b.num_rows == 3
-        g = comm.gather(t, root=1)
-        assert (g is None) == (r != 1) and (g is None or [x.num_rows for x in g] == [1, 2, 3, 4])
-        assert [x.num_rows for x in comm.allgather(t)] == [1, 2, 3, 4]
-        assert comm.allreduce(np.array([r, 1.0]), "sum").tolist() == [6.0, 4.0]
-        assert comm.allreduce(np.array([r]), "max").tolist() == [3]
-        comm.barrier()
-        comm.send(t, (r + 1) % n, tag=5)
-        assert comm.recv((r - 1) % n, tag=5).num_rows == (r - 1) % n + 1
-        sub = comm.split(r % 2, key=-r)
-        assert sub.size == 2 and sub.rank == (0 if r >= 2 else 1)
-        assert sorted(x.column("r")[0].as_py() for x in sub.allgather(t)) == [r % 2, r % 2 + 2]
-        assert [a.tolist() for a in comm.allgather_array(np.array([r, r]))] == [[q, q] for q in range(n)]
-        return r
-
-    assert run_ranks(4, body) == [0, 1, 2, 3]
+    assert run_ranks(4, collectives_and_point_to_point) == [0, 1, 2, 3]
 
 
 def test_abort_unblocks_every_waiting_rank():

@@ -17,7 +17,6 @@ from xdsl.dialects.builtin import ModuleOp
 
 from opgraph.dialects.context import make_context, print_module
 from opgraph.dialects.machine import attach_machine
-from opgraph.errors import OpgraphError
 from opgraph.pipeline import Traced
 from opgraph.plan import PATTERNS, PlanDoc, build_plan_doc, plan_json_text
 from opgraph.tracing import gc_paused
@@ -218,8 +217,9 @@ def _compile_traced(
 
 
 def _check_engine(engine: str) -> None:
-    if engine not in ("local", "mpi"):
-        raise OpgraphError(f"unknown engine '{engine}' (expected 'local' or 'mpi')")
+    from opgraph.runtime.engines import check_engine
+
+    check_engine(engine)
 
 
 def plan_for_run(traced: Traced, engine: str, hw: Any = None, cwd: Path | None = None) -> Plan:
@@ -297,19 +297,10 @@ def run_traced(traced: Traced, engine: str = "local", ranks: int = 1, hw: Any = 
     """Compiles for ``hw`` (default laptop; the plan is cached, see ``cached_plan_doc``) and
     runs on ``engine`` with ``ranks`` ranks; returns one pyarrow.Table, a tuple of them
     (several outputs) or None (sinks only)."""
-    doc = cached_plan_doc(traced, engine, hw)
-    if engine == "mpi":
-        try:
-            from opgraph.runtime.mpi_engine import run_mpi as run
-        except ImportError as e:
-            raise OpgraphError(f"the mpi engine is not available: {e}") from None
-        if placement is not None:
-            raise OpgraphError("placement= is for the local engine; MPI ranks read OPGRAPH_PLACEMENT")
-        outputs = run(doc, traced.inputs, ranks)
-    else:
-        from opgraph.runtime.executor import run_local
+    from opgraph.runtime.engines import run_on_engine
 
-        outputs = run_local(doc, traced.inputs, ranks, placement=placement)
+    doc = cached_plan_doc(traced, engine, hw)
+    outputs = run_on_engine(engine, doc, traced.inputs, ranks, placement=placement)
     if not doc.outputs:
         return None
     return outputs[0] if len(outputs) == 1 else tuple(outputs)

@@ -36,8 +36,6 @@ from rich.progress import (
 )
 from rich.table import Table as RichTable
 
-from opgraph.errors import OpgraphError
-
 __all__ = ["IslandProgress", "cli_run", "format_results", "run_with_progress", "written_outputs"]
 
 _LINE = re.compile(r"^\[(\d+)/(\d+)\] (.+)$")
@@ -203,25 +201,16 @@ def run_with_progress(
 ) -> list[pa.Table]:
     """Runs the plan ``doc`` on ``engine`` with per-island progress on ``console`` (default:
     stderr) when ``show`` (and the console is a terminal); returns the outputs."""
-    if engine not in ("local", "mpi"):
-        raise OpgraphError(f"unknown engine '{engine}' (expected 'local' or 'mpi')")
+    from opgraph.runtime.engines import check_engine, run_on_engine
+
+    check_engine(engine)
     if console is None:  # the real stderr: a terminal, whatever FORCE_COLOR etc. say
         console = Console(stderr=True)
         show = show and _isatty(sys.stderr)
     show = show and console.is_terminal
-    if engine == "mpi":
-        try:
-            from opgraph.runtime.mpi_engine import run_mpi
-        except ImportError as e:
-            raise OpgraphError(f"the mpi engine is not available: {e}") from None
 
-        def run(callback):
-            return run_mpi(doc, inputs, ranks, progress=callback is not None)
-    else:
-        from opgraph.runtime.executor import run_local
-
-        def run(callback):
-            return run_local(doc, inputs, ranks, progress=callback)
+    def run(callback):
+        return run_on_engine(engine, doc, inputs, ranks, progress=callback)
 
     if not show:
         return run(None)
