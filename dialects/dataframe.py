@@ -32,7 +32,9 @@ from xdsl.dialects.builtin import (
 from xdsl.ir import (
     Attribute,
     Block,
+    BlockArgument,
     Dialect,
+    OpResult,
     Operation,
     ParametrizedAttribute,
     Region,
@@ -54,6 +56,7 @@ from xdsl.irdl import (
 from xdsl.traits import MemoryReadEffect, MemoryWriteEffect, Pure, RecursiveMemoryEffect
 from xdsl.utils.exceptions import VerifyException
 
+from opgraph.dialects.construct import init_op
 from opgraph.dialects.diagnostics import fail, where  # noqa: F401  (where: re-exported)
 from opgraph.dialects.upstream.vector_yield import YieldOp
 from opgraph.dialects.walk import walk_block
@@ -148,26 +151,35 @@ def table_of(columns: Sequence[tuple[str, Attribute, bool]]) -> TableType:
     return _table_of(tuple(columns))
 
 
+# Attribute classes are final (xDSL's irdl_attr_definition forbids subclassing them), so
+# exact type tests are the isinstance tests - without the ABC machinery, and these
+# predicates run for every column and expression value.
+_FLOATS = frozenset({Float32Type, Float64Type})
+_NUMERIC = frozenset({IntegerType, Float32Type, Float64Type})
+_NON_INT_ELEMENTS = frozenset({Float32Type, Float64Type, StringType})
+
+
 def is_element_type(t: Attribute) -> bool:
-    if isinstance(t, IntegerType):
-        return t.width.data in (1, 8, 16, 32, 64)
-    return isinstance(t, Float32Type | Float64Type | StringType)
+    kind = type(t)
+    if kind is IntegerType:
+        return t.width.data in (1, 8, 16, 32, 64)  # type: ignore[attr-defined]
+    return kind in _NON_INT_ELEMENTS
 
 
 def is_numeric(t: Attribute) -> bool:
-    return isinstance(t, IntegerType | Float32Type | Float64Type)
+    return type(t) in _NUMERIC
 
 
 def is_integer(t: Attribute) -> bool:
-    return isinstance(t, IntegerType) and t.width.data > 1
+    return type(t) is IntegerType and t.width.data > 1  # type: ignore[attr-defined]
 
 
 def is_bool(t: Attribute) -> bool:
-    return isinstance(t, IntegerType) and t.width.data == 1
+    return type(t) is IntegerType and t.width.data == 1  # type: ignore[attr-defined]
 
 
 def is_float(t: Attribute) -> bool:
-    return isinstance(t, Float32Type | Float64Type)
+    return type(t) in _FLOATS
 
 
 def type_str(t: Attribute) -> str:
@@ -470,7 +482,7 @@ def _check_expression_region(op: Operation, region: Region, schema: TableType, w
     if block.args:
         raise fail(op, f"{what} takes no block arguments (read columns with df.col)")
     for inner in walk_block(block):
-        if isinstance(inner, ColumnOp):
+        if type(inner) is ColumnOp:  # (no subclasses: an exact test is cheaper)
             found = schema.column(inner.column.data)
             if found is None:
                 raise fail(
@@ -522,18 +534,22 @@ def _nullable_values(block: Block, schema: TableType) -> dict[SSAValue, bool]:
     pass over the block (the same rules; an operand defined elsewhere is asked of
     ``expression_nullable``). Usable as its memo."""
     memo: dict[SSAValue, bool] = {}
+    columns = _column_index(schema)
     for op in block.ops:
-        if isinstance(op, ColumnOp):
-            found = schema.column(op.column.data)
+        # exact class tests: these op classes have no subclasses (cheaper than isinstance
+        # against xDSL's ABCs; regions are walked by every verification)
+        cls = type(op)
+        if cls is ColumnOp:
+            found = columns.get(op.attributes["column"].data)  # type: ignore[attr-defined]
             result = bool(found and found[1])
-        elif isinstance(op, IsNullOp | IsInOp):
+        elif cls is IsNullOp or cls is IsInOp:
             result = False
-        elif isinstance(op, FillNullOp):
-            fill = op.fill
+        elif cls is FillNullOp:
+            fill = op.fill  # type: ignore[attr-defined]
             known = memo.get(fill)
             result = known if known is not None else expression_nullable(fill, schema, memo)
         else:
-            operands = op.operands[1:] if op.name == "arith.select" else op.operands
+            operands = op._operands[1:] if op.name == "arith.select" else op._operands
             result = False
             for o in operands:
                 known = memo.get(o)
@@ -562,14 +578,18 @@ def _init(
     variadic groups, no properties): builds the same op as IRDL's generic builder, without
     its per-op argument processing (a traced pipeline builds thousands of these; the op is
     verified as usual when the module is)."""
-    Operation.__init__(
+    init_op(  # = Operation.__init__ (opgraph.dialects.construct), quicker
         op,
-        operands=[SSAValue.get(o) for o in operands],
+        # SSAValue.get(o) is o for values (the usual case, told by the exact class)
+        operands=[o if type(o) in _VALUE_CLASSES else SSAValue.get(o) for o in operands],
         result_types=result_types,
         attributes={k: v for k, v in attributes.items() if v is not None} if attributes else {},
         regions=regions,
         location=UNKNOWN_LOC,  # what Operation.__init__ uses, without its per-op import
     )
+
+
+_VALUE_CLASSES = frozenset({OpResult, BlockArgument})
 
 
 class _TableOp(IRDLOperation):

@@ -77,7 +77,7 @@ def is_closed(block: Block) -> bool:
 def yielded(block: Block) -> list[SSAValue]:
     last = block.last_op
     assert isinstance(last, YieldOp)
-    return list(last.values)
+    return list(last._operands)  # = last.values (its one variadic operand group)
 
 
 def slice_ops(block: Block, roots: Iterable[SSAValue]) -> list[Operation]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from opgraph.dialects import dl as dlops
+from opgraph.dialects.construct import replace_all_uses
 from opgraph.dialects.walk import walk_ops
 from xdsl.context import Context
 from xdsl.dialects.builtin import (
@@ -113,7 +114,7 @@ def expand_sweep(sweep: dlops.SweepOp) -> dlops.SweepResultOp:
     result.location = sweep.location
     rewriter = Rewriter()
     rewriter.insert_op([*trains, result], InsertPoint.before(sweep))
-    sweep.result.replace_all_uses_with(result.result)
+    replace_all_uses(sweep.result, result.result)
     rewriter.erase_op(sweep)
     return result
 

@@ -41,25 +41,45 @@ from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import PatternRewriter, RewritePattern
 
 from opgraph.dialects import dataframe as df
+from opgraph.dialects.construct import replace_all_uses
 from opgraph.dialects.upstream.vector_yield import YieldOp
 from opgraph.passes._expr_regions import function_blocks, remove_dead_ops
 
 # ----------------------------------------------------------------------- constants
 
 
+# op class -> 1 for arith.constant (and subclasses), 2 for df.string_constant, else 0:
+# isinstance against xDSL's ABCs, answered once per class (every operand is asked)
+_CONSTANT_KIND: dict[type, int] = {}
+
+
+def _constant_kind(kind: type) -> int:
+    k = _CONSTANT_KIND.get(kind)
+    if k is None:
+        k = _CONSTANT_KIND[kind] = (
+            1 if issubclass(kind, arith.ConstantOp) else 2 if issubclass(kind, df.StringConstantOp) else 0
+        )
+    return k
+
+
 def constant_of(value: SSAValue) -> Any:
     """The Python value of a constant (int, float, bool for i1, str), or None."""
     owner = value.owner
-    if isinstance(owner, arith.ConstantOp):
-        attr = owner.value
-        if isinstance(attr, IntegerAttr) and isinstance(value.type, IntegerType):
+    k = _CONSTANT_KIND.get(type(owner))
+    if k is None:
+        k = _constant_kind(type(owner))
+    if k == 1:
+        attr = owner.value  # type: ignore[union-attr]
+        # attribute classes are final: exact type tests are the isinstance tests
+        t = value._type
+        if type(attr) is IntegerAttr and type(t) is IntegerType:
             v = attr.value.data
-            return v != 0 if value.type.width.data == 1 else v
-        if isinstance(attr, FloatAttr):
+            return v != 0 if t.width.data == 1 else v
+        if type(attr) is FloatAttr:
             return float(attr.value.data)
         return None
-    if isinstance(owner, df.StringConstantOp):
-        return owner.value.data
+    if k == 2:
+        return owner.value.data  # type: ignore[union-attr]
     return None
 
 
@@ -277,7 +297,7 @@ def fold_constant_operands(op: Operation) -> tuple[bool, Any]:
 
 
 def _fold_constant_operands(op: Operation) -> tuple[bool, Any]:
-    args = [constant_of(v) for v in op.operands]
+    args = [constant_of(v) for v in op._operands]
     if not op.results or any(a is None for a in args):
         return False, None
     name, t = op.name, op.results[0].type
@@ -361,9 +381,10 @@ def fold_identity(op: Operation) -> tuple[SSAValue | None, Any]:
         if op.lhs is op.rhs:
             return op.lhs, None
         return None, None
-    if len(op.operands) != 2 or not op.results:
+    operands = op._operands
+    if len(operands) != 2 or not op.results:
         return None, None
-    a, b = op.operands
+    a, b = operands
     t = op.results[0].type
     if isinstance(t, IntegerType):
         ones = -1
@@ -438,7 +459,7 @@ def _candidate(op: Operation) -> bool:
     kind = type(op)
     if kind in _NEVER or len(op.results) != 1:
         return False
-    operands = op.operands
+    operands = op._operands  # (.operands wraps this tuple)
     for v in operands:
         if type(v.owner) in _CONSTANT_TYPES:
             return True
@@ -510,5 +531,5 @@ class FoldConstants(ModulePass):
                     for expr_block in region.blocks:
                         fold_block(expr_block)
                 if kind is df.FilterOp and always_true(table_op):  # type: ignore[arg-type]
-                    table_op.results[0].replace_all_uses_with(table_op.operands[0])
+                    replace_all_uses(table_op.results[0], table_op.operands[0])
                     block.erase_op(table_op)

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from opgraph.dialects.construct import new_op, replace_all_uses
 from opgraph.dialects.dataframe import string_attr
 from opgraph.dialects.taskgraph import ISLAND_ATTR, is_island
 from opgraph.dialects.upstream.async_dialect import ExecuteOp, YieldOp
@@ -171,18 +172,19 @@ class LowerToKernels(ModulePass):
             a.location = o.location
         # Op.create: the generic constructor (the typed ones re-check every argument, which
         # costs more than everything else here on 1,000-op pipelines)
-        call = func.CallOp.create(
+        call = new_op(
+            func.CallOp,
             operands=call_args,
             result_types=result_types,
             properties={"callee": _symbol_ref(name)},
             attributes={key: o.attributes[key] for key in _CALL_ATTRS if key in o.attributes},
+            location=o.location,
         )
-        call.location = o.location
         parent = o.parent_block()
         assert parent is not None
         parent.insert_op_before(call, o)
         for old, new in zip(o.results, call.results):
-            old.replace_all_uses_with(new)
+            replace_all_uses(old, new)
         o.detach()
         mapping = dict(zip(args, kblock.args))
         for inner in nested:  # detaching o changed none of its nested ops
@@ -190,14 +192,14 @@ class LowerToKernels(ModulePass):
             for i, v in enumerate(operands):
                 if v in mapping:
                     inner.operands[i] = mapping[v]
-        ret = func.ReturnOp.create(operands=list(o.results))
-        ret.location = o.location
+        ret = new_op(func.ReturnOp, operands=list(o.results), location=o.location)
         kblock.add_ops([o, ret])
         attrs: dict[str, Attribute] = {KERNEL_ATTR: string_attr(kernel_name(o.name))}
         isl_name = island.attributes.get(ISLAND_ATTR)
         if isinstance(isl_name, StringAttr):
             attrs["taskgraph.in_island"] = isl_name
-        kfn = func.FuncOp.create(
+        kfn = new_op(
+            func.FuncOp,
             properties={
                 "sym_name": StringAttr(name),
                 "function_type": _function_type(arg_types, result_types),
@@ -205,6 +207,6 @@ class LowerToKernels(ModulePass):
             },
             attributes=attrs,
             regions=[Region(kblock)],
+            location=o.location,
         )
-        kfn.location = o.location
         return kfn

@@ -349,7 +349,10 @@ def _already_canonical(ctx: Context, module: ModuleOp) -> bool:
     folder = Folder(ctx)
     try:
         for op in _walk_nested(module):
-            if isinstance(op, UnregisteredOp):
+            unregistered = _UNREGISTERED.get(type(op))  # isinstance, once per op class
+            if unregistered is None:
+                unregistered = _UNREGISTERED[type(op)] = issubclass(type(op), UnregisteredOp)
+            if unregistered:
                 return False
             for region in op.regions:
                 if len(region.blocks) > 1:
@@ -377,6 +380,9 @@ def _attr_hash(attr: typing.Any, cache: dict[int, tuple[typing.Any, int]]) -> in
     return cached[1]
 
 
+_UNREGISTERED: dict[type, bool] = {}  # op class -> whether it is an UnregisteredOp
+
+
 class _Key:
     """An op as a key of the CSE table: equal exactly when xDSL's ``OperationInfo`` says so
     (name, attributes, properties, operands, result types, structurally equal regions).
@@ -386,16 +392,30 @@ class _Key:
     __slots__ = ("hash", "name", "op")
 
     def __init__(self, op: Operation, attr_hashes: dict[int, tuple[typing.Any, int]]):
-        from xdsl.dialects.builtin import UnregisteredOp
-
         self.op = op
-        self.name = op.op_name.data if isinstance(op, UnregisteredOp) else op.name
+        unregistered = _UNREGISTERED.get(type(op))
+        if unregistered is None:
+            from xdsl.dialects.builtin import UnregisteredOp
+
+            unregistered = _UNREGISTERED[type(op)] = issubclass(type(op), UnregisteredOp)
+        self.name = op.op_name.data if unregistered else op.name  # type: ignore[attr-defined]
         total = 0
+        get = attr_hashes.get
         for items in (op.attributes, op.properties):
             for k, v in items.items():
-                total += hash((k, _attr_hash(v, attr_hashes)))
-        types = tuple(_attr_hash(r.type, attr_hashes) for r in op.results)
-        self.hash = hash((self.name, total, types, tuple(op.operands)))
+                cached = get(id(v))  # _attr_hash, inlined
+                if cached is None or cached[0] is not v:
+                    cached = attr_hashes[id(v)] = (v, hash(v))
+                total += hash((k, cached[1]))
+        types = []
+        for r in op.results:
+            t = r._type
+            cached = get(id(t))
+            if cached is None or cached[0] is not t:
+                cached = attr_hashes[id(t)] = (t, hash(t))
+            types.append(cached[1])
+        # SSA values hash by id(): the same hash as hashing the operand tuple, quicker
+        self.hash = hash((self.name, total, tuple(types), tuple(map(id, op._operands))))
 
     def __hash__(self) -> int:
         return self.hash
@@ -407,7 +427,7 @@ class _Key:
         return (
             a.attributes == b.attributes
             and a.properties == b.properties
-            and tuple(a.operands) == tuple(b.operands)
+            and a._operands == b._operands  # tuples of the operand values
             and a.result_types == b.result_types
             and len(a.regions) == len(b.regions)
             and all(s.is_structurally_equivalent(o) for s, o in zip(a.regions, b.regions))

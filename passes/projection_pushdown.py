@@ -48,9 +48,9 @@ from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Block, Operation, SSAValue
 from xdsl.passes import ModulePass
-from xdsl.rewriter import Rewriter
 
 from opgraph.dialects import dataframe as df
+from opgraph.dialects.construct import replace_all_uses, replace_value_with_new_type
 from opgraph.dialects.upstream.vector_yield import YieldOp
 from opgraph.dialects.walk import walk_ops
 from opgraph.errors import PassError
@@ -72,16 +72,67 @@ def _names(attr) -> list[str]:
 
 def _schema(value: SSAValue) -> df.TableType | None:
     t = value.type
-    return t if isinstance(t, df.TableType) else None
+    return t if type(t) is df.TableType else None  # (attribute classes are final)
 
 
 def _region_columns(op: Operation) -> set[str]:
-    return {inner.column.data for inner in walk_ops(op) if isinstance(inner, df.ColumnOp)}
+    return {inner.column.data for inner in walk_ops(op) if type(inner) is df.ColumnOp}  # (no subclasses)
 
 
 def _kept_aggs(aggs: list[tuple[str, str, str]], needed: set[str]) -> list[tuple[str, str, str]]:
     kept = [a for a in aggs if a[0] in needed]
     return kept or aggs[:1]
+
+
+# The op classes _operand_needs tells apart, in its order; _needs_kind gives the index of
+# the first that ``type(op)`` is a subclass of (-1: none) - the isinstance chain's answer,
+# found once per op class (isinstance against xDSL's ABCs is slow and every op asks).
+_NEEDS_KINDS: tuple[tuple[type, ...], ...] = (
+    (df.FilterOp,),
+    (df.ProjectOp, df.DropOp, df.HeadOp),
+    (df.SortOp,),
+    (df.RenameOp,),
+    (df.MapOp,),
+    (df.WindowOp,),
+    (df.DistinctOp,),
+    (df.GroupByAggOp, df.AggregateOp),
+    (df.JoinOp,),
+    (df.ConcatOp,),
+)
+_needs_kinds: dict[type, int] = {}
+
+
+def _needs_kind(cls: type) -> int:
+    kind = _needs_kinds.get(cls)
+    if kind is None:
+        kind = _needs_kinds[cls] = next((i for i, group in enumerate(_NEEDS_KINDS) if issubclass(cls, group)), -1)
+    return kind
+
+
+# The op classes rewrite tells apart, in its order; _rewrite_kinds_of gives the indices
+# of those ``type(op)`` is a subclass of (its isinstance tests' answers, once per class).
+_REWRITE_KINDS: tuple[tuple[type, ...], ...] = (
+    _READS,
+    (df.ProjectOp,),
+    (df.DropOp,),
+    (df.RenameOp,),
+    (df.MapOp,),
+    (df.WindowOp,),
+    (df.GroupByAggOp, df.AggregateOp),
+    (df.JoinOp,),
+    (df.ConcatOp, df.UnionOp, df.IntersectOp, df.DifferenceOp),
+    (df.SortOp, df.WindowOp, df.DistinctOp),
+    (df.FilterOp, df.HeadOp),
+)
+_rewrite_kinds: dict[type, frozenset[int]] = {}
+# and those of _retype (first match, -1: none)
+_RETYPE_KINDS: tuple[tuple[type, ...], ...] = ((df.FilterOp, df.SortOp, df.HeadOp, df.DistinctOp), (df.MapOp,))
+_retype_kinds: dict[type, int] = {}
+
+
+def _rewrite_kinds_of(cls: type) -> frozenset[int]:
+    kinds = _rewrite_kinds[cls] = frozenset(i for i, group in enumerate(_REWRITE_KINDS) if issubclass(cls, group))
+    return kinds
 
 
 @dataclass
@@ -125,19 +176,20 @@ class _Narrowing:
             return
         if not op.name.startswith("df.") or not op.results:
             return  # sinks, return, unknown ops: every column (no entry)
-        if not isinstance(op.results[0].type, df.TableType):
+        if type(op.results[0].type) is not df.TableType:  # (attribute classes are final)
             return
         needed = self.required[op.results[0]]
-        if isinstance(op, df.FilterOp):
+        kind = _needs_kind(type(op))
+        if kind == 0:  # df.FilterOp
             self._need(op, 0, needed | _region_columns(op))
-        elif isinstance(op, df.ProjectOp | df.DropOp | df.HeadOp):
+        elif kind == 1:  # df.ProjectOp | df.DropOp | df.HeadOp
             self._need(op, 0, set(needed))
-        elif isinstance(op, df.SortOp):
+        elif kind == 2:  # df.SortOp
             self._need(op, 0, needed | set(_names(op.by)))
-        elif isinstance(op, df.RenameOp):
+        elif kind == 3:  # df.RenameOp
             back = dict(zip(_names(op.new_names), _names(op.old_names)))
             self._need(op, 0, {back.get(c, c) for c in needed})
-        elif isinstance(op, df.MapOp):
+        elif kind == 4:  # df.MapOp
             names = _names(op.names)
             block = body(op.expr)
             if block is None:
@@ -158,21 +210,21 @@ class _Narrowing:
                     for n in kept:
                         reads |= deps[values[n]]
             self._need(op, 0, (needed - set(names)) | reads)
-        elif isinstance(op, df.WindowOp):
+        elif kind == 5:  # df.WindowOp
             out = op.output.data
             if out in needed:
                 self._need(op, 0, (needed - {out}) | {op.column.data})
             else:
                 self._need(op, 0, set(needed))
-        elif isinstance(op, df.DistinctOp):
+        elif kind == 6:  # df.DistinctOp
             if op.subset is not None:
                 self._need(op, 0, needed | set(_names(op.subset)))
-        elif isinstance(op, df.GroupByAggOp | df.AggregateOp):
+        elif kind == 7:  # df.GroupByAggOp | df.AggregateOp
             kept = _kept_aggs(df.agg_tuples(op.aggs), needed)
             self.kept_aggs[op] = kept
             keys = set(_names(op.keys)) if isinstance(op, df.GroupByAggOp) else set()
             self._need(op, 0, keys | {c for _, c, _ in kept if c})
-        elif isinstance(op, df.JoinOp):
+        elif kind == 8:  # df.JoinOp
             origin, clashes = join_origins(op)
             lneed, rneed = set(_names(op.left_on)), set(_names(op.right_on))
             for c in needed:
@@ -187,7 +239,7 @@ class _Narrowing:
                     rneed.add(n)
             self._need(op, 0, lneed)
             self._need(op, 1, rneed)
-        elif isinstance(op, df.ConcatOp):
+        elif kind == 9:  # df.ConcatOp
             self._need(op, 0, set(needed))
             self._need(op, 1, set(needed))
         # union/intersect/difference, distinct without subset: every column (no entry)
@@ -198,9 +250,14 @@ class _Narrowing:
         inference. Ops whose result schema is their input's, and maps (an assignment's type
         and nullability depend only on the columns it reads, which are kept), skip the
         region checks of a full ``expected_type``."""
-        if isinstance(op, df.FilterOp | df.SortOp | df.HeadOp | df.DistinctOp):
+        kind = _retype_kinds.get(type(op))
+        if kind is None:
+            kind = _retype_kinds[type(op)] = next(
+                (i for i, group in enumerate(_RETYPE_KINDS) if issubclass(type(op), group)), -1
+            )
+        if kind == 0:  # df.FilterOp | df.SortOp | df.HeadOp | df.DistinctOp
             expected = op.operands[0].type
-        elif isinstance(op, df.MapOp):
+        elif kind == 1:  # df.MapOp
             schema = _schema(op.input)
             assert schema is not None and before is not None
             names = _names(op.names)
@@ -208,11 +265,11 @@ class _Narrowing:
         else:
             expected = op.expected_type()  # type: ignore[attr-defined]
         if op.results[0].type != expected:
-            Rewriter.replace_value_with_new_type(op.results[0], expected)
+            replace_value_with_new_type(op.results[0], expected)
 
     def _forward(self, op: Operation, value: SSAValue) -> None:
         """Removes ``op``, its uses taking ``value``."""
-        op.results[0].replace_all_uses_with(value)
+        replace_all_uses(op.results[0], value)
         self.block.erase_op(op)
 
     def _narrow_operand(self, op: Operation, index: int, order: list[str] | None = None) -> None:
@@ -233,9 +290,12 @@ class _Narrowing:
 
     def rewrite(self, ops: list[Operation]) -> None:
         for op in ops:
-            if isinstance(op, _READS):
+            kinds = _rewrite_kinds.get(type(op))
+            if kinds is None:
+                kinds = _rewrite_kinds_of(type(op))
+            if 0 in kinds:  # a read
                 self._rewrite_read(op)
-            elif isinstance(op, df.ProjectOp):
+            elif 1 in kinds:  # df.ProjectOp
                 schema = _schema(op.input)
                 assert schema is not None
                 needed = self.required[op.result]
@@ -246,7 +306,7 @@ class _Narrowing:
                 if cols != _names(op.columns):
                     op.attributes["columns"] = df.str_array(cols)
                 self._retype(op)
-            elif isinstance(op, df.DropOp):
+            elif 2 in kinds:  # df.DropOp
                 schema = _schema(op.input)
                 assert schema is not None
                 present = set(schema.column_names)
@@ -256,7 +316,7 @@ class _Narrowing:
                     continue
                 op.attributes["columns"] = df.str_array(cols)
                 self._retype(op)
-            elif isinstance(op, df.RenameOp):
+            elif 3 in kinds:  # df.RenameOp
                 schema = _schema(op.input)
                 assert schema is not None
                 present = set(schema.column_names)
@@ -267,33 +327,33 @@ class _Narrowing:
                 op.attributes["old_names"] = df.str_array([o for o, _ in pairs])
                 op.attributes["new_names"] = df.str_array([n for _, n in pairs])
                 self._retype(op)
-            elif isinstance(op, df.MapOp):
+            elif 4 in kinds:  # df.MapOp
                 before = _schema(op.result)
                 if self._rewrite_map(op):
                     self._retype(op, before)
-            elif isinstance(op, df.WindowOp) and op.output.data not in self.required[op.result]:
+            elif 5 in kinds and op.output.data not in self.required[op.result]:  # df.WindowOp
                 self._forward(op, op.input)
-            elif isinstance(op, df.GroupByAggOp | df.AggregateOp):
+            elif 6 in kinds:  # df.GroupByAggOp | df.AggregateOp
                 kept = self.kept_aggs.get(op)
                 if kept is not None and kept != df.agg_tuples(op.aggs):
                     op.attributes["aggs"] = df.agg_array(kept)
                 self._retype(op)
-            elif isinstance(op, df.JoinOp):
+            elif 7 in kinds:  # df.JoinOp
                 self._narrow_operand(op, 0)
                 self._narrow_operand(op, 1)
                 self._retype(op)
-            elif isinstance(op, df.ConcatOp | df.UnionOp | df.IntersectOp | df.DifferenceOp):
+            elif 8 in kinds:  # df.ConcatOp | df.UnionOp | df.IntersectOp | df.DifferenceOp
                 # both inputs in the same (original) column order
                 order = self.original[(op, 0)].column_names
                 self._narrow_operand(op, 0, order)
                 self._narrow_operand(op, 1, order)
                 self._retype(op)
-            elif isinstance(op, df.SortOp | df.WindowOp | df.DistinctOp):
+            elif 9 in kinds:  # df.SortOp | df.WindowOp | df.DistinctOp
                 # ops that move rows between ranks: carry only what is needed
                 if (op, 0) in self.needs:
                     self._narrow_operand(op, 0)
                 self._retype(op)
-            elif isinstance(op, df.FilterOp | df.HeadOp):
+            elif 10 in kinds:  # df.FilterOp | df.HeadOp
                 self._retype(op)
 
     def _rewrite_read(self, op: Operation) -> None:
@@ -305,7 +365,7 @@ class _Narrowing:
         if len(kept) == len(schema.columns):
             return
         op.attributes["columns"] = df.str_array([c[0] for c in kept])
-        Rewriter.replace_value_with_new_type(result, df.table_of(kept))
+        replace_value_with_new_type(result, df.table_of(kept))
 
     def _rewrite_map(self, op: df.MapOp) -> bool:
         """Drops unread assignments; False when the map was removed."""

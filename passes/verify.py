@@ -82,6 +82,7 @@ class _OpInfo:
         "attr_names",
         "context_traits",
         "custom",
+        "is_plan",
         "is_terminator",
         "isolated",
         "no_terminator",
@@ -121,6 +122,7 @@ class _OpInfo:
             and not isinstance(t, IsolatedFromAbove)
             and type(t).__name__ not in _SIGNATURE_ONLY_TRAITS
         )
+        self.is_plan = isinstance(op, PlanOp)
         self.is_terminator = op.has_trait(IsTerminator)
         self.isolated = op.has_trait(IsolatedFromAbove)
         self.no_terminator = op.has_trait(NoTerminator)
@@ -135,8 +137,8 @@ class _OpInfo:
         if abstract is None:
             return (
                 type(op),
-                tuple([v.type for v in op._operands]),
-                tuple([r.type for r in op.results]),
+                tuple([v._type for v in op._operands]),  # ._type: .type without the property
+                tuple([r._type for r in op.results]),
                 tuple([item for item in attributes.items() if item[0] in names]) if attributes else (),
                 tuple(properties.items()) if properties else (),
                 tuple([tuple([a.type for b in r.blocks for a in b.args]) for r in regions]) if regions else (),
@@ -145,8 +147,8 @@ class _OpInfo:
         operand_key, result_key, attr_keys, prop_keys, arg_key = abstract
         return (
             type(op),
-            tuple([operand_key(v.type) for v in op._operands]),
-            tuple([result_key(r.type) for r in op.results]),
+            tuple([operand_key(v._type) for v in op._operands]),
+            tuple([result_key(r._type) for r in op.results]),
             tuple([(k, attr_keys.get(k, _same)(v)) for k, v in attributes.items() if k in names]) if attributes else (),
             tuple([(k, prop_keys.get(k, _same)(v)) for k, v in properties.items()]) if properties else (),
             tuple([tuple([tuple([arg_key(a.type) for a in b.args]) for b in r.blocks]) for r in regions]) if regions else (),
@@ -351,10 +353,16 @@ class _FastVerifier:
 
     def region(self, region, visible: set[int]) -> None:
         parent = region.parent
-        for block in region.blocks:
+        blocks = []
+        block = region.first_block
+        while block is not None:
+            blocks.append(block)
+            block = block.next_block
+        for block in blocks:
             added = [id(a) for a in block.args]
             visible.update(added)
-            for op in block.ops:
+            op = block.first_op  # the block's ops through their links (no iterator object)
+            while op is not None:
                 if op.parent is not block:
                     raise VerifyException("parent pointer of an op does not refer to its block")
                 self.op(op, visible)
@@ -363,7 +371,8 @@ class _FastVerifier:
                     ids = [id(r) for r in results]
                     visible.update(ids)
                     added.extend(ids)
-            if parent is not None and len(region.blocks) == 1:
+                op = op._next_op
+            if parent is not None and len(blocks) == 1:
                 info = self.infos.get(type(parent)) or self._info(parent)
                 if not info.no_terminator:
                     last = block.last_op
@@ -379,14 +388,14 @@ class _FastVerifier:
         return info
 
     def op(self, op: Operation, visible: set[int]) -> None:
-        for v in op._operands:
-            if id(v) not in visible:
-                raise VerifyException("operand not defined in scope")
+        operands = op._operands
+        if operands and not visible.issuperset(map(id, operands)):
+            raise VerifyException("operand not defined in scope")
         if op._successors:
             raise VerifyException("successors: left to xDSL")
-        if (op.attributes or isinstance(op, PlanOp)) and needs_island_check(op):
-            self.island_ops.append(op)
         info = self.infos.get(type(op)) or self._info(op)
+        if (op.attributes or info.is_plan) and needs_island_check(op):
+            self.island_ops.append(op)
         if op.regions:
             scope = set() if info.isolated else visible
             for region in op.regions:

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Self
 
+from opgraph.dialects.construct import init_op
 from opgraph.dialects.diagnostics import fail as _fail
 from xdsl.dialects.builtin import DenseArrayBase, IndexType, i32
 from xdsl.ir import (
@@ -126,7 +127,7 @@ class YieldOp(IRDLOperation):
 
     def __init__(self, values: Sequence[SSAValue | Operation] = ()):
         # what IRDL's generic builder makes of operands=[values], built directly (one per island)
-        Operation.__init__(self, operands=[SSAValue.get(v) for v in values])
+        init_op(self, operands=[SSAValue.get(v) for v in values])  # = Operation.__init__
 
     def verify_(self) -> None:
         parent = self.parent_op()
@@ -173,7 +174,7 @@ class ExecuteOp(IRDLOperation):
         values = [SSAValue.get(v) for v in body_operands]
         # The op IRDL's generic builder would make (flat operands, segment sizes property),
         # built directly: lower-to-islands creates one per dataflow op.
-        Operation.__init__(
+        init_op(  # = Operation.__init__
             self,
             operands=[*deps, *values],
             result_types=[_TOKEN, *[ValueType(t) for t in result_types]],

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from opgraph.dialects.construct import init_op
 from xdsl.dialects.builtin import AnyAttr
-from xdsl.ir import Dialect, Operation, SSAValue
+from xdsl.ir import Dialect, SSAValue
 from xdsl.irdl import IRDLOperation, irdl_op_definition, traits_def, var_operand_def
 from xdsl.traits import IsTerminator, Pure, ReturnLike
 
@@ -27,7 +28,7 @@ class YieldOp(IRDLOperation):
     def __init__(self, values: Sequence[SSAValue]):
         # IRDL's generic builder gives the same op (one variadic operand group, nothing
         # else, so no segment sizes) at a quarter of the cost: passes build many of these
-        Operation.__init__(self, operands=[SSAValue.get(v) for v in values])
+        init_op(self, operands=[SSAValue.get(v) for v in values])  # = Operation.__init__
 
 
 Vector = Dialect("vector", [YieldOp], [])

@@ -29,6 +29,7 @@ from xdsl.dialects.builtin import (
 from xdsl.ir import Attribute, Block, Operation, Region, SSAValue
 
 from opgraph.dialects import dataframe as df
+from opgraph.dialects.construct import append_op, new_op
 from opgraph.dialects.upstream.vector_yield import YieldOp
 from opgraph.tracing import SourceLoc, trace_error, user_location
 
@@ -417,7 +418,8 @@ def _mk(cls: type[Operation], *args: Any) -> Operation:
             _SHAPES[key] = (tuple(op.result_types), dict(op.properties), dict(op.attributes))
         return op
     result_types, properties, attributes = shape
-    return cls.create(
+    return new_op(  # = cls.create(...)
+        cls,
         operands=[a for a in args if isinstance(a, SSAValue)],
         result_types=result_types,
         properties=properties,
@@ -431,8 +433,8 @@ def _const(value: Any, t: Attribute) -> Operation:
         return df.StringConstantOp(value)
     attr = _const_attr(type(value), value.hex() if isinstance(value, float) else value, t)
     # = arith.ConstantOp(attr) (not through _mk: 0.0 and -0.0 attributes compare equal)
-    return arith.ConstantOp.create(
-        result_types=[attr.get_type()], properties={"value": attr}, location=_PLACEHOLDER_LOC
+    return new_op(
+        arith.ConstantOp, result_types=[attr.get_type()], properties={"value": attr}, location=_PLACEHOLDER_LOC
     )
 
 
@@ -463,7 +465,7 @@ class RegionBuilder:
 
     def add(self, op: Operation, loc: SourceLoc) -> SSAValue:
         op.location = loc.attr()
-        self.block.add_op(op)
+        append_op(self.block, op)  # = self.block.add_op(op)
         return op.results[0]
 
     def emit(self, e: Expr) -> SSAValue:
@@ -477,8 +479,8 @@ class RegionBuilder:
         values = [self.emit(e) for e in exprs]
         # = YieldOp(values) (one variadic operand group, nothing else), without the generic
         # IRDL builder's per-op overhead: every filter/assign region ends in one
-        ret = YieldOp.create(operands=values, location=exprs[-1].loc.attr())
-        self.block.add_op(ret)
+        ret = new_op(YieldOp, operands=values, location=exprs[-1].loc.attr())
+        append_op(self.block, ret)
         return Region(self.block)
 
     def _emit(self, e: Expr) -> SSAValue:

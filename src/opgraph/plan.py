@@ -84,8 +84,20 @@ def schema_doc(t: df.TableType) -> list[Column]:
 def loc_text(op: Operation) -> str | None:
     loc = op.location
     if type(loc) is FileLineColLoc:
-        return f"{loc.filename.data}:{loc.line.data}:{loc.column.data}"  # type: ignore[attr-defined]
+        # locations are immutable and shared by the ops traced at one place: text once each
+        cached = _loc_texts.get(id(loc))
+        if cached is None or cached[0] is not loc:
+            if len(_loc_texts) >= 1 << 16:
+                _loc_texts.clear()
+            text = f"{loc.filename.data}:{loc.line.data}:{loc.column.data}"  # type: ignore[attr-defined]
+            cached = _loc_texts[id(loc)] = (loc, text)
+        return cached[1]
     return None
+
+
+# id(location) -> (location, its text); the entry keeps the location alive, so its id
+# cannot be reused while cached
+_loc_texts: dict[int, tuple[Attribute, str]] = {}
 
 
 class ValueNames:
@@ -112,9 +124,10 @@ def op_doc(op: Operation, names: ValueNames) -> OpDoc:
 
 
 @lru_cache(maxsize=4096)
-def _schema_data(t: df.TableType) -> tuple[dict[str, Any], ...]:
-    # read-only input for pydantic, which builds fresh Column models from it
-    return tuple({"name": n, "type": ts, "nullable": nl} for n, ts, nl in _schema_fields(t))
+def _schema_data(t: df.TableType) -> tuple[Column, ...]:
+    # validated Column models, shared by the ops with this schema (pydantic takes model
+    # instances as they are, without validating each op's columns again); read-only
+    return tuple(schema_doc(t))
 
 
 def _op_data(op: Operation, names: ValueNames) -> dict[str, Any]:

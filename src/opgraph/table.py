@@ -84,8 +84,9 @@ class Table:
 
     @property
     def table_type(self) -> df.TableType:
-        assert isinstance(self._value.type, df.TableType)
-        return self._value.type
+        t = self._value.type
+        assert type(t) is df.TableType  # (attribute classes are final: the isinstance test)
+        return t
 
     @property
     def columns(self) -> list[str]:

@@ -18,6 +18,7 @@ from types import CodeType
 from xdsl.dialects.builtin import FileLineColLoc, IntAttr, StringAttr
 from xdsl.ir import Block, Operation
 
+from opgraph.dialects.construct import append_op
 from opgraph.errors import TraceError
 
 _OPGRAPH_ROOTS = (
@@ -180,7 +181,7 @@ class TraceState:
 
     def append(self, op: Operation, loc: SourceLoc | None = None) -> Operation:
         op.location = (loc or user_location()).attr()
-        self.block.add_op(op)
+        append_op(self.block, op)  # = self.block.add_op(op)
         return op
 
     def fresh_name(self, prefix: str) -> str:
