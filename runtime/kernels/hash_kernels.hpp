@@ -250,6 +250,19 @@ inline void partition_ids(const uint64_t* hashes, int64_t n, uint32_t nparts, in
 //   offsets[0..nparts]: part p holds perm[offsets[p] .. offsets[p+1])
 //   perm[n]: row ids, ascending within each part.
 // Returns 0 on success, or -1 when some id lies outside [0, nparts) (nothing is scattered).
+// Per-part row counts in ``counts`` -> ``offsets[0..nparts]`` (exclusive prefix sums plus the
+// total) and ``counts`` turned into each part's write cursor (its first position).
+inline void counts_to_offsets(int64_t* counts, uint32_t nparts, int64_t* offsets) {
+  int64_t acc = 0;
+  for (uint32_t p = 0; p < nparts; ++p) {
+    offsets[p] = acc;
+    const int64_t c = counts[p];
+    counts[p] = acc;
+    acc += c;
+  }
+  offsets[nparts] = acc;
+}
+
 template <typename I>
 int group_by_partition(const int32_t* pids, int64_t n, int32_t nparts, int64_t* offsets, I* perm) {
   std::vector<int64_t> cursor(static_cast<size_t>(nparts), 0);
@@ -258,14 +271,7 @@ int group_by_partition(const int32_t* pids, int64_t n, int32_t nparts, int64_t* 
     if (p < 0 || p >= nparts) return -1;
     ++cursor[p];
   }
-  int64_t acc = 0;
-  for (int32_t p = 0; p < nparts; ++p) {
-    offsets[p] = acc;
-    const int64_t c = cursor[p];
-    cursor[p] = acc;
-    acc += c;
-  }
-  offsets[nparts] = acc;
+  counts_to_offsets(cursor.data(), static_cast<uint32_t>(nparts), offsets);
   int64_t* cur = cursor.data();
   for (int64_t i = 0; i < n; ++i) perm[cur[pids[i]]++] = static_cast<I>(i);
   return 0;
@@ -298,14 +304,7 @@ int partition_positions(const int32_t* pids, int64_t n, int32_t nparts, int64_t*
     if (p < 0 || p >= nparts) return -1;
     ++cursor[p];
   }
-  int64_t acc = 0;
-  for (int32_t p = 0; p < nparts; ++p) {
-    offsets[p] = acc;
-    const int64_t c = cursor[p];
-    cursor[p] = acc;
-    acc += c;
-  }
-  offsets[nparts] = acc;
+  counts_to_offsets(cursor.data(), static_cast<uint32_t>(nparts), offsets);
   int64_t* cur = cursor.data();
   for (int64_t i = 0; i < n; ++i) dest[i] = static_cast<I>(cur[pids[i]]++);
   return 0;
@@ -406,14 +405,7 @@ void hash_positions_inplace(void* buf, int64_t n, uint32_t nparts, int64_t* offs
     d[i] = static_cast<I>(p);  // 4i <= 8i: hash i is read before anything overwrites it
     ++cursor[p];
   }
-  int64_t acc = 0;
-  for (uint32_t p = 0; p < nparts; ++p) {
-    offsets[p] = acc;
-    const int64_t c = cursor[p];
-    cursor[p] = acc;
-    acc += c;
-  }
-  offsets[nparts] = acc;
+  counts_to_offsets(cursor.data(), nparts, offsets);
   int64_t* cur = cursor.data();
   for (int64_t i = 0; i < n; ++i) d[i] = static_cast<I>(cur[d[i]]++);
 }

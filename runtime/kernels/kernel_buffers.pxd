@@ -35,6 +35,19 @@ cdef inline const uint8_t* buf_addr(object buf):
     return <const uint8_t*><uintptr_t>buf.address
 
 
+cdef inline object single_array(object arr):
+    """One contiguous Arrow array (a ChunkedArray's chunks concatenated)."""
+    import pyarrow as pa
+
+    if isinstance(arr, pa.ChunkedArray):
+        if arr.num_chunks == 1:
+            return arr.chunk(0)
+        if arr.num_chunks == 0:
+            return pa.array([], arr.type)
+        return pa.concat_arrays(arr.chunks)
+    return arr
+
+
 cdef extern from *:
     """
     template <class T> void opg_delete(T* p) { delete p; }

@@ -18,7 +18,7 @@ Threads: ``OPGRAPH_KERNEL_THREADS`` (default: the machine's cores).
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libcpp.vector cimport vector
-from kernel_buffers cimport buf_ptr as _ptr, opg_delete
+from kernel_buffers cimport buf_ptr as _ptr, opg_delete, single_array as _single
 
 import os
 
@@ -58,17 +58,6 @@ def _threads():
     from opgraph.runtime.kernels import kernel_threads  # cores / ranks sharing them
 
     return kernel_threads()
-
-
-def _single(arr):
-    """One contiguous Arrow array (ChunkedArray chunks concatenated)."""
-    if isinstance(arr, pa.ChunkedArray):
-        if arr.num_chunks == 1:
-            return arr.chunk(0)
-        if arr.num_chunks == 0:
-            return pa.array([], arr.type)
-        return pa.concat_arrays(arr.chunks)
-    return arr
 
 
 _INT_TYPES = (pa.int8(), pa.int16(), pa.int32(), pa.uint8(), pa.uint16(), pa.uint32())

@@ -19,7 +19,7 @@ search of the splitters), since their order is Arrow's, not a byte or number ord
 
 from libc.stdint cimport int32_t, int64_t, uint8_t
 from libcpp.vector cimport vector
-from kernel_buffers cimport buf_ptr as _ptr
+from kernel_buffers cimport buf_ptr as _ptr, single_array as _single
 
 import numpy as np
 import pyarrow as pa
@@ -81,16 +81,6 @@ def _storage_type(t):
 def supported(types):
     """Whether ``range_positions`` handles key columns of these Arrow types."""
     return all(_storage_type(t) is not None for t in types)
-
-
-def _single(arr):
-    if isinstance(arr, pa.ChunkedArray):
-        if arr.num_chunks == 1:
-            return arr.chunk(0)
-        if arr.num_chunks == 0:
-            return pa.array([], arr.type)
-        return pa.concat_arrays(arr.chunks)
-    return arr
 
 
 def _prepare(arr):
