@@ -21,6 +21,8 @@ Local kernels (``compute``), per op kind (``KERNEL_KINDS``)::
             touching W = calibration[kind].row_bytes bytes per row when the op touches w
             (filter: predicate columns + the columns its readers keep; groupby: keys + the
             aggregated columns)
+    bytes = rows * w for kinds given the bytes per row they touch (the columns they read
+            and keep), else the input's bytes
     overhead = calibration[kind].overhead_s, else DEFAULT_OVERHEAD_S
     mem_bw = calibration.memory.bandwidth_bytes_per_s, else the spec's node memory bandwidth
     logf  = max(1, log2(rows/r) / log2(REF_SORT_ROWS)) for sorts (n log n), else 1
@@ -312,7 +314,10 @@ class CostModel:
         r = _arr(r)
         inv_r, mem_term, sync, threads = self._grid_arrays(r)
         rate = self.rate(kind) * self.thread_speedup(kind, threads) * self.width_factor(kind, row_bytes)
-        t = np.maximum((rows / rate) * inv_r, (touch * nbytes) * mem_term)
+        # memory floor over the bytes the kernel touches: with row_bytes only the columns it
+        # reads and keeps (a filter reading 3 of 4 columns), else the whole input
+        touched = rows * row_bytes if row_bytes is not None and row_bytes > 0 else nbytes
+        t = np.maximum((rows / rate) * inv_r, (touch * touched) * mem_term)
         if kind == "sort":
             n_local = rows * inv_r
             t = t * np.maximum(1.0, np.log2(np.maximum(n_local, 2.0)) / math.log2(REF_SORT_ROWS))

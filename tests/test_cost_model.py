@@ -374,6 +374,14 @@ def test_calibrated_filter_and_groupby_rates_scale_with_the_bytes_they_touch():
     assert CostModel(load_spec("laptop")).width_factor("filter", 20.0) == 1.0
     rows = 1e7
     assert float(m.compute("filter", rows, 0.0, 1.0, row_bytes=20.0)) == pytest.approx(rows / 2e8)
+    # the memory floor counts the bytes the op touches (row_bytes), not the whole input's
+    slow_memory = load_spec("laptop").model_copy(
+        update={"calibration": {**spec.calibration, "memory": {"bandwidth_bytes_per_s": 1e9}}}
+    )
+    sm = CostModel(slow_memory)
+    wide_input = rows * 400.0  # 50 float64 columns, the filter touches 20 bytes of each row
+    assert float(sm.compute("filter", rows, wide_input, 1.0, row_bytes=20.0)) == pytest.approx(2 * rows * 20.0 / 1e9)
+    assert float(sm.compute("filter", rows, wide_input, 1.0)) == pytest.approx(2 * wide_input / 1e9)
 
     t = pa.table({c: np.arange(100, dtype=np.float64) for c in "abcd"}).append_column("k", pa.array(np.arange(100) % 7))
 
