@@ -27,6 +27,7 @@ import contextlib
 import itertools
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -162,7 +163,8 @@ def run_ray(
     with ``inputs`` bound to its ``df.input`` ops; returns the outputs. ``progress`` is
     called with rank 0's line per island; ``timeout`` (seconds) bounds the run;
     ``execute(doc, inputs, comm)`` replaces ``execute_plan`` on the ranks (custom
-    executors, tests; shipped to the actors by value like any Ray task argument)."""
+    executors, tests; pickled like any Ray task argument: a function of a module the actors
+    can import travels by name)."""
     if not isinstance(ranks, int) or isinstance(ranks, bool) or ranks < 1:
         raise OpgraphError(f"the ray engine needs a positive number of ranks, got {ranks!r}")
     from opgraph.runtime.mpi_engine import _as_table
@@ -190,8 +192,6 @@ def run_ray(
 
 
 def _run(pool: _Pool, plan_text: str, tables: list[pa.Table], ranks: int, progress, timeout, execute) -> list[pa.Table]:
-    import time
-
     ray.get(pool.mailbox.reset.remote())
     input_refs = [ray.put(t) for t in tables]
     run_id = next(_RUN_IDS)
