@@ -148,6 +148,20 @@ struct BitWriter {
   }
 };
 
+// The bits of rows [b0, b1) of a row block (``sel`` null: all of them, word by word) or of
+// its ``cnt`` selected rows ``b0 + sel[k]``, appended to ``w``; ``off``: the bitmap's offset.
+inline void put_block_bits(BitWriter& w, const uint8_t* bits, int64_t off, int64_t b0, int64_t b1, const uint16_t* sel,
+                           int64_t cnt) {
+  if (sel == nullptr) {
+    for (int64_t i = b0; i < b1; i += 64) {
+      const int64_t len = std::min<int64_t>(64, b1 - i);
+      w.put_word(load_bits(bits, off + i, len), static_cast<int>(len));
+    }
+  } else {
+    for (int64_t k = 0; k < cnt; ++k) w.put(get_bit(bits, off + b0 + sel[k]));
+  }
+}
+
 template <class T>
 inline void gather_sel(const uint8_t* src, int64_t base, const uint16_t* sel, int64_t cnt, uint8_t* dst) {
   const T* s = reinterpret_cast<const T*>(src) + base;
@@ -214,14 +228,7 @@ inline void k_filter_compact(const Seg* segs, int nseg, int64_t block, const int
           const int w = out.width;
           if (w == 0) {
             BitWriter bw(out.data, j);
-            if (all) {
-              for (int64_t i = b0; i < b1; i += 64) {
-                int64_t len = std::min<int64_t>(64, b1 - i);
-                bw.put_word(load_bits(in.data, in.off + i, len), static_cast<int>(len));
-              }
-            } else {
-              for (int64_t k = 0; k < cnt; ++k) bw.put(get_bit(in.data, in.off + b0 + sel[k]));
-            }
+            put_block_bits(bw, in.data, in.off, b0, b1, all ? nullptr : sel, cnt);
             bw.flush();
           } else if (in.remap) {
             uint8_t* dst = out.data + j * w;
@@ -256,13 +263,8 @@ inline void k_filter_compact(const Seg* segs, int nseg, int64_t block, const int
                 int64_t len = std::min<int64_t>(64, cnt - k);
                 vw.put_word(len == 64 ? ~uint64_t(0) : ((uint64_t(1) << len) - 1), static_cast<int>(len));
               }
-            } else if (all) {
-              for (int64_t i = b0; i < b1; i += 64) {
-                int64_t len = std::min<int64_t>(64, b1 - i);
-                vw.put_word(load_bits(in.valid, in.voff + i, len), static_cast<int>(len));
-              }
             } else {
-              for (int64_t k = 0; k < cnt; ++k) vw.put(get_bit(in.valid, in.voff + b0 + sel[k]));
+              put_block_bits(vw, in.valid, in.voff, b0, b1, all ? nullptr : sel, cnt);
             }
             vw.flush();
             ones[c] += vw.ones;
