@@ -143,12 +143,6 @@ def shutdown() -> None:
             ray.shutdown()
 
 
-def _plan_text(doc: Any) -> str:
-    from opgraph.runtime.mpi_engine import _plan_text as text
-
-    return text(doc)
-
-
 def run_ray(
     doc: Any,
     inputs: Sequence[pa.Table],
@@ -167,7 +161,8 @@ def run_ray(
     can import travels by name)."""
     if not isinstance(ranks, int) or isinstance(ranks, bool) or ranks < 1:
         raise OpgraphError(f"the ray engine needs a positive number of ranks, got {ranks!r}")
-    from opgraph.runtime.mpi_engine import _as_table
+    # shared with the MPI engine
+    from opgraph.runtime.mpi_engine import _as_table, _plan_text
 
     tables = [_as_table(t, i) for i, t in enumerate(inputs)]
     plan_text = _plan_text(doc)

@@ -58,3 +58,18 @@ def collectives_and_point_to_point(comm) -> int:
     assert sorted(x.column("r")[0].as_py() for x in sub.allgather(t)) == [r % 2, r % 2 + 2]
     assert [a.tolist() for a in comm.allgather_array(np.array([r, r]))] == [[q, q] for q in range(n)]
     return r
+
+
+#: an MPI worker module whose executor fails on rank 1 at the first groupby (the MPI tests
+#: write it next to their plans and run it as the worker)
+FAULTY_EXECUTOR_WORKER = """
+import sys
+from opgraph.runtime import executor, mpi_worker
+
+def fault(op, rank):
+    if rank == 1 and op.op == "df.groupby_agg":
+        raise ValueError("injected failure")
+
+executor.FAULT_HOOK = fault
+sys.exit(mpi_worker.main())
+"""

@@ -26,7 +26,7 @@ pytest.importorskip("mpi4py")
 
 from opgraph.runtime import mpi_engine
 from opgraph.runtime.mpi_engine import find_mpiexec, launcher_flavor, run_mpi
-from support import HAVE_MPI, VENV_MPIEXEC, needs_mpi
+from support import FAULTY_EXECUTOR_WORKER, HAVE_MPI, VENV_MPIEXEC, needs_mpi
 
 from opgraph.errors import OpgraphError
 from opgraph.plan import PlanDoc
@@ -441,21 +441,6 @@ def test_pipeline_on_two_ranks_matches_duckdb(tmp_path: Path) -> None:
     plan = summary.compile(str(path), hw="laptop")
     (out,) = run_mpi(plan.doc, plan.inputs, 2, timeout=60, echo=False)
     check(out)
-
-
-FAULTY_EXECUTOR_WORKER = textwrap.dedent(
-    """
-    import sys
-    from opgraph.runtime import executor, mpi_worker
-
-    def fault(op, rank):
-        if rank == 1 and op.op == "df.groupby_agg":
-            raise ValueError("injected failure")
-
-    executor.FAULT_HOOK = fault
-    sys.exit(mpi_worker.main())
-    """
-)
 
 
 @pytest.mark.skipif(not HAVE_EXECUTOR, reason="runtime/executor.py (execute_plan) is not written yet")

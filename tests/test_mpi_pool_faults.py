@@ -6,7 +6,6 @@ starts a new pool. Real ``mpiexec -n 2`` of the pip-installed ``mpich``.
 from __future__ import annotations
 
 import os
-import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -27,7 +26,7 @@ from mpi_pool_support import (  # noqa: F401
     worker_fixture,
 )
 from opgraph.runtime.mpi_engine import pool_stats, run_mpi
-from support import needs_mpi
+from support import FAULTY_EXECUTOR_WORKER, needs_mpi
 
 from opgraph.errors import OpgraphError, TraceError
 
@@ -96,21 +95,6 @@ def test_ranks_killed_between_calls_are_replaced(worker) -> None:
     assert wait_gone(old.values()) == []  # hydra stops the others
     (pids,) = worker("pids")
     assert set(rank_pids(pids).values()).isdisjoint(old.values())
-
-
-FAULTY_EXECUTOR_WORKER = textwrap.dedent(
-    """
-    import sys
-    from opgraph.runtime import executor, mpi_worker
-
-    def fault(op, rank):
-        if rank == 1 and op.op == "df.groupby_agg":
-            raise ValueError("injected failure")
-
-    executor.FAULT_HOOK = fault
-    sys.exit(mpi_worker.main())
-    """
-)
 
 
 def test_executor_error_names_the_users_line_and_the_pool_recovers(
