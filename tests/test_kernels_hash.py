@@ -574,6 +574,42 @@ def test_property_hash_and_partition(case):
 # ---------------------------------------------------------------------------------------
 # Same hashes in a fresh process (no per-process seeds)
 # ---------------------------------------------------------------------------------------
+_FAST_PATH_TYPES = [pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32(),
+                    pa.uint64(), pa.float32(), pa.float64(), pa.timestamp("us"), pa.date32(), pa.duration("ns")]
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(_FAST_PATH_TYPES),
+    st.lists(st.one_of(st.none(), st.integers(-128, 127), st.sampled_from([0.0, -0.0, float("nan"), 1.5])), max_size=120),
+    st.integers(0, 4),
+    st.integers(1, 9),
+    st.booleans(),
+)
+def test_hash_positions_fixed_key_fast_path(t, values, cut, nparts, wide):
+    """One fixed-width key: hash_positions takes the one-pass kernel (hash -> part id ->
+    count per chunk); it must give the general path's destinations and offsets for every
+    such type, with nulls, NaN/-0.0, several chunks and sliced chunks."""
+    floating = pa.types.is_floating(t)
+    if floating:
+        arr = pa.array(values, pa.float64()).cast(t)
+    else:  # integers (in range of the type: non-negative for unsigned), NaN/-0.0 as 0
+        ints = [None if v is None else int(v) if v == v else 0 for v in values]
+        vals = [abs(v) % 100 if v is not None and pa.types.is_unsigned_integer(t) else v for v in ints]
+        if pa.types.is_temporal(t):
+            arr = pa.array(vals, pa.int32() if t.bit_width == 32 else pa.int64()).view(t)
+        else:
+            arr = pa.array(vals, pa.int64()).cast(t)
+    k = min(cut, len(arr))
+    col = pa.chunked_array([arr.slice(0, k), arr.slice(k)], type=t) if len(arr) else pa.chunked_array([arr], type=t)
+    table = pa.table({"k": col, "p": pa.array(range(len(arr)))})
+    idt = np.int64 if wide else np.int32
+    dest, offsets = H.hash_positions(table, ["k"], nparts, idt)
+    want_dest, want_offsets = H.partition_positions(H.partition_ids(H.hash_columns(table, ["k"]), nparts), nparts, idt)
+    assert dest.dtype == idt
+    assert np.array_equal(dest, want_dest) and np.array_equal(offsets, want_offsets)
+
+
 def test_fresh_subprocess_computes_identical_hashes():
     code = textwrap.dedent(
         """

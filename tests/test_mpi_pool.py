@@ -72,6 +72,26 @@ def test_idle_ranks_use_no_cpu(worker) -> None:
     assert max(used) < 0.2, used  # blocked in a socket read, not polling in MPI
 
 
+def _environ(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        return dict(item.decode().split("=", 1) for item in f.read().split(b"\0") if b"=" in item)
+
+
+def test_ranks_keep_freed_memory_unless_told_not_to(worker) -> None:
+    """Pool ranks keep memory they freed for the next call (no purge in Arrow's mimalloc,
+    no mmap'd chunks or trimming in glibc malloc); OPGRAPH_MPI_KEEP_MEMORY=0 turns it off."""
+    (pids,) = worker("pids")
+    for pid in rank_pids(pids).values():
+        env = _environ(pid)
+        assert env["MIMALLOC_PURGE_DELAY"] == "-1" and env["MALLOC_MMAP_MAX_"] == "0", env
+        assert int(env["MALLOC_TRIM_THRESHOLD_"]) >= 1 << 40
+    (pids,) = run_mpi(plan("pids"), [], 2, 60, worker_module=worker.module,
+                      env={**worker.env, "OPGRAPH_MPI_KEEP_MEMORY": "0"}, echo=False)
+    for pid in rank_pids(pids).values():
+        env = _environ(pid)
+        assert not {"MIMALLOC_PURGE_DELAY", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_"} & set(env), env
+
+
 def test_rank_output_is_echoed_before_the_call_returns(worker, capsys) -> None:
     for _ in range(2):
         run_mpi(

@@ -390,6 +390,14 @@ void scatter_var_data(const uint8_t* offsets_buf, const uint8_t* data, int64_t s
   }
 }
 
+// d[i]: part id -> destination (stable within a part); counts -> offsets as in
+// partition_positions.
+template <typename I>
+void positions_from_part_ids(I* d, int64_t n, uint32_t nparts, int64_t* counts, int64_t* offsets) {
+  counts_to_offsets(counts, nparts, offsets);
+  for (int64_t i = 0; i < n; ++i) d[i] = static_cast<I>(counts[d[i]]++);
+}
+
 // Fused partition_ids + partition_positions over row hashes, in place: `buf` holds the n
 // row hashes on entry and every row's destination (int32 or int64, at the start of the
 // same memory) on return; offsets[nparts + 1] as in partition_positions. Entry i of the
@@ -405,9 +413,7 @@ void hash_positions_inplace(void* buf, int64_t n, uint32_t nparts, int64_t* offs
     d[i] = static_cast<I>(p);  // 4i <= 8i: hash i is read before anything overwrites it
     ++cursor[p];
   }
-  counts_to_offsets(cursor.data(), nparts, offsets);
-  int64_t* cur = cursor.data();
-  for (int64_t i = 0; i < n; ++i) d[i] = static_cast<I>(cur[d[i]]++);
+  positions_from_part_ids<I>(d, n, nparts, cursor.data(), offsets);
 }
 
 inline void hash_positions_inplace_any(void* buf, int64_t n, uint32_t nparts, int64_t* offsets, int index_bytes) {
@@ -415,6 +421,57 @@ inline void hash_positions_inplace_any(void* buf, int64_t n, uint32_t nparts, in
     hash_positions_inplace<int32_t>(buf, n, nparts, offsets);
   else
     hash_positions_inplace<int64_t>(buf, n, nparts, offsets);
+}
+
+// One fixed-width key column (the common join/group key): hash, part id and the part's
+// row count in one pass over the values, without the n 64-bit hashes in memory. d[i]
+// receives row i's part id (the same id as partition_ids(hash_columns(...)): the hash of
+// one column is combine(kRowSeed, word)); counts[p] is incremented per row of part p.
+// Called chunk by chunk; then positions_from_part_ids.
+template <typename T, typename I>
+void hash_part_ids_values(const uint8_t* values, int64_t offset, int64_t n, const uint8_t* validity,
+                          uint32_t nparts, I* d, int64_t* counts) {
+  const T* v = reinterpret_cast<const T*>(values) + offset;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint64_t w = (validity == nullptr || get_bit(validity, offset + i)) ? value_word<T>(v[i]) : kNullWord;
+    const uint32_t p = reduce_range(combine(kRowSeed, w), nparts);
+    d[i] = static_cast<I>(p);
+    ++counts[p];
+  }
+}
+
+template <typename I>
+int hash_part_ids_fixed(int kind, const uint8_t* values, int64_t offset, int64_t n, const uint8_t* validity,
+                        uint32_t nparts, I* d, int64_t* counts) {
+  switch (kind) {
+    case KIND_INT8: hash_part_ids_values<int8_t, I>(values, offset, n, validity, nparts, d, counts); return 0;
+    case KIND_INT16: hash_part_ids_values<int16_t, I>(values, offset, n, validity, nparts, d, counts); return 0;
+    case KIND_INT32: hash_part_ids_values<int32_t, I>(values, offset, n, validity, nparts, d, counts); return 0;
+    case KIND_INT64: hash_part_ids_values<int64_t, I>(values, offset, n, validity, nparts, d, counts); return 0;
+    case KIND_UINT8: hash_part_ids_values<uint8_t, I>(values, offset, n, validity, nparts, d, counts); return 0;
+    case KIND_UINT16: hash_part_ids_values<uint16_t, I>(values, offset, n, validity, nparts, d, counts); return 0;
+    case KIND_UINT32: hash_part_ids_values<uint32_t, I>(values, offset, n, validity, nparts, d, counts); return 0;
+    case KIND_UINT64: hash_part_ids_values<uint64_t, I>(values, offset, n, validity, nparts, d, counts); return 0;
+    case KIND_FLOAT32: hash_part_ids_values<float, I>(values, offset, n, validity, nparts, d, counts); return 0;
+    case KIND_FLOAT64: hash_part_ids_values<double, I>(values, offset, n, validity, nparts, d, counts); return 0;
+    default: return -1;
+  }
+}
+
+inline int hash_part_ids_fixed_any(int kind, const uint8_t* values, int64_t offset, int64_t n,
+                                   const uint8_t* validity, uint32_t nparts, void* d, int index_bytes,
+                                   int64_t* counts) {
+  if (index_bytes == 4)
+    return hash_part_ids_fixed<int32_t>(kind, values, offset, n, validity, nparts, static_cast<int32_t*>(d), counts);
+  return hash_part_ids_fixed<int64_t>(kind, values, offset, n, validity, nparts, static_cast<int64_t*>(d), counts);
+}
+
+inline void positions_from_part_ids_any(void* d, int64_t n, uint32_t nparts, int64_t* counts, int64_t* offsets,
+                                        int index_bytes) {
+  if (index_bytes == 4)
+    positions_from_part_ids<int32_t>(static_cast<int32_t*>(d), n, nparts, counts, offsets);
+  else
+    positions_from_part_ids<int64_t>(static_cast<int64_t*>(d), n, nparts, counts, offsets);
 }
 
 // ---- non-template entry points for Cython (index_bytes: 4 -> int32, 8 -> int64) ----

@@ -57,6 +57,11 @@ cdef extern from "hash_kernels.hpp" namespace "opgraph::hashk" nogil:
                                 int64_t* offsets, void* dest, int index_bytes)
     void hash_positions_inplace_any(void* buf, int64_t n, uint32_t nparts, int64_t* offsets,
                                     int index_bytes)
+    int hash_part_ids_fixed_any(int kind, const uint8_t* values, int64_t offset, int64_t n,
+                                const uint8_t* validity, uint32_t nparts, void* d, int index_bytes,
+                                int64_t* counts)
+    void positions_from_part_ids_any(void* d, int64_t n, uint32_t nparts, int64_t* counts,
+                                     int64_t* offsets, int index_bytes)
     void invert_permutation_any(const void* dest, int64_t n, void* perm, int index_bytes)
     void scatter_fixed_any(int64_t width, const uint8_t* src, int64_t src_offset, int64_t n,
                            const void* dest, int index_bytes, uint8_t* out)
@@ -362,9 +367,12 @@ def hash_positions(data, keys, nparts, index_dtype=np.int64):
         n = len(_key_columns(data, keys)[0])
     if idt == np.int32 and n > 2**31 - 1:
         raise ValueError("hash_positions: int32 positions cannot address more than 2^31-1 rows")
+    cols = _key_columns(data, keys)
+    if len(cols) == 1 and _fixed_kind(cols[0].type):
+        return _fixed_key_positions(cols[0], n, np_, idt)
     buf = pa.allocate_buffer(max(n, 1) * 8)
     hashes = np.frombuffer(buf, dtype=np.uint64, count=n)
-    _hash_into(data, keys, hashes)
+    _hash_into(cols, None, hashes)
     offsets = np.zeros(np_ + 1, dtype=np.int64)
     cdef int64_t nn = n
     cdef int64_t[::1] ofv = offsets
@@ -375,6 +383,48 @@ def hash_positions(data, keys, nparts, index_dtype=np.int64):
             hash_positions_inplace_any(<void*>p, nn, <uint32_t>np_, &ofv[0], ib)
     dest = np.frombuffer(buf, dtype=idt, count=n)
     return dest, offsets
+
+
+cdef int _fixed_kind(object t):
+    """The hash kind of a fixed-width numeric/temporal key type (not bool); 0 otherwise."""
+    if isinstance(t, pa.ExtensionType) or pa.types.is_dictionary(t):
+        return 0
+    kind = _FIXED_KINDS.get(t, 0)
+    return kind if kind else _temporal_kind(t)
+
+
+cdef object _fixed_key_positions(object col, int64_t n, int32_t nparts, object idt):
+    """hash_positions for one fixed-width key column: part ids and counts in one pass per
+    chunk (hash_part_ids_fixed), then destinations in place; the same result as the
+    general path (test_hash_positions_fixed_key_fast_path)."""
+    buf = pa.allocate_buffer(max(n, 1) * idt.itemsize)
+    offsets = np.zeros(nparts + 1, dtype=np.int64)
+    counts = np.zeros(nparts, dtype=np.int64)
+    cdef int64_t[::1] cv = counts
+    cdef int64_t[::1] ofv = offsets
+    cdef uint8_t* d = _mut_ptr(buf)
+    cdef int ib = idt.itemsize
+    cdef int kind = _fixed_kind(col.type)
+    cdef int64_t pos = 0
+    cdef int64_t m
+    cdef int64_t off
+    cdef const uint8_t* values
+    cdef const uint8_t* validity
+    for ch in (col.chunks if isinstance(col, pa.ChunkedArray) else (col,)):
+        m = len(ch)
+        if m == 0:
+            continue
+        off = ch.offset
+        bufs = ch.buffers()  # alive while the raw pointers are used
+        validity = _buf_ptr(bufs[0], (off + m + 7) // 8, "validity") if ch.null_count > 0 else NULL
+        values = _buf_ptr(bufs[1], (off + m) * _KIND_WIDTH[kind], "values")
+        with nogil:
+            hash_part_ids_fixed_any(kind, values, off, m, validity, <uint32_t>nparts, <void*>(d + pos * ib), ib, &cv[0])
+        pos += m
+    if n:
+        with nogil:
+            positions_from_part_ids_any(<void*>d, n, <uint32_t>nparts, &cv[0], &ofv[0], ib)
+    return np.frombuffer(buf, dtype=idt, count=n), offsets
 
 
 def _index_array(obj, name):
