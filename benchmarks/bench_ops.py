@@ -6,6 +6,7 @@ each time to the best of DuckDB/Polars in the same run):
     python benchmarks/bench_ops.py            # 10M rows, 5 runs (about 10 minutes on 2 cores)
     python benchmarks/bench_ops.py --quick    # 1M rows, 3 runs
     python benchmarks/bench_ops.py --only join,sort --runs 3 --no-mpi
+    python benchmarks/bench_ops.py --only join,sort --ray   # + the Ray engine, 1 and 2 ranks
 
 Workloads (DESIGN §9): join 10M⋈10M int64 keys with two float payloads (left: k, x; right:
 k, y; right keys unique, so ~10M result rows), groupby 10M rows / 1,000 keys sum+mean, sort
@@ -100,6 +101,14 @@ def _mpi_cases(pipe, *tables) -> dict:
     return c
 
 
+#: --ray: also the Ray engine (join and sort; its local cluster starts in the warm-up call)
+RAY = False
+
+
+def _ray_cases(pipe, *tables) -> dict:
+    return {f"og ray r{ranks}": _og(pipe, *tables, engine="ray", ranks=ranks) for ranks in (1, 2)} if RAY else {}
+
+
 def _duck():
     import duckdb
 
@@ -135,6 +144,7 @@ def cases_join(n: int, mpi: bool) -> dict:
     }
     if mpi:
         c.update(_mpi_cases(og_join, left, right))
+    c.update(_ray_cases(og_join, left, right))
     return c
 
 
@@ -172,6 +182,7 @@ def cases_sort(n: int, mpi: bool) -> dict:
     }
     if mpi:
         c.update(_mpi_cases(og_sort, t))
+    c.update(_ray_cases(og_sort, t))
     return c
 
 
@@ -345,6 +356,7 @@ def main() -> None:
         default="auto,1",
         help="MPI kernel threads per rank, comma-separated policies: auto (cores / ranks) and/or a number",
     )
+    ap.add_argument("--ray", action="store_true", help="also the Ray engine with 1 and 2 ranks (join, sort)")
     ap.add_argument("--no-rss", action="store_true")
     ap.add_argument("--out", default=None, help="JSON results path")
     args = ap.parse_args()
@@ -357,6 +369,10 @@ def main() -> None:
     for t in MPI_THREADS:
         if t != "auto" and f"og mpi r1 t{t}" not in ENGINES:
             ENGINES.extend([f"og mpi r1 t{t}", f"og mpi r2 t{t}"])
+    global RAY
+    RAY = args.ray
+    if RAY:
+        ENGINES.extend(["og ray r1", "og ray r2"])
     results: dict = {
         "rows": rows,
         "runs": runs,
@@ -418,6 +434,8 @@ def print_table(results: dict) -> None:
             print(f"{w}: MPI speed-up 2 ranks vs 1: {row['og mpi r1'] / row['og mpi r2']:.2f}x "
                   f"(threads per rank: cores / ranks); "
                   f"local engine: {row['og local r1'] / row['og local r2']:.2f}x")
+        if "og ray r1" in row and "og ray r2" in row:
+            print(f"{w}: Ray speed-up 2 ranks vs 1: {row['og ray r1'] / row['og ray r2']:.2f}x")
         for e in row:
             if e.startswith("og mpi r1 t") and e.replace("r1", "r2") in row:
                 t = e.rsplit("t", 1)[1]

@@ -28,6 +28,7 @@ import itertools
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,8 +48,10 @@ from opgraph.runtime.ray_comm import Mailbox, RayCommunicator
 __all__ = ["run_ray", "shutdown"]
 
 _LOCK = threading.Lock()
-#: the rank actors of the last run (one set: a run with another rank count replaces it)
-_POOL: _Pool | None = None
+#: the rank actors of recent runs, one set per rank count (least recently used first)
+_POOLS: OrderedDict[int, _Pool] = OrderedDict()
+#: rank counts whose actors are kept at once (the oldest set goes first)
+MAX_POOLS = 2
 _RUN_IDS = itertools.count()
 #: seconds the rank actors of a new pool may take to start
 START_TIMEOUT_S = 120.0
@@ -134,11 +137,9 @@ def _ensure_ray(address: str | None) -> None:
 
 def shutdown() -> None:
     """Drops the rank actors and disconnects from Ray (stops the local cluster it started)."""
-    global _POOL
     with _LOCK:
-        if _POOL is not None:
-            _POOL.kill()
-            _POOL = None
+        while _POOLS:
+            _POOLS.popitem()[1].kill()
         if ray.is_initialized():
             ray.shutdown()
 
@@ -166,15 +167,14 @@ def run_ray(
 
     tables = [_as_table(t, i) for i, t in enumerate(inputs)]
     plan_text = _plan_text(doc)
-    global _POOL
-    with _LOCK:  # one run at a time per process: the pool's actors are not shared
+    with _LOCK:  # one run at a time per process: the pools' actors are not shared
         _ensure_ray(address)
-        if _POOL is not None and _POOL.ranks != ranks:
-            _POOL.kill()
-            _POOL = None
-        if _POOL is None:
-            _POOL = _Pool(ranks)
-        pool = _POOL
+        pool = _POOLS.get(ranks)
+        if pool is None:
+            while len(_POOLS) >= MAX_POOLS:
+                _POOLS.popitem(last=False)[1].kill()
+            pool = _POOLS[ranks] = _Pool(ranks)
+        _POOLS.move_to_end(ranks)
         ok = False
         try:
             outputs = _run(pool, plan_text, tables, ranks, progress, timeout, execute)
@@ -183,7 +183,7 @@ def run_ray(
         finally:
             if not ok:  # fresh actors and mailbox next time: no message of this run survives
                 pool.kill()
-                _POOL = None
+                del _POOLS[ranks]
 
 
 def _run(pool: _Pool, plan_text: str, tables: list[pa.Table], ranks: int, progress, timeout, execute) -> list[pa.Table]:

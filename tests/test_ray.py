@@ -68,7 +68,17 @@ def test_every_communicator_primitive_across_four_actors():
     (out,) = run_ray(_empty_plan(), [], 4, execute=X.primitives)
     assert out.column("rank").to_pylist() == [0]
     # a clean run leaves no message behind
-    assert ray.get(ray_engine._POOL.mailbox.pending.remote()) == []
+    assert ray.get(ray_engine._POOLS[4].mailbox.pending.remote()) == []
+
+
+def test_actors_are_kept_per_rank_count():
+    """Alternating rank counts reuse each count's actors (up to MAX_POOLS sets are kept)."""
+    run_ray(_empty_plan(), [], 2)
+    two = [a._actor_id for a in ray_engine._POOLS[2].actors]
+    run_ray(_empty_plan(), [], 1)
+    run_ray(_empty_plan(), [], 2)
+    assert [a._actor_id for a in ray_engine._POOLS[2].actors] == two
+    assert list(ray_engine._POOLS) == [1, 2] and len(ray_engine._POOLS) <= ray_engine.MAX_POOLS
 
 
 def test_large_tables_cross_between_actors():
