@@ -407,7 +407,19 @@ inline JoinResult* join_sequential_probe(const int64_t* lk, const uint8_t* lvali
   std::memset(head.data(), 0xff, static_cast<size_t>(cap) * sizeof(int32_t));
   auto hslot = [&](int64_t key) -> uint64_t { return (static_cast<uint64_t>(key) * kMul) >> (64 - sbits); };
   bool unique = true;  // no key twice: the probe never reads chain (one cache miss less per row)
+  constexpr int64_t kBuildAhead = 16;  // prefetch distance of the build's random slot writes
   for (int64_t j = nr - 1; j >= 0; --j) {  // reverse: chains list rows ascending
+    if (j >= kBuildAhead) {  // (a null row's value is arbitrary: its prefetch is harmless)
+      const int64_t ahead = rk[j - kBuildAhead];
+      if (dense) {
+        const uint64_t ka = static_cast<uint64_t>(ahead) - static_cast<uint64_t>(mn);
+        if (ka < static_cast<uint64_t>(cap)) __builtin_prefetch(head.data() + ka, 1);
+      } else {
+        const uint64_t sa = hslot(ahead);
+        __builtin_prefetch(head.data() + sa, 1);
+        __builtin_prefetch(tkey.data() + sa, 1);
+      }
+    }
     if (rvalid && !get_bit(rvalid, rvoff + j)) continue;
     const int64_t key = rk[j];
     if (dense) {
