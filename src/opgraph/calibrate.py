@@ -135,9 +135,10 @@ def fit_line(n1: int, t1: float, n2: int, t2: float) -> tuple[float, float]:
     return min(rate, MAX_ROWS_PER_S), overhead
 
 
-#: ``parallel_speedup`` repeats a run until this many seconds were timed (at most
-#: ``MAX_SPEEDUP_REPS`` runs): a 30 ms filter timed 3 times gave 2-thread speed-ups from
-#: 1.36 to 1.60 between calibrations, its benchmark's median run 1.85
+#: Every op-kind timing and ``parallel_speedup`` repeat a run until this many seconds were
+#: timed (at most ``MAX_SPEEDUP_REPS`` runs): a 30 ms filter timed 3 times gave 2-thread
+#: speed-ups from 1.36 to 1.60 between calibrations, its benchmark's median run 1.85, and a
+#: 40 ms group-by's rate varied from 117M to 200M rows/s over four 3-run calibrations
 MIN_TIMED_S = 0.5
 MAX_SPEEDUP_REPS = 25
 
@@ -311,19 +312,19 @@ def measure_op_kinds(
                     doc = _compile(body, kind, args, spec)
                     run = lambda doc=doc, args=args: run_local(doc, args, 1)
                     run()  # warm-up (allocator, lazy imports)
-                    times.append(_best(run, reps, CPU_CLOCK))
+                    times.append(_best(run, reps, CPU_CLOCK, min_total=MIN_TIMED_S))
                     rows.append(sum(a.num_rows for a in args))
                 elif kind == "hash_partition":
                     from opgraph.runtime.partition import hash_partition
 
                     run = lambda t=t: hash_partition(t, ["k"], HASH_PARTS)
                     run()
-                    times.append(_best(run, reps, CPU_CLOCK))
+                    times.append(_best(run, reps, CPU_CLOCK, min_total=MIN_TIMED_S))
                     rows.append(n)
                 elif kind == "range_partition":
                     run = _range_split(t)
                     run()
-                    times.append(_best(run, reps, CPU_CLOCK))
+                    times.append(_best(run, reps, CPU_CLOCK, min_total=MIN_TIMED_S))
                     rows.append(n)
                 else:
                     seconds, nbytes = _measure_io(kind, t, n, reps, workdir, spec)
