@@ -56,10 +56,10 @@ from xdsl.irdl import (
 from xdsl.traits import MemoryReadEffect, MemoryWriteEffect, Pure, RecursiveMemoryEffect
 from xdsl.utils.exceptions import VerifyException
 
-from opgraph.dialects.construct import init_op
+from opgraph.dialects.construct import init_op, use_fixed_accessors
 from opgraph.dialects.diagnostics import fail, where  # noqa: F401  (where: re-exported)
 from opgraph.dialects.upstream.vector_yield import YieldOp
-from opgraph.dialects.walk import walk_block
+from opgraph.dialects.walk import only_block, walk_block
 
 # ----------------------------------------------------------------------------- types
 
@@ -148,7 +148,20 @@ def _table_of(columns: tuple[tuple[str, Attribute, bool], ...]) -> TableType:
 
 def table_of(columns: Sequence[tuple[str, Attribute, bool]]) -> TableType:
     """A (cached) table type with these columns."""
-    return _table_of(tuple(columns))
+    # Looked up first by the identity of the element types: hashing them (dataclass hashes
+    # of nested parameters) dominated the lookup, and the same type objects recur. The entry
+    # keeps the columns it was made from alive, so their ids cannot be reused meanwhile.
+    key = tuple([(n, id(t), nl) for n, t, nl in columns])
+    entry = _tables_by_identity.get(key)
+    if entry is None:
+        if len(_tables_by_identity) >= 1 << 16:
+            _tables_by_identity.clear()
+        cols = tuple(columns)
+        entry = _tables_by_identity[key] = (cols, _table_of(cols))
+    return entry[1]
+
+
+_tables_by_identity: dict[tuple, tuple[tuple, TableType]] = {}
 
 
 # Attribute classes are final (xDSL's irdl_attr_definition forbids subclassing them), so
@@ -216,6 +229,13 @@ def string_attr(value: str) -> StringAttr:
 
 
 def str_array(values: Sequence[str]) -> ArrayAttr[StringAttr]:
+    return _str_array(tuple(values))
+
+
+@lru_cache(maxsize=1 << 16)
+def _str_array(values: tuple[str, ...]) -> ArrayAttr[StringAttr]:
+    # one shared (immutable) array per name list: the same lists recur in every map/project
+    # of a pipeline, and ArrayAttr re-verifies its elements on construction
     return ArrayAttr([string_attr(v) for v in values])
 
 
@@ -282,21 +302,32 @@ def same_key_kind(a: Attribute, b: Attribute) -> bool:
     return is_numeric(a) and is_numeric(b)
 
 
+# Shared type objects (types are immutable values): promote runs for every binary
+# expression traced, and constructing a type re-verifies its parameters each time.
+_F64 = Float64Type()
+_F32 = Float32Type()
+
+
+@lru_cache(maxsize=64)
+def _int_type(width: int) -> IntegerType:
+    return IntegerType(width)
+
+
 def promote(a: Attribute, b: Attribute) -> Attribute:
     """numpy-style promotion of two numeric types (bool < int < float, wider wins)."""
     if a == b:
         return a
     if is_float(a) or is_float(b):
         if isinstance(a, Float64Type) or isinstance(b, Float64Type):
-            return Float64Type()
+            return _F64
         # float32 with an integer wider than 16 bits loses precision: numpy gives float64
         other = b if is_float(a) else a
         if isinstance(other, IntegerType) and other.width.data > 16:
-            return Float64Type()
-        return Float32Type()
+            return _F64
+        return _F32
     wa = a.width.data if isinstance(a, IntegerType) else 64
     wb = b.width.data if isinstance(b, IntegerType) else 64
-    return IntegerType(max(wa, wb, 8) if min(wa, wb) == 1 and max(wa, wb) == 1 else max(wa, wb))
+    return _int_type(max(wa, wb, 8) if min(wa, wb) == 1 and max(wa, wb) == 1 else max(wa, wb))
 
 
 JOIN_KINDS = ("inner", "left", "right", "outer")
@@ -466,19 +497,18 @@ def infer_sort(schema: TableType, by: Sequence[str], ascending: Sequence[bool]) 
 
 def region_results(region: Region) -> list[SSAValue] | None:
     """The values yielded by an expression region (None if it does not end in a yield)."""
-    block = region.blocks.first
-    if block is None or not isinstance(block.last_op, YieldOp):
+    block = region.first_block
+    if block is None or type(block.last_op) is not YieldOp:  # (YieldOp has no subclasses)
         return None
-    return list(block.last_op.values)
+    return list(block.last_op._operands)  # (its only operands: the variadic group "values")
 
 
 def _check_expression_region(op: Operation, region: Region, schema: TableType, what: str, count: int) -> list[Attribute]:
     """Checks the region's column reads against ``schema`` and that it yields ``count``
     values; returns their types."""
-    if len(region.blocks) != 1:
+    block = only_block(region)
+    if block is None:
         raise fail(op, f"{what} must have exactly one block")
-    block = region.blocks.first
-    assert block is not None
     if block.args:
         raise fail(op, f"{what} takes no block arguments (read columns with df.col)")
     for inner in walk_block(block):
@@ -762,7 +792,7 @@ class MapOp(_TableOp):
             if not is_element_type(t):
                 raise fail(self, f"expression for '{name}' has non-column type {t}")
         # shared by the columns: they may share subexpressions
-        block = self.expr.blocks.first
+        block = self.expr.first_block
         memo = _nullable_values(block, schema) if block is not None else {}
         return infer_assign(schema, names, [(t, expression_nullable(v, schema, memo)) for t, v in zip(types, values)])
 
@@ -1276,6 +1306,8 @@ DataFrame = Dialect(
     ],
     [StringType, TableType],
 )
+
+use_fixed_accessors(DataFrame)  # quicker op.input / op.result / op.expr (see construct.py)
 
 SOURCE_OPS = (ReadParquetOp, ReadCsvOp, ReadIpcOp, InputOp)
 SINK_OPS = (WriteParquetOp, WriteCsvOp, WriteIpcOp)

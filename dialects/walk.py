@@ -8,7 +8,7 @@ good part of compile time. These build the same sequence as a list in one recurs
 
 from __future__ import annotations
 
-from xdsl.ir import Block, Operation
+from xdsl.ir import Block, Operation, Region
 
 
 def walk_ops(op: Operation) -> list[Operation]:
@@ -43,3 +43,19 @@ def _add_block(block: Block, out: list[Operation]) -> None:
         if inner.regions:
             _add_nested(inner, out)
         inner = inner._next_op  # the property next_op, without its call
+
+
+# Region shape tests through the blocks' links: ``region.blocks`` builds a view object whose
+# ``len()`` walks the blocks, and passes ask this of every op with regions.
+
+
+def only_block(region: Region) -> Block | None:
+    """The region's block when it has exactly one, else None."""
+    block = region.first_block
+    return block if block is not None and block.next_block is None else None
+
+
+def several_blocks(region: Region) -> bool:
+    """``len(region.blocks) > 1``."""
+    block = region.first_block
+    return block is not None and block.next_block is not None

@@ -18,18 +18,41 @@ from xdsl.pattern_rewriter import (
     PatternRewriterListener,
     RewritePattern,
 )
+from xdsl.rewriter import InsertPoint
 from xdsl.traits import is_side_effect_free
 
 from opgraph.dialects import dataframe as df
 from opgraph.dialects.upstream.vector_yield import YieldOp
 
 
+class ReusedRewriter(PatternRewriter):
+    """One ``PatternRewriter`` pointed at op after op: ``at(op)`` gives the state
+    ``PatternRewriter(op)`` starts in (matched op, insertion point before it, no action
+    done). Drivers that offer every op of a large pipeline to a pattern used to build a
+    rewriter and its listener lists per op - a few percent of compile time, though nearly
+    every pattern declines the op without touching the rewriter."""
+
+    def __init__(self) -> None:
+        PatternRewriterListener.__init__(self)
+        self._current_operation = None
+        self.insertion_point = None  # type: ignore[assignment]  (set by at())
+        self._name_hint = None
+
+    def at(self, op: Operation) -> ReusedRewriter:
+        self._current_operation = op
+        self.insertion_point = InsertPoint.before(op)
+        self._name_hint = None
+        self.has_done_action = False
+        return self
+
+
 def body(region: Region) -> Block | None:
     """The single block of an expression region ending in ``vector.yield`` (None otherwise)."""
-    if len(region.blocks) != 1:
-        return None
-    block = region.blocks.first
-    if block is None or block.args or not isinstance(block.last_op, YieldOp):
+    # (the linked blocks read directly: region.blocks builds a view, and its len() walks it)
+    block = region.first_block
+    if block is None or block.next_block is not None:
+        return None  # not exactly one block
+    if block.args or type(block.last_op) is not YieldOp:  # (YieldOp has no subclasses)
         return None
     return block
 
@@ -285,15 +308,15 @@ def rewrite_top_level(module: ModuleOp, pattern: RewritePattern, kinds: Iterable
         worklist = list(block.ops)
         worklist.reverse()
         wanted = frozenset(kinds) if kinds is not None else None
+        rewriter = ReusedRewriter()
+        rewriter.extend_from_listener(listener)
         while worklist:
             op = worklist.pop()
             if op.parent is not block:
                 continue  # erased (or moved) by an earlier rewrite
             if wanted is not None and type(op) not in wanted:
                 continue
-            rewriter = PatternRewriter(op)
-            rewriter.extend_from_listener(listener)
-            pattern.match_and_rewrite(op, rewriter)
+            pattern.match_and_rewrite(op, rewriter.at(op))
             if inserted:
                 worklist.extend(reversed(inserted))
                 inserted.clear()

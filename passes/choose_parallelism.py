@@ -93,6 +93,7 @@ from xdsl.ir import Operation
 from xdsl.passes import ModulePass
 
 from opgraph.dialects import dataframe as df
+from opgraph.dialects.walk import walk_block
 from opgraph.passes.annotate_statistics import (
     BYTES_ATTR,
     ROWS_ATTR,
@@ -154,7 +155,8 @@ def _filter_row_bytes(op: Any) -> float:
     """Bytes per input row a filter touches: the predicate's columns plus the columns kept
     for its readers (only those a ``df.project`` reader selects, as the runtime gathers)."""
     table = op.operands[0].type
-    read = {o.column.data for o in op.predicate.walk() if isinstance(o, df.ColumnOp)}
+    # (walk_block: a list built in one loop, not xDSL's nested generators)
+    read = {o.column.data for b in op.predicate.blocks for o in walk_block(b) if type(o) is df.ColumnOp}
     kept: dict[str, None] = {}
     users = [u.operation for u in op.results[0].uses]
     if users and all(isinstance(u, df.ProjectOp) for u in users):
@@ -743,12 +745,12 @@ class Problem:
             return assign
         if len(self.nodes) <= BLOCK_REFINE_MAX_OPS:
             assign = self.block_refine(assign, shared)
-        targets: list[int] = []
-        for v in shared:
-            for w in [v, *[c for c, _ in self.nodes[v].consumers], *self.nodes[v].inputs]:
-                if w not in targets:
-                    targets.append(w)
-        targets.sort()
+        # (a dict as an ordered set: a membership test per op, not a scan of the list)
+        targets = sorted(
+            dict.fromkeys(
+                w for v in shared for w in [v, *[c for c, _ in self.nodes[v].consumers], *self.nodes[v].inputs]
+            )
+        )
         for sweep in range(sweeps):
             changed = False
             if sweep and len(self.nodes) <= BLOCK_REFINE_MAX_OPS:
@@ -832,7 +834,9 @@ class Problem:
 
     # ---------------------------------------------------------------- results
 
-    def describe(self, assign: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    def describe(self, assign: list[tuple[int, int]], costs: list[float] | None = None) -> list[dict[str, Any]]:
+        """Per op its choices and predictions; ``costs``: the ``node_cost`` of each op when
+        already computed."""
         out = []
         for v, node in enumerate(self.nodes):
             o, r = assign[v]
@@ -857,7 +861,7 @@ class Problem:
                     "ranks": ranks,
                     "device": opt.device,
                     "partitioning": part,
-                    "cost": self.node_cost(v, assign),
+                    "cost": self.node_cost(v, assign) if costs is None else costs[v],
                     "bytes_moved": moved,
                     "pattern": opt.pattern if ranks > 1 else None,
                 }
@@ -939,7 +943,7 @@ def problems(module: ModuleOp, max_ranks: int = 0, grid_factor: int = 2, grid: l
     return out
 
 
-def write_plan(f: func.FuncOp, problem: Problem, assign: list[tuple[int, int]]) -> float:
+def write_plan(f: func.FuncOp, problem: Problem, assign: list[tuple[int, int]], costs: list[float] | None = None) -> float:
     total = 0.0
     strs: dict[str, StringAttr] = {}
 
@@ -949,7 +953,7 @@ def write_plan(f: func.FuncOp, problem: Problem, assign: list[tuple[int, int]]) 
             a = strs[x] = StringAttr(x)
         return a
 
-    for d in problem.describe(assign):
+    for d in problem.describe(assign, costs):
         op = d["op"]
         cost = d["cost"]
         total += cost
@@ -972,10 +976,11 @@ def choose(module: ModuleOp, max_ranks: int = 0, grid_factor: int = 2, grid: lis
     total = 0.0
     for f, problem in problems(module, max_ranks, grid_factor, grid):
         assign = problem.solve()
-        for v in range(len(problem.nodes)):
-            if not math.isfinite(problem.node_cost(v, assign)):
+        costs = [problem.node_cost(v, assign) for v in range(len(problem.nodes))]
+        for v, cost in enumerate(costs):
+            if not math.isfinite(cost):
                 raise _infeasible(problem, v)
-        total += write_plan(f, problem, assign)
+        total += write_plan(f, problem, assign, costs)
     return total
 
 

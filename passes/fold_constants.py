@@ -43,7 +43,7 @@ from xdsl.pattern_rewriter import PatternRewriter, RewritePattern
 from opgraph.dialects import dataframe as df
 from opgraph.dialects.construct import replace_all_uses
 from opgraph.dialects.upstream.vector_yield import YieldOp
-from opgraph.passes._expr_regions import function_blocks, remove_dead_ops
+from opgraph.passes._expr_regions import ReusedRewriter, function_blocks, remove_dead_ops
 
 # ----------------------------------------------------------------------- constants
 
@@ -494,13 +494,13 @@ def fold_block(block: Block) -> bool:
     """Folds the ops of one expression block in order (operands before users, so chains fold
     in one sweep), then removes the ops left unused. True if anything changed."""
     pattern = FoldExpressionOp()
+    rewriter = ReusedRewriter()
     changed = False
     op = block.first_op
     while op is not None:
         following = op.next_op
         if _candidate(op):
-            rewriter = PatternRewriter(op)
-            pattern.match_and_rewrite(op, rewriter)
+            pattern.match_and_rewrite(op, rewriter.at(op))
             changed |= rewriter.has_done_action
         op = following
     if changed:

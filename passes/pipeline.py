@@ -27,7 +27,7 @@ import types
 import typing
 from collections.abc import Callable, Sequence
 
-from opgraph.dialects.walk import walk_ops
+from opgraph.dialects.walk import only_block, several_blocks, walk_ops
 from opgraph.passes.registry import get_pass, pass_options
 from opgraph.passes.verify import find_verification_error, op_location
 from xdsl.context import Context
@@ -306,7 +306,7 @@ def _nothing_dead(module: Operation) -> bool:
 
     for op in _walk_nested(module):
         for region in op.regions:
-            if len(region.blocks) > 1:
+            if several_blocks(region):
                 return False
         if is_trivially_dead(op):
             return False
@@ -341,12 +341,13 @@ def _canonicalization_info(op: Operation) -> tuple[bool, tuple[typing.Any, ...]]
 def _already_canonical(ctx: Context, module: ModuleOp) -> bool:
     """True if xDSL's canonicalize would change nothing; False at the first op it would
     change (a pattern that matched has then already rewritten that op, as xDSL would)."""
+    from opgraph.passes._expr_regions import ReusedRewriter
     from xdsl.dialects.builtin import UnregisteredOp
     from xdsl.folder import Folder
-    from xdsl.pattern_rewriter import PatternRewriter
     from xdsl.transforms.dead_code_elimination import is_trivially_dead
 
     folder = Folder(ctx)
+    rewriter = ReusedRewriter()
     try:
         for op in _walk_nested(module):
             unregistered = _UNREGISTERED.get(type(op))  # isinstance, once per op class
@@ -355,7 +356,7 @@ def _already_canonical(ctx: Context, module: ModuleOp) -> bool:
             if unregistered:
                 return False
             for region in op.regions:
-                if len(region.blocks) > 1:
+                if several_blocks(region):
                     return False
             if is_trivially_dead(op):
                 return False
@@ -363,7 +364,7 @@ def _already_canonical(ctx: Context, module: ModuleOp) -> bool:
             if folds and folder.try_fold(op) is not None:
                 return False
             if patterns:
-                rewriter = PatternRewriter(op)
+                rewriter.at(op)
                 for pattern in patterns:
                     pattern.match_and_rewrite(op, rewriter)
                     if rewriter.has_done_action:
@@ -585,7 +586,7 @@ def _cse(module: ModuleOp) -> None:
             if all(r.first_use is None for r in op.results):
                 CSEDriver._simplify_operation(self, op)
                 return
-            if any(len(region.blocks) > 1 for region in op.regions):
+            if any(several_blocks(region) for region in op.regions):
                 return
             effects = _effects(op, effect_kinds)
             if effects is None or len(effects) != 0:
@@ -611,10 +612,11 @@ def _cse(module: ModuleOp) -> None:
                 self._simplify_operation(op)
 
         def _simplify_region(self, region):  # type: ignore[override]
-            if len(region.blocks) == 1:
+            block = only_block(region)
+            if block is not None:
                 known: _ScopedKnownOps = self._known_ops  # type: ignore[assignment]
                 mark = len(known.log)
-                self._simplify_block(region.block)
+                self._simplify_block(block)
                 known.restore(mark)
 
     attr_hashes: dict[int, tuple[typing.Any, int]] = {}

@@ -142,7 +142,7 @@ class _OpInfo:
                 tuple([item for item in attributes.items() if item[0] in names]) if attributes else (),
                 tuple(properties.items()) if properties else (),
                 tuple([tuple([a.type for b in r.blocks for a in b.args]) for r in regions]) if regions else (),
-                tuple([len(r.blocks) for r in regions]) if regions else (),
+                tuple([_block_count(r) for r in regions]) if regions else (),
             )
         operand_key, result_key, attr_keys, prop_keys, arg_key = abstract
         return (
@@ -153,6 +153,16 @@ class _OpInfo:
             tuple([(k, prop_keys.get(k, _same)(v)) for k, v in properties.items()]) if properties else (),
             tuple([tuple([tuple([arg_key(a.type) for a in b.args]) for b in r.blocks]) for r in regions]) if regions else (),
         )
+
+
+def _block_count(region) -> int:
+    """``len(region.blocks)`` through the blocks' links (without the view object)."""
+    n = 0
+    block = region.first_block
+    while block is not None:
+        n += 1
+        block = block.next_block
+    return n
 
 
 # ---- abstract signatures: an op's IRDL verdict depends on each constrained value only

@@ -48,6 +48,14 @@ class Expr:
     nullable: bool
     loc: SourceLoc
 
+    def __post_init__(self) -> None:
+        # whether a window function occurs in the tree: known from the children, so table
+        # ops need not walk every expression they are given to look for one
+        has_window = self.kind == "window"
+        for a in self.args:
+            has_window = has_window or a.has_window
+        self.has_window = has_window
+
     # -- construction helpers --------------------------------------------------------
     def _binary(self, other: Any, op: str, reverse: bool = False) -> Expr:
         loc = user_location()
@@ -253,9 +261,14 @@ def literal(value: Any, loc: SourceLoc, like: Expr | None = None) -> Expr:
     raise trace_error(f"unsupported literal {value!r} of type {type(value).__name__}", loc)
 
 
+_PLAIN_LITERALS = frozenset({bool, int, float, str})
+
+
 def as_expr(value: Any, loc: SourceLoc, like: Expr | None = None) -> Expr:
     if isinstance(value, Expr):
         return value
+    if type(value) in _PLAIN_LITERALS:  # the usual case, without the import below
+        return literal(value, loc, like)
     from opgraph.table import Table
 
     if isinstance(value, Table):

@@ -20,7 +20,7 @@ from xdsl.dialects.builtin import (
 from xdsl.ir import Attribute, SSAValue
 
 from opgraph.dialects import dataframe as df
-from opgraph.expr import Expr, RegionBuilder, as_expr, column, walk
+from opgraph.expr import Expr, RegionBuilder, as_expr, column
 from opgraph.tracing import SourceLoc, current_trace, trace_error, user_location
 
 # ------------------------------------------------------------------ arrow <-> IR
@@ -280,7 +280,7 @@ def _named_aggs(named: dict[str, Any], loc: SourceLoc) -> list[tuple[str, str, s
 def _lower_windows(table: Table, exprs: list[Expr], loc: SourceLoc) -> tuple[Table, list[Expr], list[str]]:
     """Computes window sub-expressions as df.window temp columns first (they need the whole
     ordered column, not one row); returns the widened table, rewritten exprs, temp names."""
-    if not any(e.kind == "window" for x in exprs for e in walk(x)):
+    if not any(x.has_window for x in exprs):
         return table, exprs, []
     temps: list[str] = []
     state = current_trace()

@@ -79,7 +79,10 @@ def user_location() -> SourceLoc:
     # while tracing, paths are relative to the working directory the trace started in
     # (read once per trace, not once per op)
     cwd = _current[-1].cwd if _current else os.getcwd()
-    return _source_loc(_display_path(code.co_filename, cwd), frame.f_lineno, _column(code, frame.f_lasti))
+    line, column = _line_column(code, frame.f_lasti)
+    if line is None:
+        line = frame.f_lineno
+    return _source_loc(_display_path(code.co_filename, cwd), line, column)
 
 
 @lru_cache(maxsize=1 << 16)
@@ -93,8 +96,10 @@ def _source_loc(file: str, line: int, column: int) -> SourceLoc:
 _positions: dict[int, tuple[CodeType, list]] = {}
 
 
-def _column(code: CodeType, lasti: int) -> int:
-    """1-based column of the instruction at ``lasti`` (1 when unknown)."""
+def _line_column(code: CodeType, lasti: int) -> tuple[int | None, int]:
+    """Line (None when unknown) and 1-based column (1 when unknown) of the instruction at
+    ``lasti``. The line is ``frame.f_lineno``'s, read from the same position table that
+    gives the column: computing ``f_lineno`` decodes the code's line table on every call."""
     entry = _positions.get(id(code))
     if entry is None or entry[0] is not code:
         if len(_positions) >= 1024:
@@ -104,8 +109,8 @@ def _column(code: CodeType, lasti: int) -> int:
     try:
         pos = entry[1][lasti // 2]
     except (IndexError, ValueError):
-        return 1
-    return pos[2] + 1 if pos[2] is not None else 1
+        return None, 1
+    return pos[0], pos[2] + 1 if pos[2] is not None else 1
 
 
 @contextmanager
