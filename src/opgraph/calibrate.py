@@ -218,8 +218,9 @@ def _table(n: int, seed: int = 0) -> pa.Table:
 
 #: bytes per row each op kind reads and writes in its test pipeline below (all columns of the
 #: test table are 8 bytes wide): filter reads ``a`` and keeps all four columns; groupby
-#: reads the key ``k`` and the aggregated ``a`` and ``b``. Recorded as ``row_bytes`` so the
-#: cost model scales the rate to an op touching other columns.
+#: reads the key ``k`` and one column per aggregate (``a`` summed, ``b`` averaged).
+#: Recorded as ``row_bytes`` so the cost model scales the rate to an op touching other
+#: columns (passes/choose_parallelism.py ``_filter_row_bytes``, ``_groupby_row_bytes``).
 ROW_BYTES = {"filter": 8.0 + 32.0, "groupby": 24.0}
 
 
