@@ -157,6 +157,12 @@ def _filter_row_bytes(op: Any) -> float:
     table = op.operands[0].type
     # (walk_block: a list built in one loop, not xDSL's nested generators)
     read = {o.column.data for b in op.predicate.blocks for o in walk_block(b) if type(o) is df.ColumnOp}
+    return _column_bytes(table, read) + _filter_kept_bytes(op)
+
+
+def _filter_kept_bytes(op: Any) -> float:
+    """Bytes per row of the columns a filter keeps for its readers (see _filter_row_bytes)."""
+    table = op.operands[0].type
     kept: dict[str, None] = {}
     users = [u.operation for u in op.results[0].uses]
     if users and all(isinstance(u, df.ProjectOp) for u in users):
@@ -164,16 +170,16 @@ def _filter_row_bytes(op: Any) -> float:
             kept.update(dict.fromkeys(_strs(u.columns)))
     else:
         kept = dict.fromkeys(table.column_names)
-    return _column_bytes(table, read) + _column_bytes(table, kept)
+    return _column_bytes(table, kept)
 
 
 def _groupby_row_bytes(op: Any, keys: list[str]) -> float:
-    """Bytes per input row a group-by works through: its keys once, and the aggregated
-    column once per aggregate (each aggregate reads it and updates its own accumulator per
-    row: ``sum`` and ``mean`` of one column cost about what ``sum`` of one and ``mean`` of
-    another do - measured, 10M rows / 1,000 keys)."""
-    table = op.operands[0].type
-    return _column_bytes(table, dict.fromkeys(keys)) + _column_bytes(table, [col for _, col, _ in df.agg_tuples(op.aggs)])
+    """Bytes per input row a group-by touches: its keys and each aggregated column once
+    (aggregates of one column share its read: on one thread, 8M rows / 1,000 keys, sum+mean
+    of one column took 0.039 s like its sum alone, sum and mean of two columns 0.050 s)."""
+    columns = dict.fromkeys(keys)
+    columns.update(dict.fromkeys(col for _, col, _ in df.agg_tuples(op.aggs)))
+    return _column_bytes(op.operands[0].type, columns)
 
 
 # ----------------------------------------------------------------------------- partitionings
@@ -321,7 +327,12 @@ class Problem:
             if name in _ZERO_COPY:
                 t = m.compute("project", n_in, b_in, g, touch=0.0)
             elif isinstance(op, df.FilterOp):
-                t = m.compute("filter", n_in, b_in, g, row_bytes=_filter_row_bytes(op))
+                row_bytes = _filter_row_bytes(op)
+                kept = _filter_kept_bytes(op)
+                selectivity = min(1.0, node.rows / n_in) if n_in > 0 else 1.0
+                # memory traffic: every touched byte read once, the kept rows written once
+                touch = 1.0 + kept * selectivity / row_bytes if row_bytes > 0 else 2.0
+                t = m.compute("filter", n_in, b_in, g, touch=touch, row_bytes=row_bytes)
             else:
                 t = m.compute(_EP_KIND.get(name, "project"), n_in, b_in, g)
             alg = "local"
