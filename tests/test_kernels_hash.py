@@ -594,7 +594,7 @@ def test_hash_positions_fixed_key_fast_path(t, values, cut, nparts, wide):
     if floating:
         arr = pa.array(values, pa.float64()).cast(t)
     else:  # integers (in range of the type: non-negative for unsigned), NaN/-0.0 as 0
-        ints = [None if v is None else int(v) if v == v else 0 for v in values]
+        ints = [None if v is None else 0 if math.isnan(v) else int(v) for v in values]
         vals = [abs(v) % 100 if v is not None and pa.types.is_unsigned_integer(t) else v for v in ints]
         if pa.types.is_temporal(t):
             arr = pa.array(vals, pa.int32() if t.bit_width == 32 else pa.int64()).view(t)
