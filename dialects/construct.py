@@ -14,6 +14,9 @@ through it. The resulting op is indistinguishable from the generic constructor's
 for their fixed (non-variadic) operands, results and regions; opgraph's df dialect uses
 them (xDSL's own dialects are left as they are: patching them would change a library's
 classes for every user of the process, for ~1% of a compile).
+
+IR infrastructure, not a dialect: it defines no ops or attributes, so there is no IRDL twin
+(``construct.irdl.mlir``), like ``walk.py`` and ``context.py`` beside it.
 """
 
 from __future__ import annotations

@@ -49,6 +49,16 @@ def _add_block(block: Block, out: list[Operation]) -> None:
 # ``len()`` walks the blocks, and passes ask this of every op with regions.
 
 
+def region_blocks(region: Region) -> list[Block]:
+    """``list(region.blocks)`` through the blocks' links."""
+    blocks = []
+    block = region.first_block
+    while block is not None:
+        blocks.append(block)
+        block = block.next_block
+    return blocks
+
+
 def only_block(region: Region) -> Block | None:
     """The region's block when it has exactly one, else None."""
     block = region.first_block

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from opgraph.dialects.diagnostics import describe, file_line_col, op_location  # noqa: F401  (re-exported)
 from opgraph.dialects.taskgraph import PlanOp, check_islands, needs_island_check
+from opgraph.dialects.walk import region_blocks
 from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp, StringAttr, SymbolRefAttr
 from xdsl.dialects.func import CallOpSymbolUserOpInterface, FuncOp
@@ -142,7 +143,7 @@ class _OpInfo:
                 tuple([item for item in attributes.items() if item[0] in names]) if attributes else (),
                 tuple(properties.items()) if properties else (),
                 tuple([tuple([a.type for b in r.blocks for a in b.args]) for r in regions]) if regions else (),
-                tuple([_block_count(r) for r in regions]) if regions else (),
+                tuple([len(region_blocks(r)) for r in regions]) if regions else (),
             )
         operand_key, result_key, attr_keys, prop_keys, arg_key = abstract
         return (
@@ -153,16 +154,6 @@ class _OpInfo:
             tuple([(k, prop_keys.get(k, _same)(v)) for k, v in properties.items()]) if properties else (),
             tuple([tuple([tuple([arg_key(a.type) for a in b.args]) for b in r.blocks]) for r in regions]) if regions else (),
         )
-
-
-def _block_count(region) -> int:
-    """``len(region.blocks)`` through the blocks' links (without the view object)."""
-    n = 0
-    block = region.first_block
-    while block is not None:
-        n += 1
-        block = block.next_block
-    return n
 
 
 # ---- abstract signatures: an op's IRDL verdict depends on each constrained value only
@@ -363,11 +354,7 @@ class _FastVerifier:
 
     def region(self, region, visible: set[int]) -> None:
         parent = region.parent
-        blocks = []
-        block = region.first_block
-        while block is not None:
-            blocks.append(block)
-            block = block.next_block
+        blocks = region_blocks(region)
         for block in blocks:
             added = [id(a) for a in block.args]
             visible.update(added)

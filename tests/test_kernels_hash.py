@@ -606,6 +606,8 @@ def test_hash_positions_fixed_key_fast_path(t, values, cut, nparts, wide):
     idt = np.int64 if wide else np.int32
     dest, offsets = H.hash_positions(table, ["k"], nparts, idt)
     want_dest, want_offsets = H.partition_positions(H.partition_ids(H.hash_columns(table, ["k"]), nparts), nparts, idt)
+    # the one-pass kernel's buffer holds the positions only (the general path's 8-byte hashes)
+    assert dest.base.size == max(len(arr), 1) * np.dtype(idt).itemsize
     assert dest.dtype == idt
     assert np.array_equal(dest, want_dest) and np.array_equal(offsets, want_offsets)
 
