@@ -70,6 +70,19 @@ class Communicator(ABC):
         """Stops every rank of the run (not collective): used when one rank fails."""
 
     # -- conveniences built on the primitives ---------------------------------------
+    def alltoallv_grouped(self, table: pa.Table, offsets: np.ndarray) -> pa.Table:
+        """The shuffle's exchange: rows ``offsets[d]:offsets[d+1]`` of ``table`` (its rows in
+        destination order, e.g. from ``partition.hash_partition_grouped``) go to rank ``d``;
+        returns the rows received, senders in rank order, with ``table``'s schema. Here:
+        ``alltoallv`` of the slices; ``MPICommunicator`` receives fixed-width columns
+        straight into one contiguous buffer each."""
+        # imported here: local_ops imports the runtime package, which imports this module
+        from opgraph.runtime.local_ops import concat_tables
+
+        parts = [table.slice(int(offsets[d]), int(offsets[d + 1] - offsets[d])) for d in range(self.size)]
+        received = concat_tables(self.alltoallv(parts), table.schema)
+        return received.replace_schema_metadata(table.schema.metadata)  # not a sender's
+
     def allgather_array(self, values: np.ndarray) -> list[np.ndarray]:
         """Small numeric arrays (sample splitters, counts) from every rank."""
         table = pa.table({"v": pa.array(np.ascontiguousarray(values).ravel())})

@@ -26,7 +26,6 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pyarrow as pa
 from mpi4py import MPI
-
 from opgraph.runtime.communicator import REDUCE_OPS, Communicator
 
 __all__ = ["MPICommunicator", "buffer_to_table", "serialize_tables", "table_to_buffer"]
@@ -92,6 +91,56 @@ def _displacements(sizes: np.ndarray) -> np.ndarray:
     return displs
 
 
+def _raw_width(t: pa.DataType) -> int:
+    """Bytes per value of a type ``alltoallv_grouped`` moves as raw values; -1: boolean
+    (bits); 0: not one of those (variable width, nested, dictionary, extension, null)."""
+    if pa.types.is_boolean(t):
+        return -1
+    if pa.types.is_dictionary(t) or pa.types.is_nested(t) or isinstance(t, pa.ExtensionType):
+        return 0
+    try:
+        bits = t.bit_width
+    except ValueError:
+        return 0
+    return bits // 8 if bits > 0 and bits % 8 == 0 else 0
+
+
+def _one_chunk(col: pa.ChunkedArray) -> pa.Array:
+    return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+
+
+def _raw_values(arr: pa.Array, width: int) -> np.ndarray:
+    """The array's values as bytes (a view: no copy)."""
+    buf = arr.buffers()[1]
+    if buf is None or len(arr) == 0:
+        return np.zeros(0, dtype=np.uint8)
+    return np.frombuffer(buf, dtype=np.uint8)[arr.offset * width : (arr.offset + len(arr)) * width]
+
+
+def _bits_as_bytes(bits: pa.Buffer | None, offset: int, length: int, absent: int = 1) -> np.ndarray:
+    """One byte (0/1) per row of a bitmap; ``absent`` for every row when there is none."""
+    if bits is None or length == 0:
+        return np.full(length, absent, dtype=np.uint8)
+    return np.unpackbits(np.frombuffer(bits, dtype=np.uint8), count=offset + length, bitorder="little")[offset:]
+
+
+def _pack_bits(row_bytes: pa.Buffer, length: int) -> pa.Buffer:
+    return pa.py_buffer(np.packbits(np.frombuffer(row_bytes, dtype=np.uint8)[:length], bitorder="little"))
+
+
+_ROW_TYPES: dict[int, MPI.Datatype] = {}
+
+
+def _row_datatype(width: int) -> MPI.Datatype:
+    """A contiguous MPI type of ``width`` bytes: counts and displacements in rows, so a part
+    of up to 2^31-1 rows fits MPI's int counts whatever its byte size."""
+    if width == 1:
+        return MPI.BYTE
+    if width not in _ROW_TYPES:
+        _ROW_TYPES[width] = MPI.BYTE.Create_contiguous(width).Commit()
+    return _ROW_TYPES[width]
+
+
 class MPICommunicator(Communicator):
     """``Communicator`` over an ``mpi4py.MPI.Comm`` (``MPI.COMM_WORLD`` by default)."""
 
@@ -145,6 +194,50 @@ class MPICommunicator(Communicator):
             else:
                 out.append(buffer_to_table(recv_buf.slice(int(recv_displs[src]), int(recv_sizes[src]))))
         return out
+
+    def alltoallv_grouped(self, table: pa.Table, offsets: np.ndarray) -> pa.Table:
+        """Fixed-width and boolean columns move as raw values, one ``Alltoallv`` per column
+        straight into the column's one receive buffer (senders in rank order): no IPC
+        serialisation, and the result is one contiguous chunk per column (the local join
+        and sort would otherwise concatenate the received chunks). Validity and boolean
+        bits travel as one byte per row, packed again on arrival, because every sender's
+        rows start at an arbitrary bit of the receive bitmap. A table with another column
+        type (strings, nested, dictionary) goes through ``alltoallv``'s IPC streams."""
+        widths = [_raw_width(f.type) for f in table.schema]
+        n = self._size
+        if n == 1 or not all(widths):
+            return super().alltoallv_grouped(table, offsets)
+        counts = np.diff(np.asarray(offsets, dtype=np.int64))
+        if len(counts) != n:
+            raise ValueError(f"alltoallv_grouped needs {n + 1} offsets, got {len(offsets)}")
+        columns = [_one_chunk(col) for col in table.columns]
+        # per destination: its row count, then whether each of my columns has nulls
+        meta = np.empty((n, 1 + len(columns)), dtype=np.int64)
+        meta[:, 0] = counts
+        meta[:, 1:] = [arr.null_count > 0 for arr in columns]
+        recv_meta = np.empty_like(meta)
+        self._comm.Alltoall(meta, recv_meta)
+        recv_counts = recv_meta[:, 0].copy()
+        total = int(recv_counts.sum())
+        send_displs, recv_displs = np.asarray(offsets[:-1], dtype=np.int64), _displacements(recv_counts)
+
+        def exchange(send: np.ndarray, width: int) -> pa.Buffer:
+            buf, view = _alloc(total * width)
+            rows = _row_datatype(width)
+            self._comm.Alltoallv([send, (counts, send_displs), rows], [view, (recv_counts, recv_displs), rows])
+            return buf
+
+        arrays = []
+        for c, (arr, width, field) in enumerate(zip(columns, widths, table.schema)):
+            validity = None
+            if recv_meta[:, 1 + c].any():  # every rank sees every sender's flag: all agree
+                validity = _pack_bits(exchange(_bits_as_bytes(arr.buffers()[0], arr.offset, len(arr)), 1), total)
+            if width < 0:  # boolean values: bits, moved as bytes like validity
+                values = _pack_bits(exchange(_bits_as_bytes(arr.buffers()[1], arr.offset, len(arr), 0), 1), total)
+            else:
+                values = exchange(_raw_values(arr, width), width)
+            arrays.append(pa.Array.from_buffers(field.type, total, [validity, values]))
+        return pa.Table.from_arrays(arrays, schema=table.schema)
 
     def bcast(self, table: pa.Table | None, root: int = 0) -> pa.Table:
         size = np.zeros(1, dtype=np.int64)

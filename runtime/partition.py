@@ -95,23 +95,40 @@ def hash_partition(table: pa.Table, keys: list[str], nparts: int) -> list[pa.Tab
     Every row lands in exactly one part; all rows with equal keys (nulls included: null
     keys hash to one fixed value) land in the same part, on every process and machine.
     Within a part rows keep their input order. Parts share one gathered copy of the data
-    (zero-copy slices) and keep the input schema.
+    (zero-copy slices) and keep the input schema; one part is ``table`` itself.
     """
+    grouped, offsets = hash_partition_grouped(table, keys, nparts)
+    return [table] if nparts == 1 else split_grouped(grouped, offsets)
+
+
+def hash_partition_grouped(table: pa.Table, keys: list[str], nparts: int) -> tuple[pa.Table, np.ndarray]:
+    """``hash_partition``'s parts as one table in part order and the parts' row offsets
+    (``nparts + 1``): what ``Communicator.alltoallv_grouped`` sends."""
     keys = _check_args(table, keys, nparts)
     if nparts == 1:
-        return [table]
+        return table, np.array([0, table.num_rows], dtype=np.int64)
     idx_dtype = np.int32 if table.num_rows <= _INT32_MAX else np.int64
     # hash -> part id -> destination, fused and in place (one pooled buffer)
     dest, offsets = _hashing.hash_positions(table, keys, nparts, idx_dtype)
-    return scatter_parts(table, dest, offsets)
+    return scatter_grouped(table, dest), offsets
+
+
+def split_grouped(grouped: pa.Table, offsets: np.ndarray) -> list[pa.Table]:
+    """The parts ``offsets[p]:offsets[p+1]`` of a table in part order (zero-copy slices)."""
+    return [grouped.slice(int(offsets[p]), int(offsets[p + 1] - offsets[p])) for p in range(len(offsets) - 1)]
 
 
 def scatter_parts(table: pa.Table, dest: np.ndarray, offsets: np.ndarray) -> list[pa.Table]:
+    """``table``'s rows moved to positions ``dest`` (``scatter_grouped``), cut into the
+    parts ``offsets[p]:offsets[p+1]`` (zero-copy slices of one scattered copy)."""
+    return split_grouped(scatter_grouped(table, dest), offsets)
+
+
+def scatter_grouped(table: pa.Table, dest: np.ndarray) -> pa.Table:
     """``table``'s rows moved to positions ``dest`` (a permutation: every row's place in
     part order, from ``partition_positions`` or ``range_partition_positions``) by the C++
-    scatter kernels, cut into the parts ``offsets[p]:offsets[p+1]`` (zero-copy slices of
-    one scattered copy; the input schema kept). Types the scatter kernels do not cover are
-    gathered with one Arrow ``take`` instead."""
+    scatter kernels: one contiguous copy, the input schema kept. Types the scatter kernels
+    do not cover are gathered with one Arrow ``take`` instead."""
     perm = None
     columns = []
     for col in table.columns:
@@ -121,11 +138,7 @@ def scatter_parts(table: pa.Table, dest: np.ndarray, offsets: np.ndarray) -> lis
                 perm = pa.array(_hashing.invert_permutation(dest))
             out = col.take(perm)
         columns.append(out)
-    grouped = pa.Table.from_arrays(columns, schema=table.schema)
-    nparts = len(offsets) - 1
-    return [
-        grouped.slice(int(offsets[p]), int(offsets[p + 1] - offsets[p])) for p in range(nparts)
-    ]
+    return pa.Table.from_arrays(columns, schema=table.schema)
 
 
 def range_partition(table: pa.Table, by: list[str], ascending: list[bool], splitters: pa.Table) -> list[pa.Table]:
@@ -135,8 +148,15 @@ def range_partition(table: pa.Table, by: list[str], ascending: list[bool], split
     after numbers; equal keys share a part), rows after the last splitter to the last part.
     ``splitters`` (columns ``by``, the types of ``table``'s) must be sorted in that order.
     Part ids and positions: the C++ kernel ``kernels/ranging`` (range_kernels.hpp); the
-    move: the hash shuffle's scatter kernels (``scatter_parts``). Within a part rows keep
+    move: the hash shuffle's scatter kernels (``scatter_grouped``). Within a part rows keep
     their input order. Key types: ``range_partition_supported``; others raise TypeError."""
+    return split_grouped(*range_partition_grouped(table, by, ascending, splitters))
+
+
+def range_partition_grouped(
+    table: pa.Table, by: list[str], ascending: list[bool], splitters: pa.Table
+) -> tuple[pa.Table, np.ndarray]:
+    """``range_partition``'s parts as one table in part order and their row offsets."""
     from opgraph.runtime.kernels import ranging as _ranging
 
     dest, offsets = _ranging.range_positions(
@@ -145,7 +165,7 @@ def range_partition(table: pa.Table, by: list[str], ascending: list[bool], split
         [splitters.column(b) for b in by],
         np.int32 if table.num_rows <= _INT32_MAX else np.int64,
     )
-    return scatter_parts(table, dest, offsets)
+    return scatter_grouped(table, dest), offsets
 
 
 def range_partition_supported(types: list[pa.DataType]) -> bool:
