@@ -513,7 +513,15 @@ def sort(table: pa.Table, by: Sequence[str], ascending: Sequence[bool]) -> pa.Ta
         return table
     cols = [table.column(b) for b in by]
     if K.sortable([c.type for c in cols]):
-        return take_table(table, np.asarray(K.sort_indices(cols, [not a for a in ascending])))
+        order, sorted_key = K.sort_indices(cols, [not a for a in ascending], sorted_key=True)
+        if sorted_key is None:
+            return take_table(table, order)
+        # the one key column comes sorted out of the radix sort: gather only the others
+        if table.num_columns == 1:
+            return pa.Table.from_arrays([sorted_key], schema=table.schema)
+        key_at = table.column_names.index(by[0])
+        rest = take_table(table.remove_column(key_at), order)
+        return rest.add_column(key_at, table.schema.field(key_at), sorted_key)
     return table.take(sort_indices(table.select(list(by)), by, ascending))
 
 

@@ -43,6 +43,41 @@ def test_sort_int64_matches_arrow(values, asc):
 
 
 @SETTINGS
+@given(st.data(), st.booleans(), st.integers(0, 70_000))
+def test_sort_returns_the_sorted_key_column(data, asc, big):
+    """``sorted_key=True``: the one key column in sort order, straight from the radix keys,
+    for 64-bit integer storage without nulls (long inputs too: the MSD+LSD path); None
+    where the radix keys do not give the values back."""
+    kind = data.draw(st.sampled_from(["i64", "u64", "ts", "dur", "d64"]))
+    values = data.draw(st.lists(st.integers(-(2**63), 2**63 - 1), max_size=60))
+    rng = np.random.default_rng(len(values))
+    values += rng.integers(-(2**63), 2**63 - 1, size=big if big > 40_000 else 0, dtype=np.int64).tolist()
+    typ = {"i64": pa.int64(), "u64": pa.uint64(), "ts": pa.timestamp("us", "UTC"), "dur": pa.duration("ns"), "d64": pa.date64()}[kind]
+    arr = pa.array(np.array(values, dtype=np.int64)).view(typ) if kind != "u64" else pa.array(np.array(values, dtype=np.int64).view(np.uint64))
+    order, key = K.sort_indices([arr], [not asc], sorted_key=True)
+    assert np.array_equal(order, arrow_order(pa.table({"k": arr}), ["k"], [asc]))
+    assert key is not None and key.type == typ and key.equals(arr.take(pa.array(order)))
+    t = pa.table({"v": pa.array(range(len(arr))), "k": arr}).replace_schema_metadata({"m": "1"})
+    got = L.sort(t, ["k"], [asc])
+    assert got.schema.equals(t.schema, check_metadata=True) and got.equals(t.take(pa.array(order)))
+    alone = pa.table({"k": arr})  # nothing else to gather
+    assert L.sort(alone, ["k"], [asc]).equals(alone.take(pa.array(order)))
+
+
+def test_sort_sorted_key_only_where_values_come_back():
+    for arr in (
+        pa.array([3, None, 1], pa.int64()),  # nulls
+        pa.array([3, 2, 1], pa.int32()),  # widened to int64 for the radix keys
+        pa.array([1.5, -0.0, 0.0]),  # -0.0 and 0.0 share a key
+    ):
+        order, key = K.sort_indices([arr], [False], sorted_key=True)
+        assert key is None and np.array_equal(order, arrow_order(pa.table({"k": arr}), ["k"], [True]))
+    two = [pa.array([2, 1, 1]), pa.array([0, 1, 0])]
+    assert K.sort_indices(two, [False, False], sorted_key=True)[1] is None
+    assert K.sort_indices([pa.array([], pa.float64())], [False], sorted_key=True)[1] is None
+
+
+@SETTINGS
 @given(floats, st.booleans())
 def test_sort_float64_matches_arrow(values, asc):
     t = pa.table({"k": pa.array(values, pa.float64())})

@@ -254,8 +254,12 @@ void partition_nulls(IdxT* idx, IdxT* tmp, int64_t n, const SortKey& k) {
 }
 
 // Stable sort order of n rows by the keys (first key most significant) into out[0, n).
+// values_out (may be null): for one integer key without nulls (KEY_INT64/KEY_UINT64, whose
+// radix keys map back to the values one to one), the key values in sorted order: the
+// radix buffer already holds them, so the caller need not gather the key column by `out`
+// (a random-access pass: ~15% of a 10M-row sort by one int64 key, measured).
 template <class IdxT>
-void k_sort_indices(const SortKey* ks, int nkeys, int64_t n, IdxT* out, int nthreads) {
+void k_sort_indices(const SortKey* ks, int nkeys, int64_t n, IdxT* out, int nthreads, uint64_t* values_out = nullptr) {
   if (n == 0) return;
   PhaseTimer timer("sort");
   RawBuf<uint64_t> keys(n), tk(n);
@@ -278,6 +282,14 @@ void k_sort_indices(const SortKey* ks, int nkeys, int64_t n, IdxT* out, int nthr
     sort_pairs<IdxT>(keys.data(), out, tk.data(), ti.data(), n, nthreads);
     timer.lap("radix");
     if (k.validity) partition_nulls<IdxT>(out, ti.data(), n, k);
+  }
+  if (values_out != nullptr && nkeys == 1 && !ks[0].validity && ks[0].kind != KEY_FLOAT64) {
+    // radix key = (value [^ sign for int64]) [inverted when descending]: undo both
+    const uint64_t flip = (ks[0].kind == KEY_INT64 ? kSign : 0) ^ (ks[0].desc ? ~0ULL : 0);
+    const uint64_t* sorted = keys.data();
+    parallel_for(nt, [&](int t) {
+      for (int64_t i = n * t / nt, e = n * (t + 1) / nt; i < e; ++i) values_out[i] = sorted[i] ^ flip;
+    });
   }
 }
 

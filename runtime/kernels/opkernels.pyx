@@ -18,7 +18,7 @@ Threads: ``OPGRAPH_KERNEL_THREADS`` (default: the machine's cores).
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libcpp.vector cimport vector
-from kernel_buffers cimport buf_ptr as _ptr, opg_delete, single_array as _single
+from kernel_buffers cimport buf_ptr as _ptr, buf_wptr as _wptr, opg_delete, single_array as _single
 
 import os
 
@@ -36,7 +36,7 @@ cdef extern from "op_kernels.hpp" namespace "opgraph::opk" nogil:
     int KEY_UINT64
     int KEY_FLOAT64
     uint64_t radix_key(int kind, const void* values, int64_t i, bint desc)
-    void k_sort_indices[IdxT](const SortKey* ks, int nkeys, int64_t n, IdxT* out, int nthreads)
+    void k_sort_indices[IdxT](const SortKey* ks, int nkeys, int64_t n, IdxT* out, int nthreads, uint64_t* values_out)
     cdef cppclass JoinResult:
         int64_t total
         int ordered
@@ -94,14 +94,26 @@ def sortable(types):
     return True
 
 
-def sort_indices(columns, descending):
+def _values_come_back(arr):
+    """Whether the radix keys of this one sort key give back its values (64-bit integer
+    storage, viewed not converted, and no nulls)."""
+    t = arr.type
+    return arr.null_count == 0 and (
+        t == pa.int64() or t == pa.uint64() or pa.types.is_timestamp(t) or pa.types.is_date64(t)
+        or pa.types.is_duration(t) or pa.types.is_time64(t))
+
+
+def sort_indices(columns, descending, bint sorted_key=False):
     """Stable sort order (numpy int32 when fewer than 2^31 rows, else int64) of the rows of
-    the key ``columns`` (first most significant), nulls last, NaN after numbers."""
+    the key ``columns`` (first most significant), nulls last, NaN after numbers.
+    ``sorted_key``: returns (order, the key column in that order or None); it comes out of
+    the sort itself for one key of 64-bit integer storage without nulls, else None."""
     cdef int nkeys = len(columns)
     if nkeys == 0:
         raise ValueError("sort_indices: no key columns")
     arrays = []
     kinds = []
+    originals = []
     for c in columns:
         a = _single(c)
         v = _sort_view(a)
@@ -109,11 +121,19 @@ def sort_indices(columns, descending):
             raise TypeError(f"sort_indices: unsupported key type {a.type}")
         kinds.append(v[0])
         arrays.append(v[1])
+        originals.append(a)
     cdef int64_t n = len(arrays[0])
     idt = np.int32 if n < 2**31 else np.int64
     out = np.empty(n, dtype=idt)
+    key_type = None
+    if sorted_key and nkeys == 1 and _values_come_back(originals[0]):  # its own type, not the view's
+        key_type = originals[0].type
     if n == 0:
-        return out
+        if not sorted_key:
+            return out
+        return out, (pa.array([], key_type) if key_type is not None else None)
+    values = pa.allocate_buffer(n * 8) if key_type is not None else None
+    cdef uint64_t* vp = <uint64_t*>_wptr(values) if values is not None else NULL
     cdef vector[SortKey] ks
     ks.resize(nkeys)
     keep = []
@@ -135,12 +155,14 @@ def sort_indices(columns, descending):
     if idt == np.int32:
         o32 = out
         with nogil:
-            k_sort_indices[int32_t](ks.data(), nkeys, n, &o32[0], nt)
+            k_sort_indices[int32_t](ks.data(), nkeys, n, &o32[0], nt, vp)
     else:
         o64 = out
         with nogil:
-            k_sort_indices[int64_t](ks.data(), nkeys, n, &o64[0], nt)
-    return out
+            k_sort_indices[int64_t](ks.data(), nkeys, n, &o64[0], nt, vp)
+    if not sorted_key:
+        return out
+    return out, (pa.Array.from_buffers(key_type, n, [None, values]) if values is not None else None)
 
 
 def radix_keys(column, bint descending=False):
