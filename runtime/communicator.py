@@ -70,16 +70,22 @@ class Communicator(ABC):
         """Stops every rank of the run (not collective): used when one rank fails."""
 
     # -- conveniences built on the primitives ---------------------------------------
-    def alltoallv_grouped(self, table: pa.Table, offsets: np.ndarray) -> pa.Table:
-        """The shuffle's exchange: rows ``offsets[d]:offsets[d+1]`` of ``table`` (its rows in
-        destination order, e.g. from ``partition.hash_partition_grouped``) go to rank ``d``;
-        returns the rows received, senders in rank order, with ``table``'s schema. Here:
-        ``alltoallv`` of the slices; ``MPICommunicator`` receives fixed-width columns
-        straight into one contiguous buffer each."""
+    def alltoallv_by_part(self, table: pa.Table, part_ids: np.ndarray, counts: np.ndarray) -> pa.Table:
+        """The shuffle's exchange: row i of ``table`` goes to rank ``part_ids[i]`` (numpy
+        int32; ``counts[d]`` rows go to rank d); returns the rows received, senders in rank
+        order and each sender's rows in its order, with ``table``'s schema. Here: the rows
+        are scattered into part order and the parts go through ``alltoallv``;
+        ``MPICommunicator`` moves fixed-width columns straight into their receive buffers."""
         # imported here: local_ops imports the runtime package, which imports this module
+        from opgraph.runtime.kernels import hashing
         from opgraph.runtime.local_ops import concat_tables
+        from opgraph.runtime.partition import scatter_grouped, split_grouped
 
-        parts = [table.slice(int(offsets[d]), int(offsets[d + 1] - offsets[d])) for d in range(self.size)]
+        counts = check_part_counts(table, part_ids, counts, self.size)
+        dest, offsets = hashing.partition_positions(part_ids, self.size, np.int32 if table.num_rows < 2**31 else np.int64)
+        if not np.array_equal(np.diff(offsets), counts):
+            raise ValueError("alltoallv_by_part: counts do not match the part ids")
+        parts = split_grouped(scatter_grouped(table, dest), offsets)
         received = concat_tables(self.alltoallv(parts), table.schema)
         return received.replace_schema_metadata(table.schema.metadata)  # not a sender's
 
@@ -87,3 +93,13 @@ class Communicator(ABC):
         """Small numeric arrays (sample splitters, counts) from every rank."""
         table = pa.table({"v": pa.array(np.ascontiguousarray(values).ravel())})
         return [t.column("v").to_numpy() for t in self.allgather(table)]
+
+
+def check_part_counts(table: pa.Table, part_ids: np.ndarray, counts: np.ndarray, size: int) -> np.ndarray:
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.shape != (size,) or int(counts.sum()) != table.num_rows or len(part_ids) != table.num_rows:
+        raise ValueError(
+            f"alltoallv_by_part: {len(part_ids)} part ids and counts {counts.tolist()} for "
+            f"{table.num_rows} rows over {size} ranks"
+        )
+    return counts

@@ -26,7 +26,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pyarrow as pa
 from mpi4py import MPI
-from opgraph.runtime.communicator import REDUCE_OPS, Communicator
+from opgraph.runtime.communicator import REDUCE_OPS, Communicator, check_part_counts
+from opgraph.runtime.kernels.hashing import part_slots, scatter_to_slots
 
 __all__ = ["MPICommunicator", "buffer_to_table", "serialize_tables", "table_to_buffer"]
 
@@ -129,9 +130,9 @@ def _pack_bits(row_bytes: pa.Buffer, length: int) -> pa.Buffer:
 
 
 _ROW_TYPES: dict[int, MPI.Datatype] = {}
-#: the tag of the grouped exchange's messages (one exchange at a time per communicator: the
+#: the tag of the shuffle's messages (one exchange at a time per communicator: the
 #: collective order of the calls keeps them apart, as MPI matches in posting order)
-_GROUPED_TAG = 0x6F70
+_SHUFFLE_TAG = 0x6F70
 
 
 def _row_datatype(width: int) -> MPI.Datatype:
@@ -198,21 +199,22 @@ class MPICommunicator(Communicator):
                 out.append(buffer_to_table(recv_buf.slice(int(recv_displs[src]), int(recv_sizes[src]))))
         return out
 
-    def alltoallv_grouped(self, table: pa.Table, offsets: np.ndarray) -> pa.Table:
-        """Fixed-width and boolean columns move as raw values, one ``Alltoallv`` per column
-        straight into the column's one receive buffer (senders in rank order): no IPC
-        serialisation, and the result is one contiguous chunk per column (the local join
-        and sort would otherwise concatenate the received chunks). Validity and boolean
-        bits travel as one byte per row, packed again on arrival, because every sender's
-        rows start at an arbitrary bit of the receive bitmap. A table with another column
-        type (strings, nested, dictionary) goes through ``alltoallv``'s IPC streams."""
+    def alltoallv_by_part(self, table: pa.Table, part_ids: np.ndarray, counts: np.ndarray) -> pa.Table:
+        """Fixed-width and boolean columns move as raw values: each column's rows are
+        scattered by part id straight into per-destination send buffers, and this rank's own
+        rows straight into the column's one receive buffer, which the other ranks' rows
+        then reach by Isend/Irecv. No part-order copy, no IPC serialisation, no copy of the
+        own rows, and one contiguous chunk per column on arrival (the local join and sort
+        would otherwise concatenate the received chunks). Validity and boolean bits travel
+        as one byte per row, packed again on arrival, because every sender's rows start at
+        an arbitrary bit of the receive bitmap. A table with another column type (strings,
+        nested, dictionary) goes through ``alltoallv``'s IPC streams."""
         widths = [_raw_width(f.type) for f in table.schema]
         n = self._size
         if n == 1 or not all(widths):
-            return super().alltoallv_grouped(table, offsets)
-        counts = np.diff(np.asarray(offsets, dtype=np.int64))
-        if len(counts) != n:
-            raise ValueError(f"alltoallv_grouped needs {n + 1} offsets, got {len(offsets)}")
+            return super().alltoallv_by_part(table, part_ids, counts)
+        counts = check_part_counts(table, part_ids, counts, n)
+        part_ids = np.ascontiguousarray(part_ids, dtype=np.int32)
         columns = [_one_chunk(col) for col in table.columns]
         # per destination: its row count, then whether each of my columns has nulls
         meta = np.empty((n, 1 + len(columns)), dtype=np.int64)
@@ -222,27 +224,33 @@ class MPICommunicator(Communicator):
         self._comm.Alltoall(meta, recv_meta)
         recv_counts = recv_meta[:, 0].copy()
         total = int(recv_counts.sum())
-        send_displs, recv_displs = np.asarray(offsets[:-1], dtype=np.int64), _displacements(recv_counts)
-
+        recv_displs = _displacements(recv_counts)
         me = self._rank
+        send_counts = counts.copy()
+        send_counts[me] = 0  # the own rows go straight to the receive buffer
+        send_displs = _displacements(send_counts)
+        # every row's slot, once for all columns: the own rows' in the receive buffer
+        # [0, total), the others' in the send buffer that follows it [total, ...)
+        starts = send_displs + total
+        starts[me] = recv_displs[me]
+        slots = part_slots(part_ids, starts, counts)
 
-        def exchange(send: np.ndarray, width: int) -> pa.Buffer:
-            # point to point with every other rank and a copy of our own rows: measured
-            # 0.022 s against Alltoallv's 0.028 s for 40 MB each way between 2 ranks
+        def exchange(src: np.ndarray, width: int) -> pa.Buffer:
             buf, view = _alloc(total * width)
+            _, send = _alloc(int(send_counts.sum()) * width)
+            scatter_to_slots(src, width, slots, view, send)
             rows = _row_datatype(width)
             requests = []
             for q in range(n):
                 if q != me and recv_counts[q]:
                     at = int(recv_displs[q]) * width
-                    requests.append(self._comm.Irecv([view[at : at + int(recv_counts[q]) * width], rows], source=q, tag=_GROUPED_TAG))
+                    part = view[at : at + int(recv_counts[q]) * width]
+                    requests.append(self._comm.Irecv([part, rows], source=q, tag=_SHUFFLE_TAG))
             for q in range(n):
-                if q != me and counts[q]:
+                if q != me and send_counts[q]:
                     at = int(send_displs[q]) * width
-                    requests.append(self._comm.Isend([send[at : at + int(counts[q]) * width], rows], dest=q, tag=_GROUPED_TAG))
-            if counts[me]:
-                at, to = int(send_displs[me]) * width, int(recv_displs[me]) * width
-                view[to : to + int(counts[me]) * width] = send[at : at + int(counts[me]) * width]
+                    part = send[at : at + int(send_counts[q]) * width]
+                    requests.append(self._comm.Isend([part, rows], dest=q, tag=_SHUFFLE_TAG))
             MPI.Request.Waitall(requests)
             return buf
 

@@ -63,7 +63,8 @@ import pyarrow.compute as pc
 from opgraph.runtime import local_ops as L
 from opgraph.runtime.communicator import Communicator
 from opgraph.runtime.partition import (
-    hash_partition_grouped,
+    hash_part_ids,
+    range_part_ids,
     range_partition_grouped,
     range_partition_supported,
     split_grouped,
@@ -184,9 +185,9 @@ def _exchange(comm: Communicator, parts: list[pa.Table], schema: pa.Schema) -> p
         return L.concat_tables(received, schema)
 
 
-def _exchange_grouped(comm: Communicator, grouped: pa.Table, offsets: np.ndarray) -> pa.Table:
+def _exchange_by_part(comm: Communicator, table: pa.Table, part_ids: np.ndarray, counts: np.ndarray) -> pa.Table:
     with _stage(comm, "exchange"):
-        return comm.alltoallv_grouped(grouped, offsets)
+        return comm.alltoallv_by_part(table, part_ids, counts)
 
 
 def shuffle_hash(comm: Communicator, table: pa.Table, keys: Sequence[str], types: Sequence[pa.DataType] | None = None) -> pa.Table:
@@ -203,12 +204,11 @@ def shuffle_hash(comm: Communicator, table: pa.Table, keys: Sequence[str], types
         for name, k, t in zip(extra, keys, types):
             work = work.append_column(name, L._cast_column(table.column(k), t))
         with _stage(comm, "hash-partition"):
-            grouped, offsets = hash_partition_grouped(work, extra, n)
-            grouped = grouped.select(table.schema.names)
+            part_ids, counts = hash_part_ids(work, extra, n)
     else:
         with _stage(comm, "hash-partition"):
-            grouped, offsets = hash_partition_grouped(table, keys, n)
-    return _exchange_grouped(comm, grouped, offsets)
+            part_ids, counts = hash_part_ids(table, keys, n)
+    return _exchange_by_part(comm, table, part_ids, counts)
 
 
 def gather_to_root(comm: Communicator, table: pa.Table, root: int = 0) -> pa.Table:
@@ -601,8 +601,8 @@ def _range_partition_radix(comm: Communicator, table: pa.Table, by: list[str], a
     picks = [min(int(np.searchsorted(weights, weights[-1] * j / n, side="left")), samples.num_rows - 1) for j in range(1, n)]
     splitters = samples.take(pa.array(picks, pa.int64()))
     with _stage(comm, "range-partition"):
-        grouped, offsets = range_partition_grouped(table, by, ascending, splitters.select(by))
-    return _exchange_grouped(comm, grouped, offsets)
+        part_ids, counts = range_part_ids(table, by, ascending, splitters.select(by))
+    return _exchange_by_part(comm, table, part_ids, counts)
 
 
 def split_by_splitters(table: pa.Table, by: Sequence[str], ascending: Sequence[bool], splitters: pa.Table) -> list[pa.Table]:

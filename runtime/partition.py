@@ -113,6 +113,21 @@ def hash_partition_grouped(table: pa.Table, keys: list[str], nparts: int) -> tup
     return scatter_grouped(table, dest), offsets
 
 
+def hash_part_ids(table: pa.Table, keys: list[str], nparts: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every row's ``hash_partition`` part (numpy int32) and the rows per part (int64): what
+    ``Communicator.alltoallv_by_part`` moves rows by."""
+    keys = _check_args(table, keys, nparts)
+    return _hashing.hash_part_ids(table, keys, nparts)
+
+
+def range_part_ids(table: pa.Table, by: list[str], ascending: list[bool], splitters: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Every row's ``range_partition`` part (numpy int32) and the rows per part (int64)."""
+    from opgraph.runtime.kernels import ranging as _ranging
+
+    ids = _ranging.part_ids([table.column(b) for b in by], [not a for a in ascending], [splitters.column(b) for b in by])
+    return ids, np.bincount(ids, minlength=splitters.num_rows + 1).astype(np.int64)
+
+
 def split_grouped(grouped: pa.Table, offsets: np.ndarray) -> list[pa.Table]:
     """The parts ``offsets[p]:offsets[p+1]`` of a table in part order (zero-copy slices)."""
     return [grouped.slice(int(offsets[p]), int(offsets[p + 1] - offsets[p])) for p in range(len(offsets) - 1)]

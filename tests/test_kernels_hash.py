@@ -612,6 +612,49 @@ def test_hash_positions_fixed_key_fast_path(t, values, cut, nparts, wide):
     assert np.array_equal(dest, want_dest) and np.array_equal(offsets, want_offsets)
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(_FAST_PATH_TYPES + [pa.string()]), st.lists(st.integers(-50, 50), max_size=90), st.integers(1, 5))
+def test_hash_part_ids_match_the_general_path(t, values, nparts):
+    if t == pa.string():
+        arr = pa.array([str(v) for v in values])
+    elif pa.types.is_temporal(t):
+        arr = pa.array(values, pa.int32() if t.bit_width == 32 else pa.int64()).view(t)
+    else:
+        arr = pa.array([abs(v) for v in values], pa.int64()).cast(t)
+    table = pa.table({"k": arr})
+    ids, counts = H.hash_part_ids(table, ["k"], nparts)
+    want = H.partition_ids(H.hash_columns(table, ["k"]), nparts)
+    assert ids.dtype == np.int32 and np.array_equal(ids, want)
+    assert counts.tolist() == np.bincount(want, minlength=nparts).tolist()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(0, 3), max_size=200), st.sampled_from([1, 2, 3, 4, 8, 16, 32]), st.data())
+def test_part_slots_and_scatter_to_slots_move_rows_by_part(ids, width, data):
+    """The MPI shuffle's move: slots per part from arbitrary part starts (here: part 1 in
+    the low buffer, the others in the high one), then the rows scattered to them keep
+    their order within each part; bad ids, overfull parts and stray slots raise."""
+    ids = np.array(ids, dtype=np.int32)
+    counts = np.bincount(ids, minlength=4)
+    low_rows = int(counts[1]) + data.draw(st.integers(0, 3))  # room to spare is fine
+    starts = np.array([low_rows, 0, low_rows + counts[0], low_rows + counts[0] + counts[2]])
+    slots = H.part_slots(ids, starts, counts)
+    src = np.random.default_rng(len(ids)).integers(0, 256, len(ids) * width, dtype=np.uint8)
+    low, high = np.zeros(low_rows * width, np.uint8), np.zeros(int(counts.sum() - counts[1]) * width, np.uint8)
+    H.scatter_to_slots(src, width, slots, low, high)
+    rows = src.reshape(-1, width)
+    assert np.array_equal(low[: counts[1] * width].reshape(-1, width), rows[ids == 1])
+    high_rows = high.reshape(-1, width)
+    assert np.array_equal(high_rows, np.concatenate([rows[ids == 0], rows[ids == 2], rows[ids == 3]]))
+    if len(ids):
+        with pytest.raises(ValueError, match="part has too many rows"):
+            H.part_slots(ids, starts, np.maximum(counts - 1, 0))
+        with pytest.raises(ValueError, match="outside the parts"):
+            H.part_slots(np.full(len(ids), 4, np.int32), starts, counts)
+        with pytest.raises(ValueError, match="outside both buffers"):
+            H.scatter_to_slots(src, width, slots + len(ids) + low_rows, low, high)
+
+
 def test_fresh_subprocess_computes_identical_hashes():
     code = textwrap.dedent(
         """

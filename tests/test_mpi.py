@@ -119,8 +119,8 @@ PRIMITIVES = textwrap.dedent(
         got = comm.alltoallv([chunked] * n)
         for src in range(n):
             assert got[src].combine_chunks().equals(pa.concat_tables([sample(src, 3), sample(src, 4)]).combine_chunks())
-        # alltoallv_grouped: raw fixed-width columns (nulls, bits, decimals, a sliced input,
-        # an empty part) equal the IPC path's answer and arrive as one chunk per column
+        # alltoallv_by_part: raw fixed-width columns (nulls, bits, decimals, a sliced input,
+        # empty parts, chunks) equal the IPC path's answer and arrive as one chunk per column
         fixed = pa.table({
             "i": pa.array([None if i % 5 == 0 else i * (r + 1) for i in range(23)], pa.int64()),
             "b": pa.array([None if i % 7 == 0 else i % 3 == 0 for i in range(23)], pa.bool_()),
@@ -129,20 +129,27 @@ PRIMITIVES = textwrap.dedent(
             "t": pa.array([i * 10**9 for i in range(23)], pa.timestamp("ns", "UTC")),
             "u": pa.array([i % 256 for i in range(23)], pa.uint8()),
         }).replace_schema_metadata({"kind": "fixed"})
-        for table, offsets in (
-            (fixed, [0, 9 + r, 23]),
-            (fixed.slice(3, 13), [0, 13, 13] if r == 0 else [0, 0, 13]),  # offset, empty parts
-            (fixed.slice(0, 0), [0, 0, 0]),
-            (pa.concat_tables([fixed.slice(0, 5), fixed.slice(5)]), [0, 11, 23]),  # chunked
-            (sample(r, 9), [0, 4, 9]),  # strings: the IPC streams
+        for table, ids in (
+            (fixed, [(i * 7 + r) % 3 % 2 for i in range(23)]),
+            (fixed.slice(3, 13), [r] * 13),  # an offset; everything stays: empty parts
+            (fixed.slice(0, 0), []),
+            (pa.concat_tables([fixed.slice(0, 5), fixed.slice(5)]), [i % 2 for i in range(23)]),  # chunked
+            (sample(r, 9), [i % 2 for i in range(9)]),  # strings: the IPC streams
         ):
-            offsets = np.array(offsets, dtype=np.int64)
-            want = Communicator.alltoallv_grouped(comm, table, offsets)
-            got = comm.alltoallv_grouped(table, offsets)
+            ids = np.array(ids, dtype=np.int32)
+            counts = np.bincount(ids, minlength=n)
+            want = Communicator.alltoallv_by_part(comm, table, ids, counts)
+            got = comm.alltoallv_by_part(table, ids, counts)
             assert got.schema.equals(table.schema, check_metadata=True), got.schema
             assert got.equals(want), (got, want)
             if "s" not in table.column_names:
                 assert all(c.num_chunks == 1 for c in got.columns), got
+        for bad in (np.array([0, 1], np.int64), np.array([22, 1], np.int64)):  # wrong counts
+            try:
+                comm.alltoallv_by_part(fixed, np.zeros(23, np.int32), bad)
+                raise AssertionError("wrong counts accepted")
+            except ValueError:
+                pass
         # bcast from each root
         for root in range(n):
             t = comm.bcast(sample(root, 7) if r == root else None, root=root)
@@ -218,7 +225,7 @@ def test_communicator_primitives_across_two_ranks(tmp_path: Path) -> None:
     assert "rank 0: ok" in res.stdout and "rank 1: ok" in res.stdout, res.stdout + res.stderr
 
 
-GROUPED_EXCHANGE = textwrap.dedent(
+SHUFFLE_BY_PART = textwrap.dedent(
     """
     import sys, traceback
     import numpy as np
@@ -226,7 +233,7 @@ GROUPED_EXCHANGE = textwrap.dedent(
     from mpi4py import MPI
     from opgraph.runtime.communicator import Communicator
     from opgraph.runtime.mpi_comm import MPICommunicator
-    from opgraph.runtime.partition import hash_partition_grouped
+    from opgraph.runtime.partition import hash_part_ids
 
     try:
         comm = MPICommunicator(MPI.COMM_WORLD)
@@ -235,9 +242,9 @@ GROUPED_EXCHANGE = textwrap.dedent(
         for rows in (0, 1, 7, 1000, 100_003):
             k = rng.integers(0, 50, rows)
             t = pa.table({"k": pa.array(k, mask=(k % 7 == 0)), "b": pa.array(k % 3 == 0), "x": rng.random(rows)})
-            grouped, offsets = hash_partition_grouped(t, ["k"], n)
-            want = Communicator.alltoallv_grouped(comm, grouped, offsets)  # the IPC streams
-            got = comm.alltoallv_grouped(grouped, offsets)
+            ids, counts = hash_part_ids(t, ["k"], n)
+            want = Communicator.alltoallv_by_part(comm, t, ids, counts)  # the IPC streams
+            got = comm.alltoallv_by_part(t, ids, counts)
             assert got.equals(want), (rows, r)
             assert all(c.num_chunks == 1 for c in got.columns), got
         print(f"rank {r}: ok", flush=True)
@@ -249,11 +256,11 @@ GROUPED_EXCHANGE = textwrap.dedent(
 )
 
 
-def test_grouped_exchange_on_three_ranks(tmp_path: Path) -> None:
+def test_shuffle_by_part_on_three_ranks(tmp_path: Path) -> None:
     """The shuffle's raw-column exchange with uneven parts (hash-partitioned, nulls, bools,
     empty tables) over 3 ranks equals the IPC-stream exchange."""
-    script = tmp_path / "grouped.py"
-    script.write_text(GROUPED_EXCHANGE)
+    script = tmp_path / "shuffle.py"
+    script.write_text(SHUFFLE_BY_PART)
     res = mpiexec_script(script, ranks=3)
     assert res.returncode == 0, res.stdout + res.stderr
     assert all(f"rank {r}: ok" in res.stdout for r in range(3)), res.stdout + res.stderr

@@ -474,6 +474,66 @@ inline void positions_from_part_ids_any(void* d, int64_t n, uint32_t nparts, int
     positions_from_part_ids<int64_t>(static_cast<int64_t*>(d), n, nparts, counts, offsets);
 }
 
+// The shuffle's move without a part-order copy, in two steps shared by every column.
+// 1. part_destinations: row i's slot dest[i] = the next free slot of part ids[i], parts
+//    starting at starts[p] (any layout: e.g. the own rows inside the receive buffer, the
+//    others in a send buffer after it); each part keeps the input row order. Returns 0, or
+//    -1 at a part id outside [0, nparts) or a part with more rows than rows[p].
+// 2. scatter_split: row i of a fixed-width column to slot dest[i] of `low` when it is
+//    below `split`, else to slot dest[i] - split of `high` (selected without a branch: the
+//    parts of consecutive rows are random).
+// One cursor per part walked by every column would chain each row to the previous row of
+// its part through memory (measured 3x slower than these two passes for two columns).
+inline int part_destinations(const int32_t* ids, int64_t n, int32_t nparts, const int64_t* starts,
+                             const int64_t* rows, int64_t* dest) {
+  std::vector<int64_t> cur(starts, starts + nparts), end(static_cast<size_t>(nparts));
+  for (int32_t p = 0; p < nparts; ++p) end[p] = starts[p] + rows[p];
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t p = static_cast<uint32_t>(ids[i]);
+    if (p >= static_cast<uint32_t>(nparts) || cur[p] == end[p]) return -1;
+    dest[i] = cur[p]++;
+  }
+  return 0;
+}
+
+template <int W>
+int scatter_split_w(const uint8_t* src, int64_t n, const int64_t* dest, int64_t split, int64_t limit,
+                    uint8_t* low, uint8_t* high) {
+  // slot d >= split lands at high + (d - split) * W. The base is picked with a mask: a
+  // ternary compiled to a branch here, mispredicted on every other row (2.2x slower)
+  const uintptr_t high_base = reinterpret_cast<uintptr_t>(high) - static_cast<uintptr_t>(split * W);
+  const uintptr_t low_base = reinterpret_cast<uintptr_t>(low);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t d = dest[i];
+    if (static_cast<uint64_t>(d) >= static_cast<uint64_t>(limit)) return -1;
+    const uintptr_t is_low = -static_cast<uintptr_t>(d < split);
+    uint8_t* const base = reinterpret_cast<uint8_t*>(high_base ^ ((high_base ^ low_base) & is_low));
+    std::memcpy(base + d * W, src + i * W, W);
+  }
+  return 0;
+}
+
+// Returns 0, or -1 at a slot outside [0, limit) (the rows before it were moved).
+inline int scatter_split(int64_t width, const uint8_t* src, int64_t n, const int64_t* dest, int64_t split,
+                         int64_t limit, uint8_t* low, uint8_t* high) {
+  switch (width) {
+    case 1: return scatter_split_w<1>(src, n, dest, split, limit, low, high);
+    case 2: return scatter_split_w<2>(src, n, dest, split, limit, low, high);
+    case 4: return scatter_split_w<4>(src, n, dest, split, limit, low, high);
+    case 8: return scatter_split_w<8>(src, n, dest, split, limit, low, high);
+    case 16: return scatter_split_w<16>(src, n, dest, split, limit, low, high);
+    case 32: return scatter_split_w<32>(src, n, dest, split, limit, low, high);
+    default: break;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t d = dest[i];
+    if (static_cast<uint64_t>(d) >= static_cast<uint64_t>(limit)) return -1;
+    uint8_t* const at = d < split ? low + d * width : high + (d - split) * width;
+    std::memcpy(at, src + i * width, static_cast<size_t>(width));
+  }
+  return 0;
+}
+
 // ---- non-template entry points for Cython (index_bytes: 4 -> int32, 8 -> int64) ----
 inline int partition_positions_any(const int32_t* pids, int64_t n, int32_t nparts, int64_t* offsets,
                                    void* dest, int index_bytes) {

@@ -16,6 +16,7 @@ moves a column's buffers into that order (one sequential read of the source).
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memset
+from libcpp.vector cimport vector
 
 import numpy as np
 import pyarrow as pa
@@ -57,6 +58,10 @@ cdef extern from "hash_kernels.hpp" namespace "opgraph::hashk" nogil:
                                 int64_t* offsets, void* dest, int index_bytes)
     void hash_positions_inplace_any(void* buf, int64_t n, uint32_t nparts, int64_t* offsets,
                                     int index_bytes)
+    int part_destinations(const int32_t* ids, int64_t n, int32_t nparts, const int64_t* starts,
+                          const int64_t* rows, int64_t* dest)
+    int scatter_split(int64_t width, const uint8_t* src, int64_t n, const int64_t* dest, int64_t split,
+                      int64_t limit, uint8_t* low, uint8_t* high)
     int hash_part_ids_fixed_any(int kind, const uint8_t* values, int64_t offset, int64_t n,
                                 const uint8_t* validity, uint32_t nparts, void* d, int index_bytes,
                                 int64_t* counts)
@@ -638,3 +643,87 @@ def scatter_column(column, dest):
                 scatter_var_data_any(ob, src, src2, off, n, dchunk, ib, out_offs_c, outp2)
         pos += n
     return pa.Array.from_buffers(t, N, [validity, offsets, data], null_count=null_count)
+
+
+def hash_part_ids(data, keys, nparts):
+    """(part id of every row as numpy int32, rows per part as int64[nparts]): the same ids
+    as ``partition_ids(hash_columns(data, keys), nparts)``, for a shuffle that moves rows by
+    part id (``scatter_to_parts``) instead of through a part-order copy."""
+    cdef int32_t np_ = _check_nparts(nparts)
+    cols = _key_columns(data, keys)
+    n = len(cols[0])
+    if len(cols) != 1 or not _fixed_kind(cols[0].type):
+        ids = partition_ids(hash_columns(data, keys), np_)
+        return ids, np.bincount(ids, minlength=np_).astype(np.int64)
+    ids = np.empty(n, dtype=np.int32)
+    counts = np.zeros(np_, dtype=np.int64)
+    cdef int64_t[::1] cv = counts
+    cdef int32_t[::1] iv = ids
+    cdef int kind = _fixed_kind(cols[0].type)
+    cdef int64_t pos = 0
+    cdef int64_t m
+    cdef int64_t off
+    cdef const uint8_t* values
+    cdef const uint8_t* validity
+    col = cols[0]
+    for ch in (col.chunks if isinstance(col, pa.ChunkedArray) else (col,)):
+        m = len(ch)
+        if m == 0:
+            continue
+        off = ch.offset
+        bufs = ch.buffers()  # alive while the raw pointers are used
+        validity = _buf_ptr(bufs[0], (off + m + 7) // 8, "validity") if ch.null_count > 0 else NULL
+        values = _buf_ptr(bufs[1], (off + m) * _KIND_WIDTH[kind], "values")
+        with nogil:
+            hash_part_ids_fixed_any(kind, values, off, m, validity, <uint32_t>np_, <void*>&iv[pos], 4, &cv[0])
+        pos += m
+    return ids, counts
+
+
+def part_slots(ids, starts, rows):
+    """Every row's slot (numpy int64): the next free slot of its part ``ids[i]``, part p's
+    slots starting at ``starts[p]`` (each part keeps the input row order). Raises
+    ValueError at a part id outside the parts or a part with more rows than ``rows[p]``."""
+    cdef const int32_t[::1] iv = np.ascontiguousarray(ids, dtype=np.int32)
+    st = np.ascontiguousarray(starts, dtype=np.int64)
+    rw = np.ascontiguousarray(rows, dtype=np.int64)
+    if st.shape != rw.shape or st.ndim != 1 or st.shape[0] == 0 or st.shape[0] > MAX_PARTS:
+        raise ValueError("part_slots: one start and one row count per part")
+    cdef int64_t n = iv.shape[0]
+    dest = np.empty(n, dtype=np.int64)
+    if n == 0:
+        return dest
+    cdef const int64_t[::1] sv = st
+    cdef const int64_t[::1] rv = rw
+    cdef int64_t[::1] dv = dest
+    cdef int32_t nparts = <int32_t>st.shape[0]
+    cdef int rc
+    with nogil:
+        rc = part_destinations(&iv[0], n, nparts, &sv[0], &rv[0], &dv[0])
+    if rc != 0:
+        raise ValueError("part_slots: a part id lies outside the parts or a part has too many rows")
+    return dest
+
+
+def scatter_to_slots(src, int64_t width, slots, low, high):
+    """Row i of ``src`` (uint8, rows of ``width`` bytes) to slot ``slots[i]`` (from
+    ``part_slots``) of ``low`` (writable uint8) when below len(low)/width, else to slot
+    ``slots[i] - len(low)/width`` of ``high``. Raises ValueError at a slot in neither."""
+    cdef const uint8_t[::1] sv = src
+    cdef const int64_t[::1] dv = slots
+    cdef uint8_t[::1] lv = low
+    cdef uint8_t[::1] hv = high
+    cdef int64_t n = dv.shape[0]
+    if width <= 0 or sv.shape[0] != n * width:
+        raise ValueError(f"scatter_to_slots: {sv.shape[0]} bytes for {n} rows of {width}")
+    cdef int64_t split = lv.shape[0] // width
+    cdef int64_t limit = split + hv.shape[0] // width
+    if n == 0:
+        return
+    cdef uint8_t* lp = &lv[0] if lv.shape[0] else NULL
+    cdef uint8_t* hp = &hv[0] if hv.shape[0] else NULL
+    cdef int rc
+    with nogil:
+        rc = scatter_split(width, &sv[0], n, &dv[0], split, limit, lp, hp)
+    if rc != 0:
+        raise ValueError("scatter_to_slots: a slot lies outside both buffers")
