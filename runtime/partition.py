@@ -125,7 +125,7 @@ def range_part_ids(table: pa.Table, by: list[str], ascending: list[bool], splitt
     from opgraph.runtime.kernels import ranging as _ranging
 
     ids = _ranging.part_ids([table.column(b) for b in by], [not a for a in ascending], [splitters.column(b) for b in by])
-    return ids, np.bincount(ids, minlength=splitters.num_rows + 1).astype(np.int64)
+    return ids, _hashing.part_counts(ids, splitters.num_rows + 1)
 
 
 def split_grouped(grouped: pa.Table, offsets: np.ndarray) -> list[pa.Table]:

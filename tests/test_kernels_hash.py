@@ -636,6 +636,10 @@ def test_part_slots_and_scatter_to_slots_move_rows_by_part(ids, width, data):
     their order within each part; bad ids, overfull parts and stray slots raise."""
     ids = np.array(ids, dtype=np.int32)
     counts = np.bincount(ids, minlength=4)
+    assert H.part_counts(ids, 4).tolist() == counts.tolist()
+    if len(ids) and ids.max() > 0:
+        with pytest.raises(ValueError, match="outside"):
+            H.part_counts(ids, int(ids.max()))  # the largest id is one too many
     low_rows = int(counts[1]) + data.draw(st.integers(0, 3))  # room to spare is fine
     starts = np.array([low_rows, 0, low_rows + counts[0], low_rows + counts[0] + counts[2]])
     slots = H.part_slots(ids, starts, counts)

@@ -474,6 +474,32 @@ inline void positions_from_part_ids_any(void* d, int64_t n, uint32_t nparts, int
     positions_from_part_ids<int64_t>(static_cast<int64_t*>(d), n, nparts, counts, offsets);
 }
 
+// Rows per part id (counts[nparts], zeroed here); 0, or -1 at an id outside [0, nparts).
+// Four interleaved count arrays: consecutive rows of one part do not wait on each other's
+// increment (np.bincount took 21 ms for 5M int32 ids, converting them to intp first).
+inline int count_part_ids(const int32_t* ids, int64_t n, int32_t nparts, int64_t* counts) {
+  std::vector<int64_t> c(static_cast<size_t>(nparts) * 4, 0);
+  int64_t i = 0;
+  uint32_t bad = 0;
+  const uint32_t np = static_cast<uint32_t>(nparts);
+  for (; i + 4 <= n; i += 4) {
+    const uint32_t a = ids[i], b = ids[i + 1], d = ids[i + 2], e = ids[i + 3];
+    bad |= (a >= np) | (b >= np) | (d >= np) | (e >= np);
+    if (bad) return -1;
+    ++c[a];
+    ++c[np + b];
+    ++c[2 * np + d];
+    ++c[3 * np + e];
+  }
+  for (; i < n; ++i) {
+    const uint32_t a = ids[i];
+    if (a >= np) return -1;
+    ++c[a];
+  }
+  for (uint32_t p = 0; p < np; ++p) counts[p] = c[p] + c[np + p] + c[2 * np + p] + c[3 * np + p];
+  return 0;
+}
+
 // The shuffle's move without a part-order copy, in two steps shared by every column.
 // 1. part_destinations: row i's slot dest[i] = the next free slot of part ids[i], parts
 //    starting at starts[p] (any layout: e.g. the own rows inside the receive buffer, the

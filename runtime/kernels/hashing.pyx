@@ -58,6 +58,7 @@ cdef extern from "hash_kernels.hpp" namespace "opgraph::hashk" nogil:
                                 int64_t* offsets, void* dest, int index_bytes)
     void hash_positions_inplace_any(void* buf, int64_t n, uint32_t nparts, int64_t* offsets,
                                     int index_bytes)
+    int count_part_ids(const int32_t* ids, int64_t n, int32_t nparts, int64_t* counts)
     int part_destinations(const int32_t* ids, int64_t n, int32_t nparts, const int64_t* starts,
                           const int64_t* rows, int64_t* dest)
     int scatter_split(int64_t width, const uint8_t* src, int64_t n, const int64_t* dest, int64_t split,
@@ -654,7 +655,7 @@ def hash_part_ids(data, keys, nparts):
     n = len(cols[0])
     if len(cols) != 1 or not _fixed_kind(cols[0].type):
         ids = partition_ids(hash_columns(data, keys), np_)
-        return ids, np.bincount(ids, minlength=np_).astype(np.int64)
+        return ids, part_counts(ids, np_)
     ids = np.empty(n, dtype=np.int32)
     counts = np.zeros(np_, dtype=np.int64)
     cdef int64_t[::1] cv = counts
@@ -678,6 +679,23 @@ def hash_part_ids(data, keys, nparts):
             hash_part_ids_fixed_any(kind, values, off, m, validity, <uint32_t>np_, <void*>&iv[pos], 4, &cv[0])
         pos += m
     return ids, counts
+
+
+def part_counts(ids, nparts):
+    """Rows per part (numpy int64[nparts]) of int32 part ids; ValueError at an id outside
+    [0, nparts)."""
+    cdef int32_t np_ = _check_nparts(nparts)
+    cdef const int32_t[::1] iv = np.ascontiguousarray(ids, dtype=np.int32)
+    counts = np.zeros(np_, dtype=np.int64)
+    cdef int64_t[::1] cv = counts
+    cdef int64_t n = iv.shape[0]
+    cdef int rc = 0
+    if n:
+        with nogil:
+            rc = count_part_ids(&iv[0], n, np_, &cv[0])
+    if rc != 0:
+        raise ValueError(f"part_counts: a part id lies outside [0, {np_})")
+    return counts
 
 
 def part_slots(ids, starts, rows):
