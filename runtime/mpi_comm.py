@@ -8,6 +8,10 @@ copy). Sizes travel first (``Alltoall``/``Allgather``/``Gather``/``Bcast`` of in
 every receive buffer is allocated exactly. Nothing is pickled: small numeric arrays go through
 ``Allreduce`` on their own buffers.
 
+The shuffle (``alltoallv_by_part``) moves fixed-width and boolean columns without IPC: each
+column's rows are scattered by part id into send buffers (the own rows straight into the
+receive buffer) and sent as raw values with ``Isend``/``Irecv``.
+
 A rank's own part never goes through MPI: ``alltoallv``/``gather``/``allgather`` hand it back
 by reference, as the local communicator does.
 
@@ -93,7 +97,7 @@ def _displacements(sizes: np.ndarray) -> np.ndarray:
 
 
 def _raw_width(t: pa.DataType) -> int:
-    """Bytes per value of a type ``alltoallv_grouped`` moves as raw values; -1: boolean
+    """Bytes per value of a type ``alltoallv_by_part`` moves as raw values; -1: boolean
     (bits); 0: not one of those (variable width, nested, dictionary, extension, null)."""
     if pa.types.is_boolean(t):
         return -1
@@ -211,7 +215,7 @@ class MPICommunicator(Communicator):
         nested, dictionary) goes through ``alltoallv``'s IPC streams."""
         widths = [_raw_width(f.type) for f in table.schema]
         n = self._size
-        if n == 1 or not all(widths):
+        if n == 1 or not widths or not all(widths):  # (no columns: rows only IPC carries)
             return super().alltoallv_by_part(table, part_ids, counts)
         counts = check_part_counts(table, part_ids, counts, n)
         part_ids = np.ascontiguousarray(part_ids, dtype=np.int32)

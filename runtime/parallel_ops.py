@@ -13,7 +13,7 @@ Algorithms:
 filter/project/map  local, no communication (partitioning kept unless a key changes)
 join                shuffle-hash join: both sides hash-partitioned by their keys (cast to
                     the pair's common type first, so int32 and int64 keys meet) with the
-                    C++ kernel ``runtime/partition.hash_partition`` + ``alltoallv``; a side
+                    C++ kernel ``partition.hash_part_ids`` + ``alltoallv_by_part``; a side
                     already partitioned that way is not moved. Broadcast join (``allgather``
                     of the right side) when asked for and the kind allows (inner/left), or
                     when the right side is already replicated.
@@ -29,10 +29,10 @@ distinct, set ops   local distinct (pre-combine), shuffle by the row (or ``subse
                     distinct / membership; receivers concatenate senders in rank order, so
                     "first occurrence" is global.
 sort                sample sort: a random sample of the keys allgathered, n-1 splitters,
-                    each rank splits its rows by key range with the C++ range-partition
-                    kernel (``partition.range_partition``; equal keys go to one rank, rows
-                    keep their order per sender, which keeps the sort stable),
-                    ``alltoallv``, local stable sort of the received rows. Key types the
+                    each rank gives its rows their part by key range with the C++
+                    range-partition kernel (``partition.range_part_ids``; equal keys go to
+                    one rank, rows keep their order per sender, which keeps the sort
+                    stable), ``alltoallv_by_part``, local stable sort of the received rows. Key types the
                     kernel lacks: local sort first, regular samples, cut of the sorted
                     rows at the splitters. Result ordered across ranks 0..n-1.
 head                counts allgathered; each rank keeps the prefix of its rows that falls in
@@ -65,10 +65,9 @@ from opgraph.runtime.communicator import Communicator
 from opgraph.runtime.partition import (
     hash_part_ids,
     range_part_ids,
-    range_partition_grouped,
     range_partition_supported,
-    split_grouped,
 )
+from opgraph.runtime.partition import range_partition as _range_split
 
 __all__ = [
     "ANY",
@@ -583,10 +582,10 @@ RADIX_SAMPLES_PER_RANK = 8192
 def _range_partition_radix(comm: Communicator, table: pa.Table, by: list[str], ascending: list[bool]) -> pa.Table:
     """Sample-sort exchange for keys the range kernel handles (numeric, bool, temporal,
     string/binary) without a local sort first: a seeded random sample of every rank's keys
-    is allgathered and sorted, n-1 splitters picked, and the fused C++ kernel
-    ``partition.range_partition`` gives every row its part by binary search among the
-    splitters (lexicographic, nulls last; equal keys go to one rank) and scatters the
-    columns into part order (``split_by_splitters``)."""
+    is allgathered and sorted, n-1 splitters picked, and the C++ kernel
+    (``partition.range_part_ids``) gives every row its part by binary search among the
+    splitters (lexicographic, nulls last; equal keys go to one rank); the rows then move
+    by part id (``Communicator.alltoallv_by_part``)."""
     n, rows = comm.size, table.num_rows
     s = min(rows, RADIX_SAMPLES_PER_RANK)
     rng = np.random.default_rng(0x5EED + comm.rank)
@@ -616,7 +615,7 @@ def split_by_splitters(table: pa.Table, by: Sequence[str], ascending: Sequence[b
     by = list(by)
     if not range_partition_supported([table.schema.field(b).type for b in by]):
         raise TypeError(f"split_by_splitters: unsupported key types {[str(table.schema.field(b).type) for b in by]}")
-    return split_grouped(*range_partition_grouped(table, by, list(ascending), splitters.select(by)))
+    return _range_split(table, by, list(ascending), splitters.select(by))
 
 
 def range_partition(comm: Communicator, table: pa.Table, by: Sequence[str], ascending: Sequence[bool]) -> tuple[pa.Table, bool]:

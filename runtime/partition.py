@@ -95,22 +95,15 @@ def hash_partition(table: pa.Table, keys: list[str], nparts: int) -> list[pa.Tab
     Every row lands in exactly one part; all rows with equal keys (nulls included: null
     keys hash to one fixed value) land in the same part, on every process and machine.
     Within a part rows keep their input order. Parts share one gathered copy of the data
-    (zero-copy slices) and keep the input schema; one part is ``table`` itself.
+    (zero-copy slices) and keep the input schema.
     """
-    grouped, offsets = hash_partition_grouped(table, keys, nparts)
-    return [table] if nparts == 1 else split_grouped(grouped, offsets)
-
-
-def hash_partition_grouped(table: pa.Table, keys: list[str], nparts: int) -> tuple[pa.Table, np.ndarray]:
-    """``hash_partition``'s parts as one table in part order and the parts' row offsets
-    (``nparts + 1``): what ``Communicator.alltoallv_grouped`` sends."""
     keys = _check_args(table, keys, nparts)
     if nparts == 1:
-        return table, np.array([0, table.num_rows], dtype=np.int64)
+        return [table]
     idx_dtype = np.int32 if table.num_rows <= _INT32_MAX else np.int64
     # hash -> part id -> destination, fused and in place (one pooled buffer)
     dest, offsets = _hashing.hash_positions(table, keys, nparts, idx_dtype)
-    return scatter_grouped(table, dest), offsets
+    return scatter_parts(table, dest, offsets)
 
 
 def hash_part_ids(table: pa.Table, keys: list[str], nparts: int) -> tuple[np.ndarray, np.ndarray]:
@@ -163,15 +156,8 @@ def range_partition(table: pa.Table, by: list[str], ascending: list[bool], split
     after numbers; equal keys share a part), rows after the last splitter to the last part.
     ``splitters`` (columns ``by``, the types of ``table``'s) must be sorted in that order.
     Part ids and positions: the C++ kernel ``kernels/ranging`` (range_kernels.hpp); the
-    move: the hash shuffle's scatter kernels (``scatter_grouped``). Within a part rows keep
+    move: the hash shuffle's scatter kernels (``scatter_parts``). Within a part rows keep
     their input order. Key types: ``range_partition_supported``; others raise TypeError."""
-    return split_grouped(*range_partition_grouped(table, by, ascending, splitters))
-
-
-def range_partition_grouped(
-    table: pa.Table, by: list[str], ascending: list[bool], splitters: pa.Table
-) -> tuple[pa.Table, np.ndarray]:
-    """``range_partition``'s parts as one table in part order and their row offsets."""
     from opgraph.runtime.kernels import ranging as _ranging
 
     dest, offsets = _ranging.range_positions(
@@ -180,7 +166,7 @@ def range_partition_grouped(
         [splitters.column(b) for b in by],
         np.int32 if table.num_rows <= _INT32_MAX else np.int64,
     )
-    return scatter_grouped(table, dest), offsets
+    return scatter_parts(table, dest, offsets)
 
 
 def range_partition_supported(types: list[pa.DataType]) -> bool:
