@@ -399,17 +399,10 @@ cdef int _fixed_kind(object t):
     return kind if kind else _temporal_kind(t)
 
 
-cdef object _fixed_key_positions(object col, int64_t n, int32_t nparts, object idt):
-    """hash_positions for one fixed-width key column: part ids and counts in one pass per
-    chunk (hash_part_ids_fixed), then destinations in place; the same result as the
-    general path (test_hash_positions_fixed_key_fast_path)."""
-    buf = pa.allocate_buffer(max(n, 1) * idt.itemsize)
-    offsets = np.zeros(nparts + 1, dtype=np.int64)
-    counts = np.zeros(nparts, dtype=np.int64)
-    cdef int64_t[::1] cv = counts
-    cdef int64_t[::1] ofv = offsets
-    cdef uint8_t* d = _mut_ptr(buf)
-    cdef int ib = idt.itemsize
+cdef _fixed_key_part_ids(object col, int32_t nparts, uint8_t* d, int ib, int64_t* counts):
+    """Part id of every row of one fixed-width key column into d (ib bytes each: int32 or
+    int64) and rows per part added to counts: hash, part id and count in one pass per
+    chunk (hash_part_ids_fixed), without the rows' 64-bit hashes in memory."""
     cdef int kind = _fixed_kind(col.type)
     cdef int64_t pos = 0
     cdef int64_t m
@@ -425,8 +418,22 @@ cdef object _fixed_key_positions(object col, int64_t n, int32_t nparts, object i
         validity = _buf_ptr(bufs[0], (off + m + 7) // 8, "validity") if ch.null_count > 0 else NULL
         values = _buf_ptr(bufs[1], (off + m) * _KIND_WIDTH[kind], "values")
         with nogil:
-            hash_part_ids_fixed_any(kind, values, off, m, validity, <uint32_t>nparts, <void*>(d + pos * ib), ib, &cv[0])
+            hash_part_ids_fixed_any(kind, values, off, m, validity, <uint32_t>nparts, <void*>(d + pos * ib), ib, counts)
         pos += m
+
+
+cdef object _fixed_key_positions(object col, int64_t n, int32_t nparts, object idt):
+    """hash_positions for one fixed-width key column: part ids and counts
+    (``_fixed_key_part_ids``), then destinations in place; the same result as the general
+    path (test_hash_positions_fixed_key_fast_path)."""
+    buf = pa.allocate_buffer(max(n, 1) * idt.itemsize)
+    offsets = np.zeros(nparts + 1, dtype=np.int64)
+    counts = np.zeros(nparts, dtype=np.int64)
+    cdef int64_t[::1] cv = counts
+    cdef int64_t[::1] ofv = offsets
+    cdef uint8_t* d = _mut_ptr(buf)
+    cdef int ib = idt.itemsize
+    _fixed_key_part_ids(col, nparts, d, ib, &cv[0])
     if n:
         with nogil:
             positions_from_part_ids_any(<void*>d, n, <uint32_t>nparts, &cv[0], &ofv[0], ib)
@@ -649,36 +656,19 @@ def scatter_column(column, dest):
 def hash_part_ids(data, keys, nparts):
     """(part id of every row as numpy int32, rows per part as int64[nparts]): the same ids
     as ``partition_ids(hash_columns(data, keys), nparts)``, for a shuffle that moves rows by
-    part id (``scatter_to_parts``) instead of through a part-order copy."""
+    part id (``part_slots``, ``scatter_to_slots``) instead of through a part-order copy."""
     cdef int32_t np_ = _check_nparts(nparts)
     cols = _key_columns(data, keys)
     n = len(cols[0])
     if len(cols) != 1 or not _fixed_kind(cols[0].type):
         ids = partition_ids(hash_columns(data, keys), np_)
         return ids, part_counts(ids, np_)
-    ids = np.empty(n, dtype=np.int32)
+    ids = np.empty(max(n, 1), dtype=np.int32)
     counts = np.zeros(np_, dtype=np.int64)
     cdef int64_t[::1] cv = counts
     cdef int32_t[::1] iv = ids
-    cdef int kind = _fixed_kind(cols[0].type)
-    cdef int64_t pos = 0
-    cdef int64_t m
-    cdef int64_t off
-    cdef const uint8_t* values
-    cdef const uint8_t* validity
-    col = cols[0]
-    for ch in (col.chunks if isinstance(col, pa.ChunkedArray) else (col,)):
-        m = len(ch)
-        if m == 0:
-            continue
-        off = ch.offset
-        bufs = ch.buffers()  # alive while the raw pointers are used
-        validity = _buf_ptr(bufs[0], (off + m + 7) // 8, "validity") if ch.null_count > 0 else NULL
-        values = _buf_ptr(bufs[1], (off + m) * _KIND_WIDTH[kind], "values")
-        with nogil:
-            hash_part_ids_fixed_any(kind, values, off, m, validity, <uint32_t>np_, <void*>&iv[pos], 4, &cv[0])
-        pos += m
-    return ids, counts
+    _fixed_key_part_ids(cols[0], np_, <uint8_t*>&iv[0], 4, &cv[0])
+    return ids[:n], counts
 
 
 def part_counts(ids, nparts):
