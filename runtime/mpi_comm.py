@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pyarrow as pa
 from mpi4py import MPI
+
 from opgraph.runtime.communicator import REDUCE_OPS, Communicator, check_part_counts
 from opgraph.runtime.kernels.hashing import part_slots, scatter_to_slots
 

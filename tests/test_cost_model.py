@@ -162,13 +162,20 @@ def test_calibrated_thread_speedup_scales_a_ranks_rate():
     assert float(m.thread_speedup("sort", 1.0)) == pytest.approx(1.0)
     assert float(m.thread_speedup("sort", 4.0)) == pytest.approx(2.5)
     assert plain.thread_speedup("sort", 4.0) == 1.0  # uncalibrated: one core per rank
-    # one rank owns the node's cores; ranks = cores leave one thread each
+    # one rank owns the node's cores; ranks = cores leave one thread each and share the
+    # node's all-core speed-up: the same throughput, split
     one_rank = float(m.compute("sort", rows, 0.0, 1.0))
     full = float(m.compute("sort", rows, 0.0, float(cores)))
-    expected_threads = float(m.thread_speedup("sort", float(cores)))
+    node_speedup = float(m.thread_speedup("sort", float(cores)))
     logf = np.log2(rows) / np.log2(1e7)
-    assert one_rank == pytest.approx(rows / (1e7 * expected_threads) * logf, rel=1e-6)
-    assert full - float(m.sync(float(cores))) == pytest.approx(rows / cores / 1e7 * np.log2(rows / cores) / np.log2(1e7), rel=1e-6)
+    assert one_rank == pytest.approx(rows / (1e7 * node_speedup) * logf, rel=1e-6)
+    per_rank = rows / cores / (1e7 * node_speedup / cores)
+    assert full - float(m.sync(float(cores))) == pytest.approx(per_rank * np.log2(rows / cores) / np.log2(1e7), rel=1e-6)
+    assert float(m.rank_speedup("sort", float(cores), 1.0)) == pytest.approx(node_speedup / cores)
+    assert plain.rank_speedup("sort", float(cores), 1.0) == 1.0  # uncalibrated: linear in the ranks
+    # a second node adds its own cores
+    two_nodes = float(m.compute("sort", rows, 0.0, 2.0 * cores))
+    assert two_nodes < full
 
 
 def test_model_without_machine_ops_uses_laptop():
