@@ -12,6 +12,11 @@ reads, so every process on every machine computes the same values.
 sort that returns the row order grouped by partition plus the part boundaries;
 ``partition_positions`` returns each row's destination instead, and ``scatter_column``
 moves a column's buffers into that order (one sequential read of the source).
+
+The MPI shuffle moves rows by part id instead (no part-order copy): ``hash_part_ids`` gives
+each row's part and the rows per part (``part_counts`` counts given ids), ``part_slots``
+each row's slot in per-destination buffers, and ``scatter_to_slots`` moves a fixed-width
+column there.
 """
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
