@@ -56,7 +56,7 @@ from xdsl.irdl import (
 from xdsl.traits import MemoryReadEffect, MemoryWriteEffect, Pure, RecursiveMemoryEffect
 from xdsl.utils.exceptions import VerifyException
 
-from opgraph.dialects.construct import init_op, use_fixed_accessors
+from opgraph.ir_construct import init_op, use_fixed_accessors
 from opgraph.dialects.diagnostics import fail, where  # noqa: F401  (where: re-exported)
 from opgraph.dialects.upstream.vector_yield import YieldOp
 from opgraph.dialects.walk import only_block, walk_block
@@ -608,7 +608,7 @@ def _init(
     variadic groups, no properties): builds the same op as IRDL's generic builder, without
     its per-op argument processing (a traced pipeline builds thousands of these; the op is
     verified as usual when the module is)."""
-    init_op(  # = Operation.__init__ (opgraph.dialects.construct), quicker
+    init_op(  # = Operation.__init__ (opgraph.ir_construct), quicker
         op,
         # SSAValue.get(o) is o for values (the usual case, told by the exact class)
         operands=[o if type(o) in _VALUE_CLASSES else SSAValue.get(o) for o in operands],
@@ -1307,7 +1307,7 @@ DataFrame = Dialect(
     [StringType, TableType],
 )
 
-use_fixed_accessors(DataFrame)  # quicker op.input / op.result / op.expr (see construct.py)
+use_fixed_accessors(DataFrame)  # quicker op.input / op.result / op.expr (see opgraph/ir_construct.py)
 
 SOURCE_OPS = (ReadParquetOp, ReadCsvOp, ReadIpcOp, InputOp)
 SINK_OPS = (WriteParquetOp, WriteCsvOp, WriteIpcOp)

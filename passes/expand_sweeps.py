@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from opgraph.dialects import dl as dlops
-from opgraph.dialects.construct import replace_all_uses
+from opgraph.ir_construct import replace_all_uses
 from opgraph.dialects.walk import walk_ops
 from xdsl.context import Context
 from xdsl.dialects.builtin import (

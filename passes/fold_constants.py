@@ -41,7 +41,7 @@ from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import PatternRewriter, RewritePattern
 
 from opgraph.dialects import dataframe as df
-from opgraph.dialects.construct import replace_all_uses
+from opgraph.ir_construct import replace_all_uses
 from opgraph.dialects.upstream.vector_yield import YieldOp
 from opgraph.passes._expr_regions import ReusedRewriter, function_blocks, remove_dead_ops
 

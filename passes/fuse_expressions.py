@@ -43,7 +43,7 @@ from xdsl.pattern_rewriter import (
 )
 
 from opgraph.dialects import dataframe as df
-from opgraph.dialects.construct import append_op, replace_all_uses, replace_value_with_new_type
+from opgraph.ir_construct import append_op, replace_all_uses, replace_value_with_new_type
 from opgraph.dialects.upstream.vector_yield import YieldOp
 from opgraph.passes._expr_regions import (
     body,

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from opgraph.dialects.construct import new_op, replace_all_uses
+from opgraph.ir_construct import new_op, replace_all_uses
 from opgraph.dialects.dataframe import string_attr
 from opgraph.dialects.taskgraph import ISLAND_ATTR, is_island
 from opgraph.dialects.upstream.async_dialect import ExecuteOp, YieldOp

@@ -50,7 +50,7 @@ from xdsl.ir import Block, Operation, SSAValue
 from xdsl.passes import ModulePass
 
 from opgraph.dialects import dataframe as df
-from opgraph.dialects.construct import replace_all_uses, replace_value_with_new_type
+from opgraph.ir_construct import replace_all_uses, replace_value_with_new_type
 from opgraph.dialects.upstream.vector_yield import YieldOp
 from opgraph.dialects.walk import walk_ops
 from opgraph.errors import PassError

@@ -1,9 +1,9 @@
-"""opgraph.dialects.construct: the quick builders leave the IR exactly as xDSL's would."""
+"""opgraph.ir_construct: the quick builders leave the IR exactly as xDSL's would."""
 
 from __future__ import annotations
 
 from opgraph.dialects import dataframe as df
-from opgraph.dialects.construct import (
+from opgraph.ir_construct import (
     append_op,
     new_op,
     replace_all_uses,

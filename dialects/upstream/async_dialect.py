@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Self
 
-from opgraph.dialects.construct import init_op
+from opgraph.ir_construct import init_op
 from opgraph.dialects.diagnostics import fail as _fail
 from xdsl.dialects.builtin import DenseArrayBase, IndexType, i32
 from xdsl.ir import (

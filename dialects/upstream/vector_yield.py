@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from opgraph.dialects.construct import init_op
+from opgraph.ir_construct import init_op
 from xdsl.dialects.builtin import AnyAttr
 from xdsl.ir import Dialect, SSAValue
 from xdsl.irdl import IRDLOperation, irdl_op_definition, traits_def, var_operand_def

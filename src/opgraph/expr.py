@@ -29,7 +29,7 @@ from xdsl.dialects.builtin import (
 from xdsl.ir import Attribute, Block, Operation, Region, SSAValue
 
 from opgraph.dialects import dataframe as df
-from opgraph.dialects.construct import append_op, new_op
+from opgraph.ir_construct import append_op, new_op
 from opgraph.dialects.upstream.vector_yield import YieldOp
 from opgraph.tracing import SourceLoc, trace_error, user_location
 

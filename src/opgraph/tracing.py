@@ -18,7 +18,7 @@ from types import CodeType
 from xdsl.dialects.builtin import FileLineColLoc, IntAttr, StringAttr
 from xdsl.ir import Block, Operation
 
-from opgraph.dialects.construct import append_op
+from opgraph.ir_construct import append_op
 from opgraph.errors import TraceError
 
 _OPGRAPH_ROOTS = (

@@ -15,8 +15,8 @@ for their fixed (non-variadic) operands, results and regions; opgraph's df diale
 them (xDSL's own dialects are left as they are: patching them would change a library's
 classes for every user of the process, for ~1% of a compile).
 
-IR infrastructure, not a dialect: it defines no ops or attributes, so there is no IRDL twin
-(``construct.irdl.mlir``), like ``walk.py`` and ``context.py`` beside it.
+IR infrastructure, not a dialect: it defines no ops or attributes (so it lives beside the
+tracer, its main user, not among the dialects and their IRDL twins).
 """
 
 from __future__ import annotations
