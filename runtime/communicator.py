@@ -79,13 +79,13 @@ class Communicator(ABC):
         # imported here: local_ops imports the runtime package, which imports this module
         from opgraph.runtime.kernels import hashing
         from opgraph.runtime.local_ops import concat_tables
-        from opgraph.runtime.partition import scatter_grouped, split_grouped
+        from opgraph.runtime.partition import scatter_parts
 
         counts = check_part_counts(table, part_ids, counts, self.size)
         dest, offsets = hashing.partition_positions(part_ids, self.size, np.int32 if table.num_rows < 2**31 else np.int64)
         if not np.array_equal(np.diff(offsets), counts):
             raise ValueError("alltoallv_by_part: counts do not match the part ids")
-        parts = split_grouped(scatter_grouped(table, dest), offsets)
+        parts = scatter_parts(table, dest, offsets)
         received = concat_tables(self.alltoallv(parts), table.schema)
         return received.replace_schema_metadata(table.schema.metadata)  # not a sender's
 

@@ -121,22 +121,12 @@ def range_part_ids(table: pa.Table, by: list[str], ascending: list[bool], splitt
     return ids, _hashing.part_counts(ids, splitters.num_rows + 1)
 
 
-def split_grouped(grouped: pa.Table, offsets: np.ndarray) -> list[pa.Table]:
-    """The parts ``offsets[p]:offsets[p+1]`` of a table in part order (zero-copy slices)."""
-    return [grouped.slice(int(offsets[p]), int(offsets[p + 1] - offsets[p])) for p in range(len(offsets) - 1)]
-
-
 def scatter_parts(table: pa.Table, dest: np.ndarray, offsets: np.ndarray) -> list[pa.Table]:
-    """``table``'s rows moved to positions ``dest`` (``scatter_grouped``), cut into the
-    parts ``offsets[p]:offsets[p+1]`` (zero-copy slices of one scattered copy)."""
-    return split_grouped(scatter_grouped(table, dest), offsets)
-
-
-def scatter_grouped(table: pa.Table, dest: np.ndarray) -> pa.Table:
     """``table``'s rows moved to positions ``dest`` (a permutation: every row's place in
     part order, from ``partition_positions`` or ``range_partition_positions``) by the C++
-    scatter kernels: one contiguous copy, the input schema kept. Types the scatter kernels
-    do not cover are gathered with one Arrow ``take`` instead."""
+    scatter kernels, cut into the parts ``offsets[p]:offsets[p+1]`` (zero-copy slices of
+    one scattered copy; the input schema kept). Types the scatter kernels do not cover are
+    gathered with one Arrow ``take`` instead."""
     perm = None
     columns = []
     for col in table.columns:
@@ -146,7 +136,11 @@ def scatter_grouped(table: pa.Table, dest: np.ndarray) -> pa.Table:
                 perm = pa.array(_hashing.invert_permutation(dest))
             out = col.take(perm)
         columns.append(out)
-    return pa.Table.from_arrays(columns, schema=table.schema)
+    grouped = pa.Table.from_arrays(columns, schema=table.schema)
+    nparts = len(offsets) - 1
+    return [
+        grouped.slice(int(offsets[p]), int(offsets[p + 1] - offsets[p])) for p in range(nparts)
+    ]
 
 
 def range_partition(table: pa.Table, by: list[str], ascending: list[bool], splitters: pa.Table) -> list[pa.Table]:
