@@ -32,7 +32,7 @@ import pyarrow as pa
 from mpi4py import MPI
 
 from opgraph.runtime.communicator import REDUCE_OPS, Communicator, check_part_counts
-from opgraph.runtime.kernels.hashing import part_slots, scatter_to_slots
+from opgraph.runtime.kernels.hashing import scatter_rows
 
 __all__ = ["MPICommunicator", "buffer_to_table", "serialize_tables", "table_to_buffer"]
 
@@ -205,10 +205,10 @@ class MPICommunicator(Communicator):
         return out
 
     def alltoallv_by_part(self, table: pa.Table, part_ids: np.ndarray, counts: np.ndarray) -> pa.Table:
-        """Fixed-width and boolean columns move as raw values: each column's rows are
-        scattered by part id straight into per-destination send buffers, and this rank's own
-        rows straight into the column's one receive buffer, which the other ranks' rows
-        then reach by Isend/Irecv. No part-order copy, no IPC serialisation, no copy of the
+        """Fixed-width and boolean columns move as raw values: one pass over the rows
+        (``scatter_rows``) moves every column's rows by part id straight into
+        per-destination send buffers, and this rank's own rows straight into the column's
+        one receive buffer, which the other ranks' rows then reach by Isend/Irecv. No part-order copy, no IPC serialisation, no copy of the
         own rows, and one contiguous chunk per column on arrival (the local join and sort
         would otherwise concatenate the received chunks). Validity and boolean bits travel
         as one byte per row, packed again on arrival, because every sender's rows start at
@@ -234,40 +234,47 @@ class MPICommunicator(Communicator):
         send_counts = counts.copy()
         send_counts[me] = 0  # the own rows go straight to the receive buffer
         send_displs = _displacements(send_counts)
-        # every row's slot, once for all columns: the own rows' in the receive buffer
-        # [0, total), the others' in the send buffer that follows it [total, ...)
-        starts = send_displs + total
-        starts[me] = recv_displs[me]
-        slots = part_slots(part_ids, starts, counts)
-
-        def exchange(src: np.ndarray, width: int) -> pa.Buffer:
+        # the wire columns: per column its validity as bytes (when any sender has nulls in
+        # it: every rank sees every sender's flag, so all agree) and its values
+        sources: list[tuple[np.ndarray, int]] = []
+        for c, (arr, width) in enumerate(zip(columns, widths)):
+            if recv_meta[:, 1 + c].any():
+                sources.append((_bits_as_bytes(arr.buffers()[0], arr.offset, len(arr)), 1))
+            if width < 0:  # boolean values: bits, moved as bytes like validity
+                sources.append((_bits_as_bytes(arr.buffers()[1], arr.offset, len(arr), 0), 1))
+            else:
+                sources.append((_raw_values(arr, width), width))
+        received: list[pa.Buffer] = []
+        dests, requests = [], []
+        for _, width in sources:
             buf, view = _alloc(total * width)
             _, send = _alloc(int(send_counts.sum()) * width)
-            scatter_to_slots(src, width, slots, view, send)
+            received.append(buf)
+            parts = [send[int(send_displs[q]) * width : int(send_displs[q] + send_counts[q]) * width] for q in range(n)]
+            parts[me] = view[int(recv_displs[me]) * width : int(recv_displs[me] + counts[me]) * width]
+            dests.append(parts)
+        # every row of every column to its part in one pass; then all messages at once (MPI
+        # keeps the order of messages between two ranks on one tag: column by column)
+        scatter_rows(part_ids, counts, sources, dests)
+        for (_, width), buf in zip(sources, received):
             rows = _row_datatype(width)
-            requests = []
+            view = np.frombuffer(buf, dtype=np.uint8)
             for q in range(n):
                 if q != me and recv_counts[q]:
                     at = int(recv_displs[q]) * width
-                    part = view[at : at + int(recv_counts[q]) * width]
-                    requests.append(self._comm.Irecv([part, rows], source=q, tag=_SHUFFLE_TAG))
+                    requests.append(self._comm.Irecv([view[at : at + int(recv_counts[q]) * width], rows], source=q, tag=_SHUFFLE_TAG))
+        for (_, width), parts in zip(sources, dests):
+            rows = _row_datatype(width)
             for q in range(n):
                 if q != me and send_counts[q]:
-                    at = int(send_displs[q]) * width
-                    part = send[at : at + int(send_counts[q]) * width]
-                    requests.append(self._comm.Isend([part, rows], dest=q, tag=_SHUFFLE_TAG))
-            MPI.Request.Waitall(requests)
-            return buf
+                    requests.append(self._comm.Isend([parts[q], rows], dest=q, tag=_SHUFFLE_TAG))
+        MPI.Request.Waitall(requests)
 
         arrays = []
-        for c, (arr, width, field) in enumerate(zip(columns, widths, table.schema)):
-            validity = None
-            if recv_meta[:, 1 + c].any():  # every rank sees every sender's flag: all agree
-                validity = _pack_bits(exchange(_bits_as_bytes(arr.buffers()[0], arr.offset, len(arr)), 1), total)
-            if width < 0:  # boolean values: bits, moved as bytes like validity
-                values = _pack_bits(exchange(_bits_as_bytes(arr.buffers()[1], arr.offset, len(arr), 0), 1), total)
-            else:
-                values = exchange(_raw_values(arr, width), width)
+        wire = iter(received)
+        for c, (width, field) in enumerate(zip(widths, table.schema)):
+            validity = _pack_bits(next(wire), total) if recv_meta[:, 1 + c].any() else None
+            values = _pack_bits(next(wire), total) if width < 0 else next(wire)
             arrays.append(pa.Array.from_buffers(field.type, total, [validity, values]))
         return pa.Table.from_arrays(arrays, schema=table.schema)
 

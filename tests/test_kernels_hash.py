@@ -629,34 +629,46 @@ def test_hash_part_ids_match_the_general_path(t, values, nparts):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.integers(0, 3), max_size=200), st.sampled_from([1, 2, 3, 4, 8, 16, 32]), st.data())
-def test_part_slots_and_scatter_to_slots_move_rows_by_part(ids, width, data):
-    """The MPI shuffle's move: slots per part from arbitrary part starts (here: part 1 in
-    the low buffer, the others in the high one), then the rows scattered to them keep
-    their order within each part; bad ids, overfull parts and stray slots raise."""
+@given(
+    st.lists(st.integers(0, 3), max_size=200),
+    st.lists(st.sampled_from([1, 2, 3, 4, 8, 16, 32]), min_size=1, max_size=5),
+    st.data(),
+)
+def test_scatter_rows_moves_every_column_by_part(ids, widths, data):
+    """The MPI shuffle's move: every column's rows land in their part's buffer (parts of
+    any layout: here each part of each column in its own buffer, some with room to spare,
+    columns of repeated and odd widths), in input order within each part; bad ids,
+    overfull parts and short buffers raise."""
     ids = np.array(ids, dtype=np.int32)
     counts = np.bincount(ids, minlength=4)
     assert H.part_counts(ids, 4).tolist() == counts.tolist()
     if len(ids) and ids.max() > 0:
         with pytest.raises(ValueError, match="outside"):
             H.part_counts(ids, int(ids.max()))  # the largest id is one too many
-    low_rows = int(counts[1]) + data.draw(st.integers(0, 3))  # room to spare is fine
-    starts = np.array([low_rows, 0, low_rows + counts[0], low_rows + counts[0] + counts[2]])
-    slots = H.part_slots(ids, starts, counts)
-    src = np.random.default_rng(len(ids)).integers(0, 256, len(ids) * width, dtype=np.uint8)
-    low, high = np.zeros(low_rows * width, np.uint8), np.zeros(int(counts.sum() - counts[1]) * width, np.uint8)
-    H.scatter_to_slots(src, width, slots, low, high)
-    rows = src.reshape(-1, width)
-    assert np.array_equal(low[: counts[1] * width].reshape(-1, width), rows[ids == 1])
-    high_rows = high.reshape(-1, width)
-    assert np.array_equal(high_rows, np.concatenate([rows[ids == 0], rows[ids == 2], rows[ids == 3]]))
+    rng = np.random.default_rng(len(ids) * 7 + len(widths))
+    sources = [(rng.integers(0, 256, len(ids) * w, dtype=np.uint8), w) for w in widths]
+    spare = [data.draw(st.integers(0, 2)) for _ in range(4)]
+    dests = [[np.zeros((int(counts[p]) + spare[p]) * w, np.uint8) for p in range(4)] for w in widths]
+    H.scatter_rows(ids, counts, sources, dests)
+    for (src, w), parts in zip(sources, dests):
+        rows = src.reshape(-1, w)
+        for p in range(4):
+            assert np.array_equal(parts[p][: counts[p] * w].reshape(-1, w), rows[ids == p])
+            assert not parts[p][counts[p] * w :].any()  # nothing past the part's rows
     if len(ids):
-        with pytest.raises(ValueError, match="part has too many rows"):
-            H.part_slots(ids, starts, np.maximum(counts - 1, 0))
+        with pytest.raises(ValueError, match="more rows than given"):
+            H.scatter_rows(ids, np.maximum(counts - 1, 0), sources, dests)
         with pytest.raises(ValueError, match="outside the parts"):
-            H.part_slots(np.full(len(ids), 4, np.int32), starts, counts)
-        with pytest.raises(ValueError, match="outside both buffers"):
-            H.scatter_to_slots(src, width, slots + len(ids) + low_rows, low, high)
+            H.scatter_rows(np.full(len(ids), 4, np.int32), counts, sources, dests)
+        short = int(ids[0])
+        bad = [list(parts) for parts in dests]
+        bad[-1][short] = np.zeros(int(counts[short]) * widths[-1] - 1, np.uint8)
+        with pytest.raises(ValueError, match="holds"):
+            H.scatter_rows(ids, counts, sources, bad)
+        with pytest.raises(ValueError, match="bytes for"):
+            H.scatter_rows(ids, counts, [(sources[0][0][:-1], widths[0])], dests[:1])
+    with pytest.raises(ValueError, match="one destination per part"):
+        H.scatter_rows(ids, counts, sources, [parts[:3] for parts in dests])
 
 
 def test_fresh_subprocess_computes_identical_hashes():

@@ -36,6 +36,7 @@
 // Python; changing anything here must bump the version string and the golden values.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -500,62 +501,60 @@ inline int count_part_ids(const int32_t* ids, int64_t n, int32_t nparts, int64_t
   return 0;
 }
 
-// The shuffle's move without a part-order copy, in two steps shared by every column.
-// 1. part_destinations: row i's slot dest[i] = the next free slot of part ids[i], parts
-//    starting at starts[p] (any layout: e.g. the own rows inside the receive buffer, the
-//    others in a send buffer after it); each part keeps the input row order. Returns 0, or
-//    -1 at a part id outside [0, nparts) or a part with more rows than rows[p].
-// 2. scatter_split: row i of a fixed-width column to slot dest[i] of `low` when it is
-//    below `split`, else to slot dest[i] - split of `high` (selected without a branch: the
-//    parts of consecutive rows are random).
-// One cursor per part walked by every column would chain each row to the previous row of
-// its part through memory (measured 3x slower than these two passes for two columns).
-inline int part_destinations(const int32_t* ids, int64_t n, int32_t nparts, const int64_t* starts,
-                             const int64_t* rows, int64_t* dest) {
-  std::vector<int64_t> cur(starts, starts + nparts), end(static_cast<size_t>(nparts));
-  for (int32_t p = 0; p < nparts; ++p) end[p] = starts[p] + rows[p];
+// scatter_rows: the shuffle's move. Row i of column c goes to the next free row of part
+// ids[i]; column c's part p starts at dests[c * nparts + p] (e.g. this rank's receive buffer
+// for its own part, a send buffer for each other part). Each part keeps the input row
+// order. The columns of one width move together in one pass over the rows, row by row,
+// with the width fixed at compile time; no per-row slot array goes through memory.
+// Measured, 5M rows x 2 int64 columns in 2 parts on the 2-core VM: 0.020-0.026 s, against
+// 0.031-0.038 s for blocks of rows whose slots stay in L1 with one loop per column, and
+// 0.036-0.045 s for the two kernels this one replaced (a slot array, then one scatter per
+// column). Returns 0, or -1 at a part id outside [0, nparts) or a part with more rows than
+// rows[p] (the rows before it were moved).
+template <int W>
+int scatter_rows_w(const int32_t* ids, int64_t n, int32_t nparts, const int64_t* rows, int64_t width,
+                   const int* cols, int ncols, const uint8_t* const* srcs, uint8_t* const* dests,
+                   int64_t* next) {
+  const int64_t w = W ? W : width;
+  std::fill(next, next + nparts, 0);
   for (int64_t i = 0; i < n; ++i) {
     const uint32_t p = static_cast<uint32_t>(ids[i]);
-    if (p >= static_cast<uint32_t>(nparts) || cur[p] == end[p]) return -1;
-    dest[i] = cur[p]++;
+    if (p >= static_cast<uint32_t>(nparts) || next[p] == rows[p]) return -1;
+    const int64_t d = next[p]++;
+    for (int j = 0; j < ncols; ++j) {
+      const int c = cols[j];
+      std::memcpy(dests[static_cast<int64_t>(c) * nparts + p] + d * w, srcs[c] + i * w, static_cast<size_t>(w));
+    }
   }
   return 0;
 }
 
-template <int W>
-int scatter_split_w(const uint8_t* src, int64_t n, const int64_t* dest, int64_t split, int64_t limit,
-                    uint8_t* low, uint8_t* high) {
-  // slot d >= split lands at high + (d - split) * W. The base is picked with a mask: a
-  // ternary compiled to a branch here, mispredicted on every other row (2.2x slower)
-  const uintptr_t high_base = reinterpret_cast<uintptr_t>(high) - static_cast<uintptr_t>(split * W);
-  const uintptr_t low_base = reinterpret_cast<uintptr_t>(low);
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t d = dest[i];
-    if (static_cast<uint64_t>(d) >= static_cast<uint64_t>(limit)) return -1;
-    const uintptr_t is_low = -static_cast<uintptr_t>(d < split);
-    uint8_t* const base = reinterpret_cast<uint8_t*>(high_base ^ ((high_base ^ low_base) & is_low));
-    std::memcpy(base + d * W, src + i * W, W);
-  }
-  return 0;
-}
-
-// Returns 0, or -1 at a slot outside [0, limit) (the rows before it were moved).
-inline int scatter_split(int64_t width, const uint8_t* src, int64_t n, const int64_t* dest, int64_t split,
-                         int64_t limit, uint8_t* low, uint8_t* high) {
-  switch (width) {
-    case 1: return scatter_split_w<1>(src, n, dest, split, limit, low, high);
-    case 2: return scatter_split_w<2>(src, n, dest, split, limit, low, high);
-    case 4: return scatter_split_w<4>(src, n, dest, split, limit, low, high);
-    case 8: return scatter_split_w<8>(src, n, dest, split, limit, low, high);
-    case 16: return scatter_split_w<16>(src, n, dest, split, limit, low, high);
-    case 32: return scatter_split_w<32>(src, n, dest, split, limit, low, high);
-    default: break;
-  }
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t d = dest[i];
-    if (static_cast<uint64_t>(d) >= static_cast<uint64_t>(limit)) return -1;
-    uint8_t* const at = d < split ? low + d * width : high + (d - split) * width;
-    std::memcpy(at, src + i * width, static_cast<size_t>(width));
+inline int scatter_rows(const int32_t* ids, int64_t n, int32_t nparts, const int64_t* rows, int ncols,
+                        const int64_t* widths, const uint8_t* const* srcs, uint8_t* const* dests) {
+  std::vector<int64_t> next(static_cast<size_t>(nparts));
+  std::vector<int> group;
+  std::vector<bool> done(static_cast<size_t>(ncols), false);
+  for (int c = 0; c < ncols; ++c) {
+    if (done[c]) continue;
+    const int64_t width = widths[c];
+    group.clear();
+    for (int e = c; e < ncols; ++e)
+      if (!done[e] && widths[e] == width) {
+        group.push_back(e);
+        done[e] = true;
+      }
+    const int k = static_cast<int>(group.size());
+    int rc;
+    switch (width) {
+      case 1: rc = scatter_rows_w<1>(ids, n, nparts, rows, width, group.data(), k, srcs, dests, next.data()); break;
+      case 2: rc = scatter_rows_w<2>(ids, n, nparts, rows, width, group.data(), k, srcs, dests, next.data()); break;
+      case 4: rc = scatter_rows_w<4>(ids, n, nparts, rows, width, group.data(), k, srcs, dests, next.data()); break;
+      case 8: rc = scatter_rows_w<8>(ids, n, nparts, rows, width, group.data(), k, srcs, dests, next.data()); break;
+      case 16: rc = scatter_rows_w<16>(ids, n, nparts, rows, width, group.data(), k, srcs, dests, next.data()); break;
+      case 32: rc = scatter_rows_w<32>(ids, n, nparts, rows, width, group.data(), k, srcs, dests, next.data()); break;
+      default: rc = scatter_rows_w<0>(ids, n, nparts, rows, width, group.data(), k, srcs, dests, next.data()); break;
+    }
+    if (rc != 0) return rc;
   }
   return 0;
 }

@@ -14,9 +14,8 @@ sort that returns the row order grouped by partition plus the part boundaries;
 moves a column's buffers into that order (one sequential read of the source).
 
 The MPI shuffle moves rows by part id instead (no part-order copy): ``hash_part_ids`` gives
-each row's part and the rows per part (``part_counts`` counts given ids), ``part_slots``
-each row's slot in per-destination buffers, and ``scatter_to_slots`` moves a fixed-width
-column there.
+each row's part and the rows per part (``part_counts`` counts given ids), and
+``scatter_rows`` moves the rows of every fixed-width column to per-part buffers in one pass.
 """
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
@@ -64,10 +63,9 @@ cdef extern from "hash_kernels.hpp" namespace "opgraph::hashk" nogil:
     void hash_positions_inplace_any(void* buf, int64_t n, uint32_t nparts, int64_t* offsets,
                                     int index_bytes)
     int count_part_ids(const int32_t* ids, int64_t n, int32_t nparts, int64_t* counts)
-    int part_destinations(const int32_t* ids, int64_t n, int32_t nparts, const int64_t* starts,
-                          const int64_t* rows, int64_t* dest)
-    int scatter_split(int64_t width, const uint8_t* src, int64_t n, const int64_t* dest, int64_t split,
-                      int64_t limit, uint8_t* low, uint8_t* high)
+    int c_scatter_rows "opgraph::hashk::scatter_rows"(
+        const int32_t* ids, int64_t n, int32_t nparts, const int64_t* rows, int ncols,
+        const int64_t* widths, const uint8_t* const* srcs, uint8_t* const* dests)
     int hash_part_ids_fixed_any(int kind, const uint8_t* values, int64_t offset, int64_t n,
                                 const uint8_t* validity, uint32_t nparts, void* d, int index_bytes,
                                 int64_t* counts)
@@ -661,7 +659,7 @@ def scatter_column(column, dest):
 def hash_part_ids(data, keys, nparts):
     """(part id of every row as numpy int32, rows per part as int64[nparts]): the same ids
     as ``partition_ids(hash_columns(data, keys), nparts)``, for a shuffle that moves rows by
-    part id (``part_slots``, ``scatter_to_slots``) instead of through a part-order copy."""
+    part id (``scatter_rows``) instead of through a part-order copy."""
     cdef int32_t np_ = _check_nparts(nparts)
     cols = _key_columns(data, keys)
     n = len(cols[0])
@@ -693,50 +691,46 @@ def part_counts(ids, nparts):
     return counts
 
 
-def part_slots(ids, starts, rows):
-    """Every row's slot (numpy int64): the next free slot of its part ``ids[i]``, part p's
-    slots starting at ``starts[p]`` (each part keeps the input row order). Raises
-    ValueError at a part id outside the parts or a part with more rows than ``rows[p]``."""
+def scatter_rows(ids, rows, sources, dests):
+    """Moves every row to its part in one pass for all columns: row i of each source column
+    to the next free row of part ``ids[i]`` (int32) in that column's destination for the
+    part. ``sources``: (uint8 array of n rows, row width in bytes) per column; ``dests``: per
+    column, one writable uint8 array per part holding at least ``rows[p]`` rows. Each part
+    keeps the input row order. Raises ValueError at a part id outside the parts, a part
+    with more rows than ``rows[p]``, or a buffer of the wrong size."""
     cdef const int32_t[::1] iv = np.ascontiguousarray(ids, dtype=np.int32)
-    st = np.ascontiguousarray(starts, dtype=np.int64)
     rw = np.ascontiguousarray(rows, dtype=np.int64)
-    if st.shape != rw.shape or st.ndim != 1 or st.shape[0] == 0 or st.shape[0] > MAX_PARTS:
-        raise ValueError("part_slots: one start and one row count per part")
     cdef int64_t n = iv.shape[0]
-    dest = np.empty(n, dtype=np.int64)
-    if n == 0:
-        return dest
-    cdef const int64_t[::1] sv = st
+    cdef int32_t nparts = <int32_t>rw.shape[0]
+    if rw.ndim != 1 or nparts == 0 or nparts > MAX_PARTS:
+        raise ValueError("scatter_rows: one row count per part")
+    if len(dests) != len(sources) or any(len(d) != nparts for d in dests):
+        raise ValueError("scatter_rows: one destination per part for every source column")
     cdef const int64_t[::1] rv = rw
-    cdef int64_t[::1] dv = dest
-    cdef int32_t nparts = <int32_t>st.shape[0]
-    cdef int rc
-    with nogil:
-        rc = part_destinations(&iv[0], n, nparts, &sv[0], &rv[0], &dv[0])
-    if rc != 0:
-        raise ValueError("part_slots: a part id lies outside the parts or a part has too many rows")
-    return dest
-
-
-def scatter_to_slots(src, int64_t width, slots, low, high):
-    """Row i of ``src`` (uint8, rows of ``width`` bytes) to slot ``slots[i]`` (from
-    ``part_slots``) of ``low`` (writable uint8) when below len(low)/width, else to slot
-    ``slots[i] - len(low)/width`` of ``high``. Raises ValueError at a slot in neither."""
-    cdef const uint8_t[::1] sv = src
-    cdef const int64_t[::1] dv = slots
-    cdef uint8_t[::1] lv = low
-    cdef uint8_t[::1] hv = high
-    cdef int64_t n = dv.shape[0]
-    if width <= 0 or sv.shape[0] != n * width:
-        raise ValueError(f"scatter_to_slots: {sv.shape[0]} bytes for {n} rows of {width}")
-    cdef int64_t split = lv.shape[0] // width
-    cdef int64_t limit = split + hv.shape[0] // width
-    if n == 0:
+    cdef int ncols = len(sources)
+    cdef vector[int64_t] widths
+    cdef vector[const uint8_t*] srcs
+    cdef vector[uint8_t*] outs
+    cdef const uint8_t[::1] sv
+    cdef uint8_t[::1] dv
+    cdef int64_t w
+    cdef int32_t p
+    for (src, width), parts in zip(sources, dests):
+        w = width
+        sv = src
+        if w <= 0 or sv.shape[0] != n * w:
+            raise ValueError(f"scatter_rows: {sv.shape[0]} bytes for {n} rows of {w}")
+        widths.push_back(w)
+        srcs.push_back(&sv[0] if n else NULL)
+        for p in range(nparts):
+            dv = parts[p]
+            if dv.shape[0] < rv[p] * w:
+                raise ValueError(f"scatter_rows: part {p} holds {dv.shape[0]} bytes, not {rv[p]} rows of {w}")
+            outs.push_back(&dv[0] if dv.shape[0] else NULL)
+    if n == 0 or ncols == 0:
         return
-    cdef uint8_t* lp = &lv[0] if lv.shape[0] else NULL
-    cdef uint8_t* hp = &hv[0] if hv.shape[0] else NULL
     cdef int rc
     with nogil:
-        rc = scatter_split(width, &sv[0], n, &dv[0], split, limit, lp, hp)
+        rc = c_scatter_rows(&iv[0], n, nparts, &rv[0], ncols, widths.data(), srcs.data(), outs.data())
     if rc != 0:
-        raise ValueError("scatter_to_slots: a slot lies outside both buffers")
+        raise ValueError("scatter_rows: a part id lies outside the parts or a part has more rows than given")
