@@ -208,12 +208,13 @@ class MPICommunicator(Communicator):
         """Fixed-width and boolean columns move as raw values: one pass over the rows
         (``scatter_rows``) moves every column's rows by part id straight into
         per-destination send buffers, and this rank's own rows straight into the column's
-        one receive buffer, which the other ranks' rows then reach by Isend/Irecv. No part-order copy, no IPC serialisation, no copy of the
-        own rows, and one contiguous chunk per column on arrival (the local join and sort
-        would otherwise concatenate the received chunks). Validity and boolean bits travel
-        as one byte per row, packed again on arrival, because every sender's rows start at
-        an arbitrary bit of the receive bitmap. A table with another column type (strings,
-        nested, dictionary) goes through ``alltoallv``'s IPC streams."""
+        one receive buffer, which the other ranks' rows then reach by Isend/Irecv (all
+        columns' messages posted at once). No part-order copy, no IPC serialisation, no copy
+        of the own rows, and one contiguous chunk per column on arrival (the local join and
+        sort would otherwise concatenate the received chunks). Validity and boolean bits
+        travel as one byte per row, packed again on arrival, because every sender's rows
+        start at an arbitrary bit of the receive bitmap. A table with another column type
+        (strings, nested, dictionary) goes through ``alltoallv``'s IPC streams."""
         widths = [_raw_width(f.type) for f in table.schema]
         n = self._size
         if n == 1 or not widths or not all(widths):  # (no columns: rows only IPC carries)
