@@ -13,7 +13,10 @@
   raised (its ``error:`` line / error record), a rank killed by a signal, a timeout or an
   unusable launcher becomes an ``OpgraphError``; the other ranks are always torn down (the
   worker calls ``MPI_Abort``; MPICH's hydra and Open MPI's mpirun kill the remaining ranks
-  when one dies; on a timeout the launcher is terminated, which does the same).
+  when one dies; on a timeout the launcher is terminated, which does the same). Ranks that
+  died skip ``MPI_Finalize``, which would have removed MPICH's shared-memory segments from
+  /dev/shm: after a failed run the engine removes those that appeared during it and that
+  no live process uses (``_remove_orphaned_segments``).
 
 Which MPI: the launcher is ``OPGRAPH_MPIEXEC`` (a command line, e.g. ``srun`` or
 ``mpirun --bind-to none``) if set, else the ``mpiexec`` next to ``sys.executable`` (the one the
@@ -545,7 +548,10 @@ def _spawn(doc, inputs, ranks, timeout, mpiexec, worker_module, extra_env, echo)
             write_ipc_file(input_path(inputs_dir, i), table)
         args = [str(plan_path), str(inputs_dir), str(result_dir), "--expect-ranks", str(ranks)]
         cmd = _launch_command(launcher, flavor, ranks, worker_module, args)
+        segments_before = _mpich_segments()
         rc, pump, timed_out = _run_launcher(cmd, _child_env(launcher, flavor, ranks, extra_env), timeout, echo)
+        if rc != 0 or timed_out:
+            _remove_orphaned_segments(segments_before)
         if timed_out:
             raise OpgraphError(
                 f"the MPI run did not finish within {timeout:g} s; its {ranks} ranks were stopped"
@@ -724,6 +730,7 @@ class _Pool:
             raise OpgraphError(f"cannot open the MPI pool's control socket {self.sock_path}: {exc}") from None
         args = ["--serve", str(self.sock_path), "--expect-ranks", str(ranks)]
         cmd = _launch_command(launcher, flavor, ranks, worker_module, args)
+        self.segments_before = _mpich_segments()
         try:
             self.proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
@@ -943,6 +950,8 @@ class _Pool:
         self.pump.join(timeout=5)
         self.broken = True
         self._cleanup_files()
+        if self.proc.returncode != 0:  # ranks that died or were stopped skip MPI_Finalize
+            _remove_orphaned_segments(self.segments_before)
 
     def _cleanup_files(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -1248,6 +1257,68 @@ def _run_launcher(cmd: list[str], env: dict[str, str], timeout: float | None, ec
         raise
     pump.join(timeout=10)
     return proc.returncode, pump, timed_out
+
+
+#: MPICH's (ch4:posix) shared-memory segments: /dev/shm/mpich_shm_<hex>_<n>, ~2 MB each. The
+#: ranks remove them in MPI_Finalize; ranks that die (a signal, MPI_Abort, stopped by us)
+#: leave them behind (measured: 6 per run of tests/test_mpi.py's failure tests; 150 files,
+#: 302 MB, had piled up on the development VM).
+_SHM_DIR = "/dev/shm"
+_MPICH_SHM_PREFIX = "mpich_shm_"
+
+
+def _mpich_segments() -> set[str]:
+    try:
+        return {n for n in os.listdir(_SHM_DIR) if n.startswith(_MPICH_SHM_PREFIX)}
+    except OSError:  # no /dev/shm (not Linux)
+        return set()
+
+
+def _shm_in_use() -> set[str]:
+    """Names of the /dev/shm files that a process we can see maps or holds open."""
+    names: set[str] = set()
+    prefix = _SHM_DIR + "/"
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as maps:
+                for line in maps:
+                    at = line.find(prefix)
+                    if at >= 0:
+                        names.add(line[at + len(prefix) :].split()[0])
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith(prefix):
+                    names.add(target[len(prefix) :].split()[0])
+        except OSError:  # gone meanwhile, or another user's (whose files we cannot remove)
+            continue
+    return names
+
+
+def _remove_orphaned_segments(before: set[str], settle: float = 1.0) -> None:
+    """After a failed MPI job: removes the MPICH segments that appeared since ``before`` and
+    that belong to this user and no live process maps or holds open (another job's
+    segments always do, from the moment they are created). Ranks may still be exiting
+    when the launcher has returned: segments in use are looked at again for up to
+    ``settle`` seconds."""
+    uid = os.getuid()
+    deadline = time.monotonic() + settle
+    while True:
+        new = _mpich_segments() - before
+        if not new or not os.path.isdir("/proc"):
+            return
+        busy = _shm_in_use()
+        for name in new - busy:
+            path = os.path.join(_SHM_DIR, name)
+            try:
+                if os.stat(path).st_uid == uid:
+                    os.unlink(path)
+            except OSError:
+                pass
+        if not (new & busy) or time.monotonic() >= deadline:
+            return
+        time.sleep(0.1)
 
 
 def _stop(proc: subprocess.Popen, grace: float = 5.0) -> None:

@@ -20,6 +20,14 @@ needs_mpi = pytest.mark.skipif(
 )
 
 
+def orphaned_mpich_segments(before: set[str]) -> set[str]:
+    """MPICH shared-memory segments created since ``before`` that no live process uses: a
+    failed MPI run must not leave them in /dev/shm (its ranks skipped MPI_Finalize)."""
+    from opgraph.runtime import mpi_engine
+
+    return (mpi_engine._mpich_segments() - before) - mpi_engine._shm_in_use()
+
+
 def write_small_parquet(directory: Path) -> str:
     """A seeded 10-row Parquet file with columns k (int64, 5 keys), a and b (float64)."""
     import numpy as np

@@ -26,7 +26,7 @@ pytest.importorskip("mpi4py")
 
 from opgraph.runtime import mpi_engine
 from opgraph.runtime.mpi_engine import find_mpiexec, launcher_flavor, run_mpi
-from support import FAULTY_EXECUTOR_WORKER, HAVE_MPI, VENV_MPIEXEC, needs_mpi
+from support import FAULTY_EXECUTOR_WORKER, HAVE_MPI, VENV_MPIEXEC, needs_mpi, orphaned_mpich_segments
 
 from opgraph.errors import OpgraphError
 from opgraph.plan import PlanDoc
@@ -333,6 +333,7 @@ def test_tables_round_trip_exactly_through_ranks(worker) -> None:
 
 
 def test_exception_in_one_rank_stops_the_run_with_its_message(worker) -> None:
+    segments = mpi_engine._mpich_segments()
     start = time.monotonic()
     with pytest.raises(OpgraphError) as info:
         worker("raise")
@@ -341,6 +342,7 @@ def test_exception_in_one_rank_stops_the_run_with_its_message(worker) -> None:
     assert "ValueError: boom from rank 1" in str(info.value)
     assert "rank 1 of 2" in str(info.value)
     assert "ValueError" in info.value.remote_traceback
+    assert orphaned_mpich_segments(segments) == set()  # the aborted ranks' MPICH segments
 
 
 def test_user_error_on_a_rank_keeps_its_class_and_place(worker) -> None:
@@ -354,12 +356,14 @@ def test_user_error_on_a_rank_keeps_its_class_and_place(worker) -> None:
 
 
 def test_rank_killed_by_sigkill_is_an_error_not_a_hang(worker) -> None:
+    segments = mpi_engine._mpich_segments()
     start = time.monotonic()
     with pytest.raises(OpgraphError) as info:
         worker("kill")
     assert time.monotonic() - start < 30
     msg = str(info.value)
     assert "rank 1 of 2 was killed by SIGKILL" in msg, msg
+    assert orphaned_mpich_segments(segments) == set()  # removed after the failed run
 
 
 def test_timeout_tears_the_ranks_down(worker, tmp_path: Path) -> None:

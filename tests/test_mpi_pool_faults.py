@@ -25,8 +25,9 @@ from mpi_pool_support import (  # noqa: F401
     wait_gone,
     worker_fixture,
 )
+from opgraph.runtime import mpi_engine
 from opgraph.runtime.mpi_engine import pool_stats, run_mpi
-from support import FAULTY_EXECUTOR_WORKER, needs_mpi
+from support import FAULTY_EXECUTOR_WORKER, needs_mpi, orphaned_mpich_segments
 
 from opgraph.errors import OpgraphError, TraceError
 
@@ -62,6 +63,7 @@ def test_user_error_on_a_rank_keeps_its_class_and_place(worker) -> None:
 
 
 def test_killed_rank_is_an_error_and_the_pool_recovers(worker) -> None:
+    segments = mpi_engine._mpich_segments()
     (pids,) = worker("pids")
     old = rank_pids(pids)
     start = time.monotonic()
@@ -70,6 +72,7 @@ def test_killed_rank_is_an_error_and_the_pool_recovers(worker) -> None:
     assert time.monotonic() - start < 30
     assert "rank 1 of 2 was killed by SIGKILL" in str(info.value), str(info.value)
     assert wait_gone(old.values()) == []
+    assert orphaned_mpich_segments(segments) == set()  # the dead pool's MPICH segments
     t = pa.table({"a": [1, 2, 3]})
     out, pids = worker("echo", [t])
     assert out.equals(t)
