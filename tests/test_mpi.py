@@ -26,7 +26,13 @@ pytest.importorskip("mpi4py")
 
 from opgraph.runtime import mpi_engine
 from opgraph.runtime.mpi_engine import find_mpiexec, launcher_flavor, run_mpi
-from support import FAULTY_EXECUTOR_WORKER, HAVE_MPI, VENV_MPIEXEC, needs_mpi, orphaned_mpich_segments
+from support import (
+    FAULTY_EXECUTOR_WORKER,
+    HAVE_MPI,
+    VENV_MPIEXEC,
+    needs_mpi,
+    orphaned_mpich_segments,
+)
 
 from opgraph.errors import OpgraphError
 from opgraph.plan import PlanDoc
