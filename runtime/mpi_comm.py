@@ -8,9 +8,9 @@ copy). Sizes travel first (``Alltoall``/``Allgather``/``Gather``/``Bcast`` of in
 every receive buffer is allocated exactly. Nothing is pickled: small numeric arrays go through
 ``Allreduce`` on their own buffers.
 
-The shuffle (``alltoallv_by_part``) moves fixed-width and boolean columns without IPC: each
-column's rows are scattered by part id into send buffers (the own rows straight into the
-receive buffer) and sent as raw values with ``Isend``/``Irecv``.
+The shuffle (``alltoallv_by_part``) moves fixed-width and boolean columns without IPC: one
+pass over the rows (``scatter_rows``) moves every column's rows by part id into send buffers
+(the own rows straight into the receive buffer), sent as raw values with ``Isend``/``Irecv``.
 
 A rank's own part never goes through MPI: ``alltoallv``/``gather``/``allgather`` hand it back
 by reference, as the local communicator does.
@@ -246,20 +246,20 @@ class MPICommunicator(Communicator):
             else:
                 sources.append((_raw_values(arr, width), width))
         received: list[pa.Buffer] = []
-        dests, requests = [], []
+        views, dests, requests = [], [], []
         for _, width in sources:
             buf, view = _alloc(total * width)
             _, send = _alloc(int(send_counts.sum()) * width)
             received.append(buf)
+            views.append(view)
             parts = [send[int(send_displs[q]) * width : int(send_displs[q] + send_counts[q]) * width] for q in range(n)]
             parts[me] = view[int(recv_displs[me]) * width : int(recv_displs[me] + counts[me]) * width]
             dests.append(parts)
         # every row of every column to its part in one pass; then all messages at once (MPI
         # keeps the order of messages between two ranks on one tag: column by column)
         scatter_rows(part_ids, counts, sources, dests)
-        for (_, width), buf in zip(sources, received):
+        for (_, width), view in zip(sources, views):
             rows = _row_datatype(width)
-            view = np.frombuffer(buf, dtype=np.uint8)
             for q in range(n):
                 if q != me and recv_counts[q]:
                     at = int(recv_displs[q]) * width

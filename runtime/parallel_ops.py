@@ -32,9 +32,10 @@ sort                sample sort: a random sample of the keys allgathered, n-1 sp
                     each rank gives its rows their part by key range with the C++
                     range-partition kernel (``partition.range_part_ids``; equal keys go to
                     one rank, rows keep their order per sender, which keeps the sort
-                    stable), ``alltoallv_by_part``, local stable sort of the received rows. Key types the
-                    kernel lacks: local sort first, regular samples, cut of the sorted
-                    rows at the splitters. Result ordered across ranks 0..n-1.
+                    stable), ``alltoallv_by_part``, local stable sort of the received
+                    rows. Key types the kernel lacks: local sort first, regular samples,
+                    cut of the sorted rows at the splitters. Result ordered across ranks
+                    0..n-1.
 head                counts allgathered; each rank keeps the prefix of its rows that falls in
                     the first n of the global order (no data moves).
 window              halo exchange: each rank gets the rows before/after its range that its
