@@ -153,18 +153,40 @@ def _jax():
     return jax
 
 
-def select_device(requested: str | None) -> Any:
-    """The JAX device for a DL op: the first GPU when ``requested == "gpu"`` and JAX sees
-    one, else the first CPU device."""
+def select_device(requested: str | None, platforms: Sequence[str] | None = None) -> Any:
+    """The JAX device for a DL op: the first GPU when ``requested == "gpu"``, JAX sees one
+    and the op's functions were lowered for it (``platforms``: the platforms of their
+    exports, None = any), else the first CPU device."""
     jax = _jax()
     if requested == "gpu":
         try:
             gpus = jax.devices("gpu")
         except RuntimeError:  # no GPU backend in this JAX
             gpus = []
+        gpus = [g for g in gpus if platforms is None or _lowering_platform(g) in platforms]
         if gpus:
             return gpus[0]
     return jax.devices("cpu")[0]
+
+
+def _lowering_platform(device: Any) -> str:
+    """The platform JAX lowers for on ``device``: a GPU's ``platform`` reads "gpu", its
+    lowering is "cuda" or "rocm" (the client's platform version names which)."""
+    if device.platform != "gpu":
+        return str(device.platform)
+    version = str(getattr(getattr(device, "client", None), "platform_version", "")).lower()
+    return "rocm" if "rocm" in version else "cuda"
+
+
+def carried_platforms(op: Any) -> tuple[str, ...] | None:
+    """The platforms every function the op carries was exported for (None: it carries none)."""
+    found: set[str] | None = None
+    for attr in (MODEL_EXPORT_ATTR, LOSS_EXPORT_ATTR):
+        blob = op.attributes.get(attr)
+        if isinstance(blob, str) and blob:
+            platforms = set(_deserialize(blob).platforms)
+            found = platforms if found is None else found & platforms
+    return None if found is None else tuple(sorted(found))
 
 
 def to_jax(array: np.ndarray, device: Any = None) -> Any:
@@ -943,7 +965,7 @@ def run_dl_op(ex: Any, op: Any) -> Any:
         if comm.size > 1:
             comm.barrier()
         return None
-    device = select_device(_requested_device(ex, op))
+    device = select_device(_requested_device(ex, op), carried_platforms(op))
     if name == "dl.predict":
         x, p = ex.arg(op, 0), ex.arg(op, 1)
         out = predict(_blob(op, MODEL_EXPORT_ATTR), p.leaves, x.data, device)

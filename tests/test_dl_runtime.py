@@ -200,13 +200,15 @@ def test_train_step_equals_jax_reference(tmp_path):
     """One full-batch SGD step through the plan equals jax.grad of the Python model."""
     table = make_table(64)
     out = str(tmp_path / "p.npz")
+    # both on the CPU (laptop: no GPU to place it on); a GPU's TF32 matmuls differ at 1e-3
     fit_pipeline(
         out, epochs=1, batch_size=64, shuffle=False, optimizer="sgd", learning_rate=0.1
-    ).run(table)
+    ).run(table, hw="laptop")
     X = np.stack([table.column(c).to_numpy() for c in FEATURES], axis=1)
     y = table.column("target").to_numpy().reshape(-1, 1)
-    p0 = {k: jnp.asarray(v) for k, v in init_params().items()}
-    grads = jax.grad(lambda p: jnp.mean((mlp(p, X) - y) ** 2))(p0)
+    with jax.default_device(jax.devices("cpu")[0]):
+        p0 = {k: jnp.asarray(v) for k, v in init_params().items()}
+        grads = jax.grad(lambda p: jnp.mean((mlp(p, X) - y) ** 2))(p0)
     got = load_npz(out)
     for k, v in p0.items():
         np.testing.assert_allclose(got[k], v - 0.1 * grads[k], rtol=1e-5, atol=1e-6)
@@ -502,6 +504,12 @@ def test_device_selection(monkeypatch):
     assert isinstance(dl_exec.select_device("gpu"), FakeGpu)
     assert dl_exec.select_device("cpu") == cpu
     assert dl_exec.select_device(None) == cpu
+    # only where the op's functions were lowered for the GPU's platform (a GPU lowers "cuda")
+    assert isinstance(dl_exec.select_device("gpu", ("cpu", "cuda")), FakeGpu)
+    assert dl_exec.select_device("gpu", ("cpu",)) == cpu
+    FakeGpu.client = type("Client", (), {"platform_version": "rocm 6.2"})()
+    assert dl_exec.select_device("gpu", ("cpu", "cuda")) == cpu
+    assert isinstance(dl_exec.select_device("gpu", ("cpu", "rocm")), FakeGpu)
 
     def no_gpu(backend=None):
         if backend == "gpu":
@@ -526,16 +534,16 @@ def test_plan_device_reaches_the_runtime(monkeypatch, tmp_path):
     asked = []
     real = dl_exec.select_device
 
-    def spy(requested):
-        asked.append(requested)
-        return real(requested)
+    def spy(requested, platforms=None):
+        asked.append((requested, platforms))
+        return real(requested, platforms)
 
     monkeypatch.setattr(dl_exec, "select_device", spy)
     dl_exec.TIMELINE.clear()
     from opgraph.runtime.executor import run_local
 
     run_local(doc, [make_table(40)], 1)
-    assert "gpu" in asked
+    assert ("gpu", ("cpu", "cuda")) in asked  # the plan carries the model for both
     expected = "gpu" if real("gpu").platform == "gpu" else "cpu"
     assert [e["device"] for e in dl_exec.TIMELINE] == [expected]
 
@@ -563,8 +571,49 @@ def test_plan_carries_model_and_verifies_upstream(tmp_path):
     )
     exported = dl_exec._deserialize(train["attributes"]["dl.model_export"])
     assert exported.in_tree.num_leaves == 5  # four parameter leaves and x
+    # one plan for CPU and GPU machines, whichever traced it; the IR shows the CPU lowering
+    assert exported.platforms == ("cpu", "cuda")
+    assert "_platform_index" not in text
     upstream = pytest.importorskip("opgraph.dialects.upstream_verify")
     assert upstream.verify_text(text) is None
+
+
+def test_model_without_a_cuda_lowering_stays_on_the_cpu(monkeypatch, tmp_path):
+    """A model JAX cannot lower for CUDA on this machine is carried for the CPU alone, and
+    the runtime keeps it there even when the plan asks for a GPU and one is present."""
+    from opgraph import dl as og_dl
+
+    real_export = og_dl._export
+
+    def cpu_only(fn, *specs, platforms=("cpu",)):
+        if "cuda" in platforms:
+            raise NotImplementedError("no CUDA lowering for this custom call")
+        return real_export(fn, *specs, platforms=platforms)
+
+    monkeypatch.setattr(og_dl, "_export", cpu_only)
+    plan = fit_pipeline(str(tmp_path / "p.npz"), epochs=1).compile(
+        make_table(40), hw="laptop"
+    )
+    doc = plan.doc.model_copy(deep=True)
+    train = next(op for isl in doc.islands for op in isl.ops if op.op == "dl.train")
+    assert dl_exec.carried_platforms(train) == ("cpu",)
+    train.attributes["taskgraph.device"] = "gpu"
+
+    class FakeGpu:
+        platform = "gpu"
+
+    real_devices = jax.devices
+    monkeypatch.setattr(
+        jax,
+        "devices",
+        lambda backend=None: [FakeGpu()] if backend == "gpu" else real_devices(backend),
+    )
+    dl_exec.TIMELINE.clear()
+    from opgraph.runtime.executor import run_local
+
+    (losses,) = run_local(doc, [make_table(40)], 1)
+    assert losses.num_rows == 1
+    assert [e["device"] for e in dl_exec.TIMELINE] == ["cpu"]
 
 
 # ------------------------------------------------------------------------------- example

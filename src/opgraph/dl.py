@@ -420,8 +420,26 @@ def _param_specs(params: Params) -> Any:
     )
 
 
-def _export(fn: Callable, *specs: Any) -> Any:
-    return jax_export.export(jax.jit(fn))(*specs)
+CARRIED_PLATFORMS = ("cpu", "cuda")
+"""Platforms the model a plan carries is lowered for, so one plan runs on the CPU and on an
+NVIDIA GPU whichever machine traced it (the runtime picks among them: dl_exec.select_device).
+The op's StableHLO text in the IR is the CPU lowering alone, the same on every machine."""
+
+
+def _export(fn: Callable, *specs: Any, platforms: tuple[str, ...] = ("cpu",)) -> Any:
+    return jax_export.export(jax.jit(fn), platforms=platforms)(*specs)
+
+
+def _carried(fn: Callable, specs: tuple, cpu_export: Any, loc: SourceLoc) -> str:
+    """The serialized export a plan carries: lowered for every CARRIED_PLATFORMS when JAX can
+    lower ``fn`` for all of them here (a custom call without a CUDA lowering on a machine
+    without jaxlib's CUDA plugin cannot be), else for the CPU only; the runtime then keeps
+    the op on the CPU (select_device reads the export's platforms)."""
+    try:
+        exported = _export(fn, *specs, platforms=CARRIED_PLATFORMS)
+    except Exception:  # noqa: BLE001 - lowering errors of any kind: the CPU export is valid
+        exported = cpu_export
+    return _serialized(exported, loc)
 
 
 def _stablehlo_text(exported: Any) -> str:
@@ -487,8 +505,9 @@ def _model(fn: Any, params: Params, x: Tensor, loc: SourceLoc) -> dlops.ModelOp:
     if key in cache:
         return cache[key][1]
     batch = jax_export.symbolic_shape("b")[0]
+    specs = (_param_specs(params), _spec(x_type, batch))
     try:
-        exported = _export(fn, _param_specs(params), _spec(x_type, batch))
+        exported = _export(fn, *specs)
     except Exception as e:  # anything the user's model raises while tracing
         raise _model_failure(fn, params, x, e, loc) from None
     if exported.out_tree.num_leaves != 1:
@@ -516,7 +535,7 @@ def _model(fn: Any, params: Params, x: Tensor, loc: SourceLoc) -> dlops.ModelOp:
     op.attributes[dlops.FLOPS_ATTR] = FloatAttr(forward[0], f64)
     op.attributes[dlops.BYTES_ATTR] = FloatAttr(forward[1], f64)
     blobs = _state_slot(state, "dl_blobs", dict)
-    blobs[op.sym_name.data] = (_serialized(exported, loc), forward, train_cost)
+    blobs[op.sym_name.data] = (_carried(fn, specs, exported, loc), forward, train_cost)
     module_ops(state).append(op)
     cache[key] = (fn, op)
     return op
@@ -579,8 +598,9 @@ def _custom_loss(fn: Callable, pred: TensorType, y: Tensor, loc: SourceLoc) -> s
     if key not in cache:
         scope = jax_export.SymbolicScope()
         batch = jax_export.symbolic_shape("b", scope=scope)[0]
+        specs = (_spec(pred, batch), _spec(y_type, batch))
         try:
-            exported = _export(fn, _spec(pred, batch), _spec(y_type, batch))
+            exported = _export(fn, *specs)
         except Exception as e:
             raise trace_error(
                 f"loss(pred, y) fails for pred {dlops.tensor_str(pred)} and y {dlops.tensor_str(y.type)}: {_first_line(e)}",
@@ -593,7 +613,7 @@ def _custom_loss(fn: Callable, pred: TensorType, y: Tensor, loc: SourceLoc) -> s
             raise trace_error(f"a custom loss must return one float scalar, got {shapes}", loc)
         op = dlops.LossOp(_symbol(state, _fn_name(fn)), _stablehlo_text(exported), [pred, y_type], out_type)
         op.location = _definition(fn, loc).attr()
-        _state_slot(state, "dl_loss_blobs", dict)[op.sym_name.data] = _serialized(exported, loc)
+        _state_slot(state, "dl_loss_blobs", dict)[op.sym_name.data] = _carried(fn, specs, exported, loc)
         module_ops(state).append(op)
         cache[key] = (fn, op)
     return dlops.CUSTOM_LOSS_PREFIX + cache[key][1].sym_name.data
