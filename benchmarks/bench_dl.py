@@ -63,20 +63,22 @@ def pipeline(init: dict[str, np.ndarray], epochs: int):
     return fit
 
 
-def timed(fit, table: pa.Table, engine: str, ranks: int) -> tuple[float, float]:
-    """(seconds of the dl.train op on the slowest rank, final loss)."""
+def timed(fit, table: pa.Table, engine: str, ranks: int, hw: str | None = None) -> tuple[float, float, str]:
+    """(seconds of the dl.train op on the slowest rank, final loss, the devices it ran on)."""
     with tempfile.NamedTemporaryFile("r", suffix=".jsonl", delete=False) as f:
         path = f.name
     os.environ["OPGRAPH_DL_TIMELINE"] = path
     try:
-        out = fit.run(table, engine=engine, ranks=ranks)
+        out = fit.run(table, engine=engine, ranks=ranks, hw=hw)
         with open(path, encoding="utf-8") as f:
             entries = [json.loads(line) for line in f if line.strip()]
     finally:
         os.environ.pop("OPGRAPH_DL_TIMELINE", None)
         os.unlink(path)
-    seconds = max(e["end"] - e["start"] for e in entries if e["op"] == "dl.train")
-    return seconds, float(out.column("loss").to_numpy()[-1])
+    train = [e for e in entries if e["op"] == "dl.train"]
+    seconds = max(e["end"] - e["start"] for e in train)
+    devices = ",".join(sorted({str(e["device"]) for e in train}))
+    return seconds, float(out.column("loss").to_numpy()[-1]), devices
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,14 +88,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--cases", default="local:1,local:2,mpi:1,mpi:2")
+    ap.add_argument(
+        "--hw",
+        default=None,
+        help="hardware spec the compiler places the training against (a YAML path or a bundled "
+        "name; default: this machine, detected); a spec with GPUs lets it choose the GPU",
+    )
     args = ap.parse_args(argv)
     table, init = make(args.rows, args.hidden)
     short, long = pipeline(init, 1), pipeline(init, 1 + args.epochs)
     for case in args.cases.split(","):
         engine, ranks = case.split(":")
-        timed(long, table, engine, int(ranks))  # warm-up: compiles into JAX's persistent cache
-        t_long, loss = min(timed(long, table, engine, int(ranks)) for _ in range(args.repeat))
-        t_short, _ = min(timed(short, table, engine, int(ranks)) for _ in range(args.repeat))
+        timed(long, table, engine, int(ranks), args.hw)  # warm-up: compiles into JAX's persistent cache
+        t_long, loss, devices = min(timed(long, table, engine, int(ranks), args.hw) for _ in range(args.repeat))
+        t_short, _, _ = min(timed(short, table, engine, int(ranks), args.hw) for _ in range(args.repeat))
         marginal = args.rows * args.epochs / (t_long - t_short) if t_long > t_short else None  # noise
         row = {
             "engine": engine,
@@ -101,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             "rows": args.rows,
             "epochs": 1 + args.epochs,
             "hidden": args.hidden,
+            "device": devices,
             "train_s": round(t_long, 4),
             "samples_per_s": round(args.rows * (1 + args.epochs) / t_long),
             "steady_samples_per_s": round(marginal) if marginal else None,
