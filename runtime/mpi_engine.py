@@ -85,6 +85,7 @@ __all__ = [
     "pool_stats",
     "run_mpi",
     "shutdown_pools",
+    "world_rank",
 ]
 
 
@@ -142,6 +143,17 @@ def mpi_world_size() -> int | None:
             "set MPI4PY_LIBMPI to the launcher's libmpi, or for srun pick a PMI it supports (--mpi=pmi2/pmix)"
         )
     return size
+
+
+def world_rank() -> int | None:
+    """This process's rank when it is one of several ranks of an MPI world a launcher started
+    (``mpiexec -n N``, ``srun``), else None."""
+    size = mpi_world_size()
+    if size is None or size <= 1:
+        return None
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD.Get_rank()
 
 
 def _check_abi_matches_launcher() -> None:

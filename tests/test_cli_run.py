@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from rich.console import Console
-from support import needs_mpi
+from support import VENV_MPIEXEC, needs_mpi
 
 import opgraph as og
 from opgraph.cli import build_parser
@@ -130,6 +130,24 @@ def test_cli_subprocess_prints_result_and_outputs_but_no_progress(pipeline_file,
     assert "total" in done.stdout and "double" in done.stdout
     assert "wrote out/sums/ (parquet, 2 part files" in done.stdout
     assert (tmp_path / "out" / "sums").is_dir()
+
+
+@needs_mpi
+def test_cli_in_a_world_the_user_started_reports_once(pipeline_file, tmp_path):
+    """``mpiexec -n 2 opgraph run P --engine mpi``: both ranks run the plan together (one
+    part file each), rank 0 alone prints the result and what was written."""
+    from opgraph.runtime.mpi_engine import _DROP_ENV
+
+    env = {k: v for k, v in os.environ.items() if not _DROP_ENV.match(k) and k != "OPGRAPH_MPIEXEC"}
+    env["COLUMNS"] = "120"
+    done = subprocess.run(
+        [str(VENV_MPIEXEC), "-n", "2", sys.executable, "-m", "opgraph.cli", "run", str(pipeline_file), "--engine", "mpi"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("result: 5 rows × 3 columns") == 1, done.stdout
+    assert done.stdout.count("wrote out/sums/ (parquet, 2 part files") == 1, done.stdout
+    assert len(list((tmp_path / "out" / "sums").glob("*.parquet"))) == 2
 
 
 def test_result_table_shows_first_rows_and_count():

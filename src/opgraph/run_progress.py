@@ -284,13 +284,24 @@ def cli_run(args: Any, console: Console | None = None, out: Console | None = Non
     """``opgraph run``: trace, compile, run with progress, print the results."""
     from opgraph.cli import _trace, load_pipeline, parse_args_kv
     from opgraph.driver import plan_for_run
+    from opgraph.runtime.mpi_engine import world_rank
 
     pipeline = load_pipeline(args.pipeline, args.entry)
     traced = _trace(pipeline, parse_args_kv(pipeline, args.arg), Path(args.pipeline))
     plan = plan_for_run(traced, args.engine, args.hw, cwd=Path.cwd())
+    # run by every rank of a world the user started (mpiexec -n N / srun opgraph run ...):
+    # rank 0 shows progress and reports, as a spawned run does; the others stay quiet
+    rank = world_rank() if args.engine == "mpi" else None
     outputs = run_with_progress(
-        plan.doc, traced.inputs, args.engine, args.ranks, show=not getattr(args, "quiet", False), console=console
+        plan.doc,
+        traced.inputs,
+        args.engine,
+        args.ranks,
+        show=not getattr(args, "quiet", False) and not rank,
+        console=console,
     )
+    if rank:
+        return 0
     out = out or Console(highlight=False)
     if plan.doc.outputs:
         format_results(list(outputs), out)
