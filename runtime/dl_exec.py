@@ -134,6 +134,7 @@ def _jax():
 
     if not _CACHE_SET:
         _CACHE_SET = True
+        _share_gpus_with_other_ranks()
         where = os.environ.get("OPGRAPH_JAX_CACHE")
         if where != "0" and not getattr(jax.config, "jax_compilation_cache_dir", None):
             base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
@@ -153,10 +154,44 @@ def _jax():
     return jax
 
 
-def select_device(requested: str | None, platforms: Sequence[str] | None = None) -> Any:
-    """The JAX device for a DL op: the first GPU when ``requested == "gpu"``, JAX sees one
-    and the op's functions were lowered for it (``platforms``: the platforms of their
-    exports, None = any), else the first CPU device."""
+#: ranks on this node, as the MPI launcher or Slurm tell a process they started
+_RANKS_ON_NODE_ENV = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE")
+#: this process's rank among them
+_NODE_RANK_ENV = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID")
+
+
+def _env_count(names: Sequence[str]) -> int | None:
+    for name in names:
+        value = os.environ.get(name, "").strip()
+        if value.isdigit():
+            return int(value)
+    return None
+
+
+def _share_gpus_with_other_ranks() -> None:
+    """Before JAX makes its first backend in a rank process (opgraph's engines set
+    ``OPGRAPH_RANKS_PER_NODE`` in every one: MPI, also under a user's launcher, and Ray; or
+    one of several ranks a launcher started): no up-front grab of 75% of each GPU's memory,
+    XLA's default, which left the node's other processes (the other ranks, the driver) no
+    memory to even create their CUDA context (seen with 2 MPI ranks on one H100:
+    "CUDA_ERROR_OUT_OF_MEMORY", "no supported devices found for platform CUDA"). A value the
+    user set stays."""
+    if "OPGRAPH_RANKS_PER_NODE" in os.environ or (_env_count(_RANKS_ON_NODE_ENV) or 1) > 1:
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+
+def node_rank(fallback: int = 0) -> int:
+    """This process's rank among the ranks on its node (from the MPI launcher or Slurm), else
+    ``fallback`` (the rank of a thread-ranked local engine or a Ray actor)."""
+    found = _env_count(_NODE_RANK_ENV)
+    return fallback if found is None else found
+
+
+def select_device(requested: str | None, platforms: Sequence[str] | None = None, rank_on_node: int = 0) -> Any:
+    """The JAX device for a DL op: a GPU when ``requested == "gpu"``, JAX sees one and the
+    op's functions were lowered for it (``platforms``: the platforms of their exports, None =
+    any), else the first CPU device. The ranks of a node spread over its GPUs (GPU number
+    ``rank_on_node`` modulo their count)."""
     jax = _jax()
     if requested == "gpu":
         try:
@@ -165,7 +200,7 @@ def select_device(requested: str | None, platforms: Sequence[str] | None = None)
             gpus = []
         gpus = [g for g in gpus if platforms is None or _lowering_platform(g) in platforms]
         if gpus:
-            return gpus[0]
+            return gpus[rank_on_node % len(gpus)]
     return jax.devices("cpu")[0]
 
 
@@ -965,7 +1000,11 @@ def run_dl_op(ex: Any, op: Any) -> Any:
         if comm.size > 1:
             comm.barrier()
         return None
-    device = select_device(_requested_device(ex, op), carried_platforms(op))
+    device = select_device(
+        _requested_device(ex, op),
+        carried_platforms(op),
+        node_rank(getattr(ex, "world_rank", comm.rank)),
+    )
     if name == "dl.predict":
         x, p = ex.arg(op, 0), ex.arg(op, 1)
         out = predict(_blob(op, MODEL_EXPORT_ATTR), p.leaves, x.data, device)

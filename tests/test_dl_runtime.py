@@ -510,6 +510,10 @@ def test_device_selection(monkeypatch):
     FakeGpu.client = type("Client", (), {"platform_version": "rocm 6.2"})()
     assert dl_exec.select_device("gpu", ("cpu", "cuda")) == cpu
     assert isinstance(dl_exec.select_device("gpu", ("cpu", "rocm")), FakeGpu)
+    # the ranks of a node spread over its GPUs
+    two = [FakeGpu(), FakeGpu()]
+    monkeypatch.setattr(jax, "devices", lambda backend=None: two if backend == "gpu" else real(backend))
+    assert [dl_exec.select_device("gpu", None, r) for r in range(4)] == [two[0], two[1], two[0], two[1]]
 
     def no_gpu(backend=None):
         if backend == "gpu":
@@ -518,6 +522,39 @@ def test_device_selection(monkeypatch):
 
     monkeypatch.setattr(jax, "devices", no_gpu)
     assert dl_exec.select_device("gpu") == cpu
+
+
+def test_rank_processes_share_the_gpus(monkeypatch):
+    """A rank process (its engine sets OPGRAPH_RANKS_PER_NODE; or one of several ranks a
+    launcher started) keeps XLA from taking 75% of each GPU up front, and knows its rank on
+    the node; a lone process and a value the user set are left alone."""
+    names = ("OPGRAPH_RANKS_PER_NODE", "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS",
+             "SLURM_NTASKS_PER_NODE", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID",
+             "SLURM_LOCALID", "XLA_PYTHON_CLIENT_PREALLOCATE")
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    dl_exec._share_gpus_with_other_ranks()
+    assert "XLA_PYTHON_CLIENT_PREALLOCATE" not in os.environ
+    assert dl_exec.node_rank(5) == 5
+    monkeypatch.setenv("MPI_LOCALNRANKS", "1")
+    dl_exec._share_gpus_with_other_ranks()
+    assert "XLA_PYTHON_CLIENT_PREALLOCATE" not in os.environ
+    for env in ({"OPGRAPH_RANKS_PER_NODE": "1"}, {"MPI_LOCALNRANKS": "2"}, {"OMPI_COMM_WORLD_LOCAL_SIZE": "4"}):
+        monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
+        with monkeypatch.context() as m:
+            for k, v in env.items():
+                m.setenv(k, v)
+            dl_exec._share_gpus_with_other_ranks()
+            assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "true")
+    monkeypatch.setenv("OPGRAPH_RANKS_PER_NODE", "2")
+    dl_exec._share_gpus_with_other_ranks()
+    assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "true"
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_RANK", "3")
+    assert dl_exec.node_rank(0) == 3
+    monkeypatch.delenv("OMPI_COMM_WORLD_LOCAL_RANK")
+    monkeypatch.setenv("MPI_LOCALRANKID", "1")
+    assert dl_exec.node_rank(0) == 1
 
 
 def test_plan_device_reaches_the_runtime(monkeypatch, tmp_path):
@@ -534,9 +571,9 @@ def test_plan_device_reaches_the_runtime(monkeypatch, tmp_path):
     asked = []
     real = dl_exec.select_device
 
-    def spy(requested, platforms=None):
+    def spy(requested, platforms=None, rank_on_node=0):
         asked.append((requested, platforms))
-        return real(requested, platforms)
+        return real(requested, platforms, rank_on_node)
 
     monkeypatch.setattr(dl_exec, "select_device", spy)
     dl_exec.TIMELINE.clear()

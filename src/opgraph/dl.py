@@ -552,7 +552,13 @@ def _cost(fn: Callable, pspec: Any, x_type: TensorType) -> tuple[float, float]:
     """(FLOPs, bytes accessed) per row of x, from XLA's cost analysis of ``fn`` lowered for a
     batch of ``COST_ROWS`` rows (no compilation). (0, 0) when the backend gives none."""
     try:
-        lowered = jax.jit(fn).lower(pspec, _spec(x_type, COST_ROWS))
+        # lowered for the CPU on every machine: a GPU lowering's cost analysis is None
+        # (jax-ml/jax#22713); the FLOPs and bytes are the function's, not the device's
+        jitted, args = jax.jit(fn), (pspec, _spec(x_type, COST_ROWS))
+        try:
+            lowered = jitted.trace(*args).lower(lowering_platforms=("cpu",))
+        except (AttributeError, TypeError):  # an older JAX: no Traced.lower(lowering_platforms=)
+            lowered = jitted.lower(*args)
         cost = lowered.cost_analysis()
     except Exception:  # cost analysis is advice for the cost model, never fatal
         return 0.0, 0.0
