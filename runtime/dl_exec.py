@@ -235,6 +235,7 @@ def to_jax(array: np.ndarray, device: Any = None) -> Any:
 
 @lru_cache(maxsize=64)
 def _deserialize(blob: str) -> Any:
+    _jax()  # this process's JAX set up (GPU sharing, cache) before anything of JAX runs
     from jax import export as jax_export
 
     try:
