@@ -101,6 +101,11 @@ islands' ops only. Data, not code: deserializing runs nothing of the user's Pyth
 LOSS_EXPORT_ATTR = "dl.loss_export"
 """Like ``dl.model_export``, for a custom loss (``loss = "custom:<name>"``)."""
 
+CPU_ONLY_ATTR = "dl.cpu_only"
+"""``true`` on ``dl.train``/``dl.predict``/``dl.sweep`` whose model or custom loss JAX could not
+lower for CUDA where the pipeline was traced (the plan carries its CPU export alone): the
+compiler keeps the op off the GPU."""
+
 FLOPS_ATTR = "dl.flops_per_row"
 BYTES_ATTR = "dl.bytes_per_row"
 """f64 **per row of x**, from XLA's cost analysis of the lowered function (JAX

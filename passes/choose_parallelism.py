@@ -476,7 +476,8 @@ class Problem:
         data_bytes = sum(i.nbytes for i in ins[:-1]) if len(ins) > 1 else x.nbytes
         opts = []
         for device in ("cpu", "gpu"):
-            if device == "gpu" and m.total_gpus == 0:
+            # dl.cpu_only: the plan carries the model for the CPU alone (no CUDA lowering)
+            if device == "gpu" and (m.total_gpus == 0 or "dl.cpu_only" in op.attributes):
                 continue
             if name == "dl.predict":
                 if isinstance(flops_attr, FloatAttr | IntegerAttr):

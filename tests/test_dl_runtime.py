@@ -524,6 +524,42 @@ def test_device_selection(monkeypatch):
     assert dl_exec.select_device("gpu") == cpu
 
 
+def test_compiler_keeps_a_cpu_only_model_off_the_gpu(monkeypatch):
+    """A training the cost model puts on the GPUs of a GPU machine stays on the CPU when its
+    model has no CUDA lowering (``dl.cpu_only``): plan and execution agree."""
+    from opgraph import dl as og_dl
+
+    table = make_table(200_000)
+
+    @og.pipeline
+    def fit(t):
+        X = og.dl.to_tensor(t, FEATURES)
+        y = og.dl.to_tensor(t, ["target"])
+        _, losses = og.dl.train(mlp, init_params(hidden=512), X, y, epochs=5, batch_size=256)
+        return og.dl.to_table(losses, "loss")
+
+    def train_op(plan):
+        return next(op for isl in plan.doc.islands for op in isl.ops if op.op == "dl.train")
+
+    both = train_op(fit.compile(table, hw="cloud_a100"))
+    assert both.attributes["taskgraph.device"] == "gpu" and "dl.cpu_only" not in both.attributes
+    real_export = og_dl._export
+
+    def cpu_only(fn, *specs, platforms=("cpu",)):
+        if "cuda" in platforms:
+            raise NotImplementedError("no CUDA lowering for this custom call")
+        return real_export(fn, *specs, platforms=platforms)
+
+    monkeypatch.setattr(og_dl, "_export", cpu_only)
+    plan = fit.compile(table, hw="cloud_a100")
+    cpu = train_op(plan)
+    assert cpu.attributes["taskgraph.device"] == "cpu"
+    assert cpu.attributes.get("dl.cpu_only") in (True, 1)
+    assert "dl.cpu_only = true" in plan.mlir
+    upstream = pytest.importorskip("opgraph.dialects.upstream_verify")
+    assert upstream.verify_text(plan.mlir) is None
+
+
 def test_rank_processes_share_the_gpus(monkeypatch):
     """A rank process (its engine sets OPGRAPH_RANKS_PER_NODE; or one of several ranks a
     launcher started) keeps XLA from taking 75% of each GPU up front, and knows its rank on
@@ -634,7 +670,8 @@ def test_model_without_a_cuda_lowering_stays_on_the_cpu(monkeypatch, tmp_path):
     doc = plan.doc.model_copy(deep=True)
     train = next(op for isl in doc.islands for op in isl.ops if op.op == "dl.train")
     assert dl_exec.carried_platforms(train) == ("cpu",)
-    train.attributes["taskgraph.device"] = "gpu"
+    assert train.attributes.get("dl.cpu_only") in (True, 1)
+    train.attributes["taskgraph.device"] = "gpu"  # a plan that asks anyway: the runtime declines
 
     class FakeGpu:
         platform = "gpu"

@@ -430,16 +430,16 @@ def _export(fn: Callable, *specs: Any, platforms: tuple[str, ...] = ("cpu",)) ->
     return jax_export.export(jax.jit(fn), platforms=platforms)(*specs)
 
 
-def _carried(fn: Callable, specs: tuple, cpu_export: Any, loc: SourceLoc) -> str:
-    """The serialized export a plan carries: lowered for every CARRIED_PLATFORMS when JAX can
-    lower ``fn`` for all of them here (a custom call without a CUDA lowering on a machine
-    without jaxlib's CUDA plugin cannot be), else for the CPU only; the runtime then keeps
-    the op on the CPU (select_device reads the export's platforms)."""
+def _carried(fn: Callable, specs: tuple, cpu_export: Any, loc: SourceLoc) -> tuple[str, bool]:
+    """The serialized export a plan carries, and whether it runs on a GPU: lowered for every
+    CARRIED_PLATFORMS when JAX can lower ``fn`` for all of them here (a custom call without a
+    CUDA lowering on a machine without jaxlib's CUDA plugin cannot be), else for the CPU
+    only; the ops that run it are then marked ``dl.cpu_only`` (the compiler keeps them off
+    the GPU) and the runtime's select_device reads the export's platforms too."""
     try:
-        exported = _export(fn, *specs, platforms=CARRIED_PLATFORMS)
+        return _serialized(_export(fn, *specs, platforms=CARRIED_PLATFORMS), loc), True
     except Exception:  # noqa: BLE001 - lowering errors of any kind: the CPU export is valid
-        exported = cpu_export
-    return _serialized(exported, loc)
+        return _serialized(cpu_export, loc), False
 
 
 def _stablehlo_text(exported: Any) -> str:
@@ -535,7 +535,7 @@ def _model(fn: Any, params: Params, x: Tensor, loc: SourceLoc) -> dlops.ModelOp:
     op.attributes[dlops.FLOPS_ATTR] = FloatAttr(forward[0], f64)
     op.attributes[dlops.BYTES_ATTR] = FloatAttr(forward[1], f64)
     blobs = _state_slot(state, "dl_blobs", dict)
-    blobs[op.sym_name.data] = (_carried(fn, specs, exported, loc), forward, train_cost)
+    blobs[op.sym_name.data] = (*_carried(fn, specs, exported, loc), forward, train_cost)
     module_ops(state).append(op)
     cache[key] = (fn, op)
     return op
@@ -583,11 +583,14 @@ def _attach_functions(op: Operation, model: dlops.ModelOp, loss: str | None, tra
     serialized exports, and per-row cost figures for the cost model."""
     state = current_trace()
     blobs = _state_slot(state, "dl_blobs", dict)
-    blob, forward, train_cost = blobs[model.sym_name.data]
+    blob, on_gpu, forward, train_cost = blobs[model.sym_name.data]
     op.attributes[dlops.MODEL_EXPORT_ATTR] = StringAttr(blob)
     if loss is not None and loss.startswith(dlops.CUSTOM_LOSS_PREFIX):
-        loss_blob = _state_slot(state, "dl_loss_blobs", dict)[loss[len(dlops.CUSTOM_LOSS_PREFIX):]]
+        loss_blob, loss_on_gpu = _state_slot(state, "dl_loss_blobs", dict)[loss[len(dlops.CUSTOM_LOSS_PREFIX):]]
         op.attributes[dlops.LOSS_EXPORT_ATTR] = StringAttr(loss_blob)
+        on_gpu = on_gpu and loss_on_gpu
+    if not on_gpu:
+        op.attributes[dlops.CPU_ONLY_ATTR] = BoolAttr.from_bool(True)
     flops, nbytes = train_cost if train else forward
     op.attributes[dlops.FLOPS_ATTR] = FloatAttr(flops, f64)
     op.attributes[dlops.BYTES_ATTR] = FloatAttr(nbytes, f64)
