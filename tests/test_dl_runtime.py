@@ -524,11 +524,23 @@ def test_device_selection(monkeypatch):
     assert dl_exec.select_device("gpu") == cpu
 
 
+def _without_cuda_lowering(monkeypatch) -> None:
+    """Tracing as on a machine where JAX cannot lower the model for CUDA."""
+    from opgraph import dl as og_dl
+
+    real_export = og_dl._export
+
+    def cpu_only(fn, *specs, platforms=("cpu",)):
+        if "cuda" in platforms:
+            raise NotImplementedError("no CUDA lowering for this custom call")
+        return real_export(fn, *specs, platforms=platforms)
+
+    monkeypatch.setattr(og_dl, "_export", cpu_only)
+
+
 def test_compiler_keeps_a_cpu_only_model_off_the_gpu(monkeypatch):
     """A training the cost model puts on the GPUs of a GPU machine stays on the CPU when its
     model has no CUDA lowering (``dl.cpu_only``): plan and execution agree."""
-    from opgraph import dl as og_dl
-
     table = make_table(200_000)
 
     @og.pipeline
@@ -543,14 +555,7 @@ def test_compiler_keeps_a_cpu_only_model_off_the_gpu(monkeypatch):
 
     both = train_op(fit.compile(table, hw="cloud_a100"))
     assert both.attributes["taskgraph.device"] == "gpu" and "dl.cpu_only" not in both.attributes
-    real_export = og_dl._export
-
-    def cpu_only(fn, *specs, platforms=("cpu",)):
-        if "cuda" in platforms:
-            raise NotImplementedError("no CUDA lowering for this custom call")
-        return real_export(fn, *specs, platforms=platforms)
-
-    monkeypatch.setattr(og_dl, "_export", cpu_only)
+    _without_cuda_lowering(monkeypatch)
     plan = fit.compile(table, hw="cloud_a100")
     cpu = train_op(plan)
     assert cpu.attributes["taskgraph.device"] == "cpu"
@@ -654,16 +659,7 @@ def test_plan_carries_model_and_verifies_upstream(tmp_path):
 def test_model_without_a_cuda_lowering_stays_on_the_cpu(monkeypatch, tmp_path):
     """A model JAX cannot lower for CUDA on this machine is carried for the CPU alone, and
     the runtime keeps it there even when the plan asks for a GPU and one is present."""
-    from opgraph import dl as og_dl
-
-    real_export = og_dl._export
-
-    def cpu_only(fn, *specs, platforms=("cpu",)):
-        if "cuda" in platforms:
-            raise NotImplementedError("no CUDA lowering for this custom call")
-        return real_export(fn, *specs, platforms=platforms)
-
-    monkeypatch.setattr(og_dl, "_export", cpu_only)
+    _without_cuda_lowering(monkeypatch)
     plan = fit_pipeline(str(tmp_path / "p.npz"), epochs=1).compile(
         make_table(40), hw="laptop"
     )
