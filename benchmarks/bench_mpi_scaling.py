@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_ops import _duck_arrow
+from bench_ops import _duck_arrow, _with_env
 from workloads import join_data, og_join, og_sort, sort_data
 
 
@@ -70,25 +70,26 @@ def _references(workload: str, tables) -> dict:
     return refs
 
 
-def _scale(w: str, pipe, tables: tuple, ranks: list[int], runs: int) -> tuple[dict, dict]:
-    """Median and all times of ``pipe`` on each rank count, then the all-core references."""
+def _scale(w: str, pipe, tables: tuple, ranks: list[int], threads: str, runs: int) -> tuple[dict, dict]:
+    """Median and all times of ``pipe`` on each rank count (``threads`` kernel threads per
+    rank, or cores / ranks for "auto"), then the all-core references."""
     from opgraph.runtime.mpi_engine import shutdown_pools
 
+    thread_env = {} if threads == "auto" else {"OPGRAPH_KERNEL_THREADS": threads, "OMP_NUM_THREADS": threads}
     secs: dict[str, float] = {}
     alls: dict[str, list[float]] = {}
     for n in ranks:
-        t = _timed(lambda n=n: pipe.run(*tables, engine="mpi", ranks=n), runs)
+        # the ranks inherit the variables (a pool is kept per environment)
+        t = _timed(_with_env(lambda n=n: pipe.run(*tables, engine="mpi", ranks=n), **thread_env), runs)
         shutdown_pools()  # one pool at a time: idle ranks hold memory
         secs[f"mpi r{n}"], alls[f"mpi r{n}"] = statistics.median(t), t
         print(f"  {w:5s} mpi r{n:<3d} {secs[f'mpi r{n}']:8.3f} s  (min {min(t):.3f})", file=sys.stderr, flush=True)
-    saved = {k: os.environ.pop(k, None) for k in ("OPGRAPH_KERNEL_THREADS", "OMP_NUM_THREADS")}
     refs = {"og local r1 (all cores)": lambda: pipe.run(*tables, engine="local", ranks=1)}
     refs.update(_references(w, tables))
     for name, fn in refs.items():
         t = _timed(fn, runs)
         secs[name], alls[name] = statistics.median(t), t
         print(f"  {w:5s} {name:24s} {secs[name]:8.3f} s", file=sys.stderr, flush=True)
-    os.environ.update({k: v for k, v in saved.items() if v is not None})
     return secs, alls
 
 
@@ -109,9 +110,6 @@ def main() -> None:
     threads = args.threads_per_rank.strip()
     if threads != "auto" and not threads.isdigit():
         ap.error("--threads-per-rank: a number or 'auto'")
-    if threads != "auto":
-        os.environ["OPGRAPH_KERNEL_THREADS"] = threads  # the ranks inherit it
-        os.environ["OMP_NUM_THREADS"] = threads
     workloads = [w.strip() for w in args.only.split(",") if w.strip()]
     data = {"join": (og_join, lambda: join_data(args.rows)), "sort": (og_sort, lambda: (sort_data(args.rows),))}
     if any(w not in data for w in workloads):
@@ -128,7 +126,7 @@ def main() -> None:
     }
     for w in workloads:
         pipe, make = data[w]
-        secs, alls = _scale(w, pipe, make(), ranks, args.runs)
+        secs, alls = _scale(w, pipe, make(), ranks, threads, args.runs)
         results["seconds"][w], results["all_times"][w] = secs, alls
         gc.collect()
 
