@@ -20,6 +20,8 @@ to the machine's cores — or GPUs for GPU options — and the machine maximum i
   map/rename/drop/                                              while its keys survive, else any
   window
   join               shuffle-hash, sort-merge: in hash(lk) / hash(rk)       out: hash(lk)
+                     node-shared (inner/left, one integer key, fixed-width right columns,
+                       ranks of one machine): no shuffle, one table in shared memory  out: any
                      broadcast-right (inner, left joins only): right side replicated
                      broadcast-left (inner, right joins only): left side replicated
                      (outer joins: no broadcast)                          out: any
@@ -81,17 +83,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from xdsl.context import Context
-from xdsl.dialects import func
-from xdsl.dialects.builtin import (
-    FloatAttr,
-    IntegerAttr,
-    ModuleOp,
-    StringAttr,
-)
-from xdsl.ir import Operation
-from xdsl.passes import ModulePass
-
 from opgraph.dialects import dataframe as df
 from opgraph.dialects.walk import walk_block
 from opgraph.passes.annotate_statistics import (
@@ -104,6 +95,16 @@ from opgraph.passes.annotate_statistics import (
 )
 from opgraph.passes.classify_patterns import PATTERN_ATTR, classify
 from opgraph.passes.cost_model import WORKING_SET_FACTOR, CostModel, rank_grid
+from xdsl.context import Context
+from xdsl.dialects import func
+from xdsl.dialects.builtin import (
+    FloatAttr,
+    IntegerAttr,
+    ModuleOp,
+    StringAttr,
+)
+from xdsl.ir import Operation
+from xdsl.passes import ModulePass
 
 ALGORITHM_ATTR = "taskgraph.algorithm"
 RANKS_ATTR = "taskgraph.ranks"
@@ -171,6 +172,27 @@ def _filter_kept_bytes(op: Any) -> float:
     else:
         kept = dict.fromkeys(table.column_names)
     return _column_bytes(table, kept)
+
+
+#: element types of a node-shared join: integer keys, fixed-width right columns
+_SHARED_KEY_TYPES = ("i8", "i16", "i32", "i64")
+_SHARED_VALUE_TYPES = (*_SHARED_KEY_TYPES, "f32", "f64")
+
+
+def _node_shared_join_applies(op: df.JoinOp) -> bool:
+    """Whether the runtime's node-shared join (``runtime/parallel_ops.py``) takes this join:
+    inner/left, one integer key, right output columns of fixed width."""
+    lk, rk = _strs(op.left_on), _strs(op.right_on)
+    if op.how.data not in ("inner", "left") or len(lk) != 1 or len(rk) != 1:
+        return False
+    lt, rt = op.operands[0].type, op.operands[1].type
+    if not isinstance(lt, df.TableType) or not isinstance(rt, df.TableType):
+        return False
+    lc, rc = lt.column(lk[0]), rt.column(rk[0])
+    if lc is None or rc is None or str(lc[0]) not in _SHARED_KEY_TYPES or str(rc[0]) not in _SHARED_KEY_TYPES:
+        return False
+    merged = rk[0] if lk[0] == rk[0] else None
+    return all(str(t) in _SHARED_VALUE_TYPES for name, t, _ in rt.columns if name != merged)
 
 
 def _groupby_row_bytes(op: Any, keys: list[str]) -> float:
@@ -423,6 +445,12 @@ class Problem:
             t = m.guard_total(t, WORKING_SET_FACTOR * (big.nbytes + node.nbytes), g, replicated=WORKING_SET_FACTOR * small.nbytes)
             return Option(f"broadcast-{side}", "cpu", "any", req, t, pattern="broadcast-compute")
 
+        if _node_shared_join_applies(op):
+            # no shuffle: the ranks of one machine build one table in shared memory (the
+            # right rows copied in, every rank scans all right keys); sparse keys at run time
+            # fall back to shuffling inside the op (runtime/parallel_ops.py)
+            t_ns = t_hash + m.compute("concat", right.rows, right.nbytes, g)
+            opts.append(Option("node-shared", "cpu", "any", [("same",), ("same",)], np.where(g <= m.cores_per_node, t_ns, INF)))
         if how in ("inner", "left"):
             opts.append(bcast(left, right, "right"))
         if how in ("inner", "right"):
@@ -999,8 +1027,9 @@ def choose(module: ModuleOp, max_ranks: int = 0, grid_factor: int = 2, grid: lis
 
 
 def _infeasible(problem: Problem, v: int) -> Exception:
-    from opgraph.errors import PassError
     from opgraph.passes.verify import op_location
+
+    from opgraph.errors import PassError
 
     node = problem.nodes[v]
     m = problem.model

@@ -28,6 +28,7 @@ join shuffle-hash,          ``comm.shuffle`` hash by each side's keys on every i
 sort-merge (default)        already hash-partitioned by them (same rank count); skipped
                             when a key's type differs between the sides (the runtime casts
                             to the common type and re-hashes itself)
+join node-shared            nothing: the ranks (of one machine) share both tables in memory
 join broadcast-right/left   ``comm.allgather`` of the broadcast side (a partitioned table:
                             every rank's rows to every rank), or ``comm.broadcast`` when the
                             side sits on one rank (a whole-table aggregate); only for the
@@ -256,8 +257,8 @@ class _Inserter:
                     self.insert(new, op, side, Part("replicated", ranks=r), kind)
                 return
             # the join kind does not allow broadcasting that side: shuffle-hash instead
-        if algo == "local" or not left_on:
-            return
+        if algo in ("local", "node-shared") or not left_on:
+            return  # (node-shared: the ranks share the tables in memory, nothing moves)
         if any(_col_type(lv, a) != _col_type(rv, b) for a, b in zip(left_on, right_on)):
             return  # the runtime shuffles both sides on the common key type itself
         for index, keys in ((0, left_on), (1, right_on)):
@@ -292,6 +293,10 @@ class _Inserter:
                 res = Part("single", ranks=1)
             elif rp.kind == "replicated" or lp.kind == "replicated":
                 res = Part("any", ranks=r)
+            elif _tg.get_str(op, "taskgraph.algorithm", "") == "node-shared" and not (
+                lp.kind == "hash" and lp.keys == tuple(lo) and rp.kind == "hash" and rp.keys == tuple(ro)
+            ):
+                res = Part("any", ranks=r)  # the runtime's node-shared join leaves rows where they were
             else:
                 res = Part("hash", tuple(lo), ranks=r) if lo == ro else Part("any", ranks=r)
         elif name == "df.groupby_agg":

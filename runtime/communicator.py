@@ -10,12 +10,28 @@ over the communicator unless it says otherwise.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 REDUCE_OPS = ("sum", "min", "max", "prod")
+
+
+class SharedSegment:
+    """Memory that every rank of a communicator maps (``Communicator.shared_segment``):
+    ``buffer`` is the same bytes on every rank. ``close()`` is collective; no rank may touch
+    the buffer (or arrays viewing it) after it."""
+
+    def __init__(self, buffer: np.ndarray, release: Callable[[], None] | None = None):
+        self.buffer = buffer
+        self._release = release
+
+    def close(self) -> None:
+        self.buffer = np.empty(0, dtype=np.uint8)
+        if self._release is not None:
+            release, self._release = self._release, None
+            release()
 
 
 class Communicator(ABC):
@@ -68,6 +84,13 @@ class Communicator(ABC):
     @abstractmethod
     def abort(self, message: str) -> None:
         """Stops every rank of the run (not collective): used when one rank fails."""
+
+    def shared_segment(self, nbytes: int) -> SharedSegment | None:
+        """``nbytes`` of memory that every rank reads and writes (collective, the same
+        ``nbytes`` on every rank; contents undefined), or None where the ranks do not share
+        one machine's memory. Ranks order their accesses with collectives (e.g. ``barrier``).
+        The default: None."""
+        return None
 
     # -- conveniences built on the primitives ---------------------------------------
     def alltoallv_by_part(self, table: pa.Table, part_ids: np.ndarray, counts: np.ndarray) -> pa.Table:

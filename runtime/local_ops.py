@@ -375,6 +375,25 @@ def join(
     lkeys = [_cast_column(left.column(k), t) for k, t in zip(left_on, key_types)]
     rkeys = [_cast_column(right.column(k), t) for k, t in zip(right_on, key_types)]
     li, ri = _join_indices(lkeys, rkeys, key_types, how, left.num_rows, right.num_rows)
+    return join_output(left, right, li, ri, how, left_on, right_on, key_types, schema)
+
+
+def join_output(
+    left: pa.Table,
+    right: pa.Table,
+    li: Any,
+    ri: Any,
+    how: str,
+    left_on: Sequence[str],
+    right_on: Sequence[str],
+    key_types: Sequence[pa.DataType],
+    schema: pa.Schema,
+    right_is_borrowed: bool = False,
+) -> pa.Table:
+    """The join's result table from its row pairs (``li``/``ri``: numpy int64 with -1 = no
+    row on that side, or Arrow indices with nulls). ``right`` needs only the columns the
+    result takes from it (for inner/left joins not the ``on=`` keys). ``right_is_borrowed``:
+    its memory goes away after this call, so its columns are always copied."""
     if isinstance(li, np.ndarray):
         # numpy indices (-1 = null): our multithreaded gather for fixed-width columns
         lnp, rnp = li, ri
@@ -382,8 +401,8 @@ def join(
     else:
         lnp = rnp = None
 
-    def gather(cols: list[Any], idx: Any, idx_np: np.ndarray | None) -> list[Any]:
-        if idx_np is not None and is_identity(idx_np, len(cols[0]) if cols else -1):
+    def gather(cols: list[Any], idx: Any, idx_np: np.ndarray | None, borrowed: bool = False) -> list[Any]:
+        if idx_np is not None and not borrowed and is_identity(idx_np, len(cols[0]) if cols else -1):
             return list(cols)  # every row once, in order (a key-ordered probe): no copy
         if idx_np is not None:  # all of one side's columns in one pass
             return take_columns(cols, idx_np, idx)
@@ -391,13 +410,14 @@ def join(
 
     merged = {lk: i for i, (lk, rk) in enumerate(zip(left_on, right_on)) if lk == rk}
     coalesce = how in ("right", "outer")
-    lcols = [lkeys[merged[n]] if n in merged else left.column(n) for n in left.column_names]
+    lkeys = {k: _cast_column(left.column(k), t) for k, t in zip(left_on, key_types) if k in merged}
+    lcols = [lkeys[n] if n in merged else left.column(n) for n in left.column_names]
     rnames = [n for n in right.column_names if n not in merged]
     rcols = [right.column(n) for n in rnames]
     if coalesce:
-        rcols += [rkeys[merged[n]] for n in left.column_names if n in merged]
+        rcols += [_cast_column(right.column(n), key_types[merged[n]]) for n in left.column_names if n in merged]
     lout = gather(lcols, li, lnp)
-    rout = gather(rcols, ri, rnp)
+    rout = gather(rcols, ri, rnp, right_is_borrowed)
     arrays: list[Any] = []
     rk_pos = len(rnames)
     for name, col in zip(left.column_names, lout):

@@ -30,8 +30,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pyarrow as pa
 from mpi4py import MPI
-
-from opgraph.runtime.communicator import REDUCE_OPS, Communicator, check_part_counts
+from opgraph.runtime.communicator import (
+    REDUCE_OPS,
+    Communicator,
+    SharedSegment,
+    check_part_counts,
+)
 from opgraph.runtime.kernels.hashing import scatter_rows
 
 __all__ = ["MPICommunicator", "buffer_to_table", "serialize_tables", "table_to_buffer"]
@@ -150,6 +154,10 @@ def _row_datatype(width: int) -> MPI.Datatype:
     return _ROW_TYPES[width]
 
 
+#: shared windows by their ranks (world ranks): (communicator, window, bytes)
+_SHARED_WINDOWS: dict[tuple[int, ...], tuple[MPI.Comm, MPI.Win, int]] = {}
+
+
 class MPICommunicator(Communicator):
     """``Communicator`` over an ``mpi4py.MPI.Comm`` (``MPI.COMM_WORLD`` by default)."""
 
@@ -163,6 +171,7 @@ class MPICommunicator(Communicator):
         self._size = self._comm.Get_size()
         self._pending: list[tuple[MPI.Request, pa.Buffer]] = []
         self._lock = threading.Lock()
+        self._on_one_node: bool | None = None
 
     # ------------------------------------------------------------------ basics
     @property
@@ -339,6 +348,32 @@ class MPICommunicator(Communicator):
     def barrier(self) -> None:
         self._complete_sends(wait=True)
         self._comm.Barrier()
+
+    def shared_segment(self, nbytes: int) -> SharedSegment | None:
+        """An MPI-3 shared-memory window (``MPI_Win_allocate_shared``, all of it on rank 0)
+        when every rank runs on this node; None otherwise. The window stays allocated for
+        the next request of the same ranks that fits (islands run on new sub-communicators
+        of the same ranks): its pages stay mapped in every rank, where a new window costs a
+        page fault per page and rank. It lives as long as the process."""
+        if self._on_one_node is None:
+            node = self._comm.Split_type(MPI.COMM_TYPE_SHARED)
+            self._on_one_node = node.Get_size() == self._size
+            node.Free()
+        if not self._on_one_node:
+            return None
+        self._complete_sends(wait=False)
+        nbytes = int(nbytes)
+        members = tuple(MPI.Group.Translate_ranks(self._comm.Get_group(), list(range(self._size)), MPI.COMM_WORLD.Get_group()))
+        cached = _SHARED_WINDOWS.get(members)
+        if cached is None or cached[2] < nbytes:  # (every rank asks for the same sizes)
+            if cached is not None:
+                cached[1].Free()
+                cached[0].Free()
+            owner = self._comm.Dup()  # the window's own communicator, kept with it
+            win = MPI.Win.Allocate_shared(nbytes if self._rank == 0 else 0, 1, comm=owner)
+            cached = _SHARED_WINDOWS[members] = (owner, win, nbytes)
+        memory, _ = cached[1].Shared_query(0)
+        return SharedSegment(np.frombuffer(memory, dtype=np.uint8, count=nbytes))
 
     # ---------------------------------------------------------- point to point
     def send(self, table: pa.Table, dest: int, tag: int = 0) -> None:

@@ -16,7 +16,13 @@ join                shuffle-hash join: both sides hash-partitioned by their keys
                     C++ kernel ``partition.hash_part_ids`` + ``alltoallv_by_part``; a side
                     already partitioned that way is not moved. Broadcast join (``allgather``
                     of the right side) when asked for and the kind allows (inner/left), or
-                    when the right side is already replicated.
+                    when the right side is already replicated. Node-shared join (ranks of
+                    one machine, neither side hash-partitioned yet, inner/left, one integer
+                    key whose values span at most 4x the right rows, fixed-width right
+                    columns): no shuffle; the right rows are copied into one shared segment
+                    (``Communicator.shared_segment``), every rank fills its share of one
+                    direct-addressed table from all right keys, then probes it with its own
+                    left rows (C++ ``shared_dense_build``/``shared_dense_probe``).
 groupby_agg         combine-shuffle-reduce: decomposable aggregates (sum, count, size, min,
                     max, mean as sum+count) are pre-aggregated per rank, the partials
                     shuffled by the keys and combined; std/var/median/nunique shuffle the
@@ -63,6 +69,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from opgraph.runtime import local_ops as L
 from opgraph.runtime.communicator import Communicator
+from opgraph.runtime.kernels import filtering as F
+from opgraph.runtime.kernels import opkernels as K
 from opgraph.runtime.partition import (
     hash_part_ids,
     range_part_ids,
@@ -267,6 +275,130 @@ def rebalance(comm: Communicator, table: pa.Table, width: int) -> pa.Table:
 # ------------------------------------------------------------------------------ join
 
 
+#: ``OPGRAPH_NODE_SHARED_JOIN=0``: ranks that share one machine's memory shuffle both sides
+#: of a join as ranks on different machines do (benchmarks compare the two)
+_NODE_SHARED_JOIN = os.environ.get("OPGRAPH_NODE_SHARED_JOIN", "1").strip().lower() not in ("0", "false", "no", "off")
+
+#: node-shared joins run by this process (tests check which path a join took)
+STATS = {"node_shared_join": 0}
+
+#: dense right keys: range at most this many times the right rows (op_kernels.hpp kDenseFactor)
+_DENSE_FACTOR = 4
+#: each rank's right rows start at a multiple of this in the shared columns, so that its
+#: validity bits start on a byte boundary
+_ROW_ALIGN = 64
+
+
+def _fixed_width(t: pa.DataType) -> int:
+    """Bytes per value of a fixed-width type the shared columns can hold (0: none)."""
+    if pa.types.is_boolean(t) or pa.types.is_dictionary(t) or not F.supported(t):
+        return 0
+    try:
+        bits = t.bit_width
+    except ValueError:
+        return 0
+    return bits // 8 if bits % 8 == 0 else 0
+
+
+def _round_up(n: int, to: int) -> int:
+    return -(-n // to) * to
+
+
+def _node_shared_join(
+    comm: Communicator,
+    left: pa.Table,
+    right: pa.Table,
+    how: str,
+    left_on: Sequence[str],
+    right_on: Sequence[str],
+    key_types: Sequence[pa.DataType],
+    schema: pa.Schema,
+) -> pa.Table | None:
+    """The join of ranks that share one machine's memory, without a shuffle: every rank
+    copies its right rows' output columns into a shared segment and inserts its right keys
+    into one direct-addressed table there (C++ ``shared_dense_build``, atomic), then probes
+    that table with its own left rows and gathers the matching right values (DuckDB's
+    "perfect hash join", built by all ranks at once). For one integer key whose values span
+    at most 4x the right rows (ids, dimension keys), inner/left joins and fixed-width right
+    columns; otherwise (or when the ranks are on different machines) None: the caller
+    shuffles. Collective; every rank decides alike."""
+    if not _NODE_SHARED_JOIN or how not in ("inner", "left") or len(key_types) != 1 or key_types[0] not in L._I64_KEYS:
+        return None
+    merged = {lk for lk, rk in zip(left_on, right_on) if lk == rk}
+    rnames = [n for n in right.column_names if n not in merged]
+    rtypes = [right.schema.field(n).type for n in rnames]
+    widths = [_fixed_width(t) for t in rtypes]
+    if not all(widths):
+        return None
+    rkeys = L._cast_column(L._cast_column(right.column(right_on[0]), key_types[0]), pa.int64())
+    bounds = pc.min_max(rkeys)
+    lo_key, hi_key = bounds["min"].as_py(), bounds["max"].as_py()
+    mine = [right.num_rows, np.iinfo(np.int64).max if lo_key is None else lo_key, np.iinfo(np.int64).min if hi_key is None else hi_key]
+    rows, lows, highs = np.stack(comm.allgather_array(np.array(mine, dtype=np.int64))).T.tolist()
+    key_min, key_max, total = min(lows), max(highs), sum(rows)
+    padded = [_round_up(int(r), _ROW_ALIGN) for r in rows]
+    if key_min > key_max or key_max - key_min >= _DENSE_FACTOR * total or sum(padded) >= 2**31 - 1:
+        return None  # no keys, sparse keys, or row numbers beyond int32
+    cap = key_max - key_min + 1
+    n_pad = sum(padded)
+    starts = np.concatenate([[0], np.cumsum(padded)[:-1]]).astype(np.int64)
+    row0 = int(starts[comm.rank])
+    # layout: head (int32 per key), chain (int32 per row), keys (int64 per row), per right
+    # column its values and validity bits; each piece 64-byte aligned
+    offsets, size = [], 0
+    for nbytes in [cap * 4, n_pad * 4, n_pad * 8] + [x for w in widths for x in (n_pad * w, n_pad // 8)]:
+        offsets.append(size)
+        size += _round_up(nbytes, 64)
+    segment = comm.shared_segment(size)
+    if segment is None:
+        return None
+    STATS["node_shared_join"] += 1
+    with _stage(comm, "node-shared-join"):
+        memory = segment.buffer
+        head = memory[offsets[0] : offsets[0] + cap * 4].view(np.int32)
+        chain = memory[offsets[1] : offsets[1] + n_pad * 4].view(np.int32)
+        keys = memory[offsets[2] : offsets[2] + n_pad * 8].view(np.int64)
+        outside = key_min - 1 if key_min > np.iinfo(np.int64).min else key_max + 1  # null keys: no slot
+        mine = rkeys.fill_null(outside) if rkeys.null_count else rkeys
+        keys[row0 : row0 + right.num_rows] = mine.to_numpy()
+        chain[row0 : row0 + right.num_rows] = -1
+        shared_columns = []
+        for c, (name, t, w) in enumerate(zip(rnames, rtypes, widths)):
+            values = memory[offsets[3 + 2 * c] : offsets[3 + 2 * c] + n_pad * w]
+            bits = memory[offsets[4 + 2 * c] : offsets[4 + 2 * c] + n_pad // 8]
+            _copy_fixed_width(right.column(name), values[row0 * w :], bits[row0 // 8 :], w)
+            shared_columns.append(pa.Array.from_buffers(t, n_pad, [pa.py_buffer(bits), pa.py_buffer(values)]))
+        comm.barrier()  # every rank's keys are in place
+        r, n = comm.rank, comm.size
+        dup = K.shared_dense_build(keys, starts, rows, key_min, head, chain, cap * r // n, cap * (r + 1) // n)
+        # (also the point after which the table is complete)
+        any_dup = bool(comm.allreduce(np.array([int(dup)], dtype=np.int64), "max")[0])
+        lkeys = L._cast_column(L._cast_column(left.column(left_on[0]), key_types[0]), pa.int64())
+        li, ri = K.shared_dense_probe(lkeys, key_min, head, chain, not any_dup, how)
+        shared_right = pa.Table.from_arrays(shared_columns, names=rnames)
+        out = L.join_output(left, shared_right, li, ri, how, left_on, right_on, key_types, schema, right_is_borrowed=True)
+        del head, chain, keys, shared_columns, shared_right, memory
+        comm.barrier()  # every rank has copied what it needs out of the segment
+        segment.close()
+    return out
+
+
+def _copy_fixed_width(column: pa.ChunkedArray, values: np.ndarray, bits: np.ndarray, width: int) -> None:
+    """A fixed-width column's values and validity bits into byte arrays (values from byte
+    0, bits from bit 0)."""
+    arr = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    n = len(arr)
+    if n == 0:
+        return
+    data = np.frombuffer(arr.buffers()[1], dtype=np.uint8, count=n * width, offset=arr.offset * width)
+    values[: n * width] = data
+    if arr.null_count == 0:
+        bits[: (n + 7) // 8] = 0xFF
+    else:
+        valid = np.packbits(arr.is_valid().to_numpy(zero_copy_only=False), bitorder="little")
+        bits[: len(valid)] = valid
+
+
 def join(
     comm: Communicator,
     left: Dist,
@@ -298,7 +430,12 @@ def join(
         full_right = L.concat_tables(comm.allgather(right.table), right.table.schema)
         out = L.join(left.table, full_right, how, left_on, right_on, schema)
         return Dist(out, ANY)
-    lt = left.table if left.part.hashed_on(left_on, key_types) else shuffle_hash(comm, left.table, left_on, key_types)
+    left_hashed, right_hashed = left.part.hashed_on(left_on, key_types), right.part.hashed_on(right_on, key_types)
+    if not (left_hashed and right_hashed):
+        out = _node_shared_join(comm, left.table, right.table, how, left_on, right_on, key_types, schema)
+        if out is not None:
+            return Dist(out, ANY)
+    lt = left.table if left_hashed else shuffle_hash(comm, left.table, left_on, key_types)
     rt = right.table if right.part.hashed_on(right_on, key_types) else shuffle_hash(comm, right.table, right_on, key_types)
     with _stage(comm, "local-join"):
         return Dist(L.join(lt, rt, how, left_on, right_on, schema), out_part)

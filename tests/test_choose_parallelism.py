@@ -134,6 +134,41 @@ def test_broadcast_join_when_one_side_small():
     assert join["moved"] > 1e9  # both sides shuffled
 
 
+def test_node_shared_join_on_one_machine_only_where_the_runtime_takes_it():
+    """Two big tables on one machine (laptop): the node-shared join (no shuffle) for an
+    integer key with fixed-width right columns, inner or left; a string right column, an
+    outer join or a float key keep the shuffle. After insert-communication no comm.shuffle
+    feeds the node-shared join, a groupby by its key still moves rows, and the IR verifies
+    upstream."""
+    full = PASSES + ",insert-communication"
+
+    @og.pipeline
+    def grouped(a, b):
+        return a.merge(b, on="k", how="left").groupby("k").agg(s=("v_x", "sum"))
+
+    @og.pipeline
+    def outer(a, b):
+        return a.merge(b, on="k", how="outer")
+
+    sizes = {"a": (1e8, 16), "b": (1e8, 16)}
+    module = plan(grouped, sizes, hw="laptop", passes=full)
+    join = first(chosen(module), "df.join")
+    assert join["algorithm"] == "node-shared", join
+    ops = dataflow_ops(module)
+    j = next(i for i, op in enumerate(ops) if op.name == "df.join")
+    shuffles = [i for i, op in enumerate(ops) if op.name == "comm.shuffle"]
+    assert all(i > j for i in shuffles), [op.name for op in ops]
+    group = first(chosen(module), "df.groupby_agg")
+    assert group["algorithm"] != "local" and group["moved"] > 0, group  # the join's rows are not hashed by k
+    assert verify_text(print_module(module)) is None
+
+    strings = {"a": kv(), "b": pa.table({"k": pa.array([1, 2], pa.int64()), "v": ["x", "y"]})}
+    assert first(chosen(plan(grouped, sizes, hw="laptop", tables=strings)), "df.join")["algorithm"] != "node-shared"
+    assert first(chosen(plan(outer, sizes, hw="laptop")), "df.join")["algorithm"] != "node-shared"
+    floats = {n: pa.table({"k": pa.array([0.5], pa.float64()), "v": pa.array([1.0])}) for n in "ab"}
+    assert first(chosen(plan(grouped, sizes, hw="laptop", tables=floats)), "df.join")["algorithm"] != "node-shared"
+
+
 def test_left_join_never_broadcasts_left_side():
     @og.pipeline
     def left(a, b):

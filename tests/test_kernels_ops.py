@@ -294,3 +294,104 @@ def test_broadcast_join_on_replicated_right_does_not_shuffle():
     assert not calls
     exp = duckdb.sql("SELECT l.k, x, y FROM lt l JOIN rt r ON l.k = r.k").to_arrow_table()
     assert sorted(out.to_pylist(), key=repr) == sorted(exp.to_pylist(), key=repr)
+
+
+# ------------------------------------------------------------- node-shared join
+
+
+small_keys = st.lists(st.one_of(st.none(), st.integers(-6, 6)), max_size=40)
+
+
+@SETTINGS
+@given(small_keys, st.lists(small_keys, min_size=1, max_size=3), st.sampled_from(["inner", "left"]), st.integers(0, 70))
+def test_shared_dense_join_kernels_match_duckdb(lk, right_parts, how, gap):
+    """Every "rank" (right part) fills its share of the slots from all parts' keys (with
+    unused rows between the parts, as the padded shared columns have); the probe of the
+    finished table equals DuckDB's join on the concatenated right keys."""
+    mn, mx = -6, 6
+    cap = mx - mn + 1
+    outside = mn - 1
+    starts, lens, rows = [], [], []
+    keys = []
+    for part in right_parts:
+        starts.append(len(keys))
+        lens.append(len(part))
+        rows.extend(range(len(keys), len(keys) + len(part)))
+        keys.extend(outside if k is None else k for k in part)
+        keys.extend([123456789] * gap)  # garbage rows no part owns
+    keys_np = np.array(keys or [0], dtype=np.int64)
+    head = np.full(cap, 7, dtype=np.int32)  # any content: each rank clears its own slots
+    chain = np.full(len(keys_np), -1, dtype=np.int32)
+    n = len(right_parts)
+    dup = False
+    for r in range(n):  # ranks fill disjoint slot ranges
+        dup |= K.shared_dense_build(keys_np, starts, lens, mn, head, chain, cap * r // n, cap * (r + 1) // n)
+    li, ri = K.shared_dense_probe(pa.array(lk, pa.int64()), mn, head, chain, not dup, how)
+    global_to_concat = {g: i for i, g in enumerate(rows)}
+    got = sorted((i, -1 if j < 0 else global_to_concat[j]) for i, j in zip(li.tolist(), ri.tolist()))
+    flat = [k for part in right_parts for k in part]
+    assert got == _duck_pairs(lk, flat, how)
+    assert dup == (len({k for k in flat if k is not None}) < sum(k is not None for k in flat))
+    assert list(li) == sorted(li)  # the probe keeps the left rows' order
+
+
+def _shared_join_case(n_left, n_right, key_range, seed):
+    rng = np.random.default_rng(seed)
+    lt = pa.table({"k": pa.array(rng.integers(0, key_range, n_left), pa.int32(), mask=rng.random(n_left) < 0.05), "x": rng.random(n_left)})
+    rt = pa.table(
+        {
+            "k": pa.array(rng.integers(0, key_range, n_right), pa.int64(), mask=rng.random(n_right) < 0.05),
+            "y": pa.array(rng.integers(-9, 9, n_right), pa.int32(), mask=rng.random(n_right) < 0.2),
+            "z": pa.array(rng.random(n_right), pa.float32()),
+        }
+    )
+    return lt, rt
+
+
+@pytest.mark.parametrize("ranks", [2, 3, 4])
+@pytest.mark.parametrize("how", ["inner", "left"])
+def test_node_shared_join_of_ranks_matches_duckdb(ranks, how):
+    """parallel_ops.join on ranks sharing memory (threads) with dense keys: no shuffle, one
+    shared table; int32 against int64 keys, nulls, duplicates, a rank without right rows."""
+    lt, rt = _shared_join_case(700, 300, 120, ranks)
+    schema = pa.schema([("k", pa.int64()), ("x", pa.float64()), ("y", pa.int32()), ("z", pa.float32())])
+    calls = []
+
+    def body(comm):
+        orig = comm.alltoallv
+        comm.alltoallv = lambda parts: calls.append(1) or orig(parts)
+        lo, hi = 700 * comm.rank // ranks, 700 * (comm.rank + 1) // ranks
+        rlo, rhi = (0, 0) if comm.rank == 1 else (300 * comm.rank // ranks, 300 * (comm.rank + 1) // ranks)
+        if comm.rank == 0:
+            rlo, rhi = 0, 300 * 2 // ranks  # rank 1's share too
+        d = P.join(comm, P.Dist(lt.slice(lo, hi - lo)), P.Dist(rt.slice(rlo, rhi - rlo)), how, ["k"], ["k"], schema)
+        return d.table
+
+    before = P.STATS["node_shared_join"]
+    out = pa.concat_tables(run_ranks(ranks, body))
+    assert P.STATS["node_shared_join"] - before == ranks
+    assert not calls  # nothing shuffled
+    jt = "JOIN" if how == "inner" else "LEFT JOIN"
+    exp = duckdb.sql(f"SELECT l.k::BIGINT AS k, x, y, z FROM lt l {jt} rt r ON l.k = r.k").to_arrow_table()
+    assert out.schema == schema
+    assert sorted(out.to_pylist(), key=repr) == sorted(exp.to_pylist(), key=repr)
+
+
+def test_sparse_keys_take_the_shuffle_join():
+    """Keys spread far wider than the right rows: no direct-addressed table; the ranks
+    shuffle both sides instead, with the same answer."""
+    rng = np.random.default_rng(9)
+    lt = pa.table({"k": rng.integers(0, 50, 400) * 10**12, "x": rng.random(400)})
+    rt = pa.table({"k": np.arange(50) * 10**12, "y": rng.random(50)})
+    schema = pa.schema([("k", pa.int64()), ("x", pa.float64()), ("y", pa.float64())])
+
+    def body(comm):
+        lo, hi = 400 * comm.rank // 2, 400 * (comm.rank + 1) // 2
+        rlo, rhi = 50 * comm.rank // 2, 50 * (comm.rank + 1) // 2
+        return P.join(comm, P.Dist(lt.slice(lo, hi - lo)), P.Dist(rt.slice(rlo, rhi - rlo)), "inner", ["k"], ["k"], schema).table
+
+    before = P.STATS["node_shared_join"]
+    out = pa.concat_tables(run_ranks(2, body))
+    assert P.STATS["node_shared_join"] == before
+    exp = duckdb.sql("SELECT l.k, x, y FROM lt l JOIN rt r ON l.k = r.k").to_arrow_table()
+    assert sorted(out.to_pylist(), key=repr) == sorted(exp.to_pylist(), key=repr)

@@ -385,6 +385,59 @@ struct MoveOut {
   }
 };
 
+// The probe of a table built on the right rows (head/chain, looked up by `first(key)`):
+// left row blocks spread over nt threads, results in left-row order (res->li/ri[t] per
+// block). `matched` (or null) flags the right rows that matched (right/outer kinds);
+// `dense_head` (or null): the direct-addressed table (key - mn, cap slots), whose unique-key
+// inner/left case needs one load per row.
+template <class First>
+inline void probe_in_order(JoinResult* res, int nt, const int64_t* lk, const uint8_t* lvalid, int64_t lvoff,
+                           int64_t nl, First first, const int32_t* chain, bool unique, bool keep_left,
+                           uint8_t* matched, const int32_t* dense_head, int64_t mn, int64_t cap) {
+  res->li.resize(nt + 1);
+  res->ri.resize(nt + 1);
+  parallel_for(nt, [&](int t) {
+    const int64_t lo = nl * t / nt, hi = nl * (t + 1) / nt;
+    std::vector<int64_t> oli, ori;
+    MoveOut done{res, t, oli, ori};
+    oli.reserve(hi - lo);
+    ori.reserve(hi - lo);
+    if (unique && dense_head && !matched) {  // the common dimension-table case: one load per row
+      const int32_t* hd = dense_head;
+      constexpr int64_t kAhead = 16;  // prefetch distance: the table is often beyond L2
+      for (int64_t i = lo; i < hi; ++i) {
+        if (i + kAhead < hi) {
+          const uint64_t ka = static_cast<uint64_t>(lk[i + kAhead]) - static_cast<uint64_t>(mn);
+          if (ka < static_cast<uint64_t>(cap)) __builtin_prefetch(hd + ka);
+        }
+        const uint64_t ka = static_cast<uint64_t>(lk[i]) - static_cast<uint64_t>(mn);
+        int32_t h = (ka >= static_cast<uint64_t>(cap) || (lvalid && !get_bit(lvalid, lvoff + i))) ? -1 : hd[ka];
+        if (h >= 0 || keep_left) {
+          oli.push_back(i);
+          ori.push_back(h);
+        }
+      }
+      return;
+    }
+    for (int64_t i = lo; i < hi; ++i) {
+      int32_t h = -1;
+      if (!lvalid || get_bit(lvalid, lvoff + i)) h = first(lk[i]);
+      if (h < 0) {
+        if (keep_left) {
+          oli.push_back(i);
+          ori.push_back(-1);
+        }
+        continue;
+      }
+      for (int32_t j = h; j >= 0; j = unique ? -1 : chain[j]) {
+        oli.push_back(i);
+        ori.push_back(j);
+        if (matched) __atomic_store_n(&matched[j], static_cast<uint8_t>(1), __ATOMIC_RELAXED);
+      }
+    }
+  });
+}
+
 // Right keys whose range is at most kDenseFactor * (right rows) (e.g. a dimension table's
 // 0..n-1 ids) or at most kSmallBuild right rows: no partitioning; one table on the right rows
 // (direct-addressed by key - min, or open addressing) is probed by the left rows in order,
@@ -470,48 +523,8 @@ inline JoinResult* join_sequential_probe(const int64_t* lk, const uint8_t* lvali
   };
   std::vector<uint8_t> matched(keep_right ? nr : 0, 0);
   const int nt = clamp_threads(nthreads, nl);
-  res->li.resize(nt + 1);
-  res->ri.resize(nt + 1);
-  parallel_for(nt, [&](int t) {
-    const int64_t lo = nl * t / nt, hi = nl * (t + 1) / nt;
-    std::vector<int64_t> oli, ori;
-    MoveOut done{res, t, oli, ori};
-    oli.reserve(hi - lo);
-    ori.reserve(hi - lo);
-    if (unique && dense && !keep_right) {  // the common dimension-table case: one load per row
-      const int32_t* hd = head.data();
-      constexpr int64_t kAhead = 16;  // prefetch distance: the table is often beyond L2
-      for (int64_t i = lo; i < hi; ++i) {
-        if (i + kAhead < hi) {
-          const uint64_t ka = static_cast<uint64_t>(lk[i + kAhead]) - static_cast<uint64_t>(mn);
-          if (ka < static_cast<uint64_t>(cap)) __builtin_prefetch(hd + ka);
-        }
-        const int64_t key = lk[i];
-        int32_t h = (key < mn || key > mx || (lvalid && !get_bit(lvalid, lvoff + i))) ? -1 : hd[key - mn];
-        if (h >= 0 || keep_left) {
-          oli.push_back(i);
-          ori.push_back(h);
-        }
-      }
-      return;
-    }
-    for (int64_t i = lo; i < hi; ++i) {
-      int32_t h = -1;
-      if (!lvalid || get_bit(lvalid, lvoff + i)) h = first(lk[i]);
-      if (h < 0) {
-        if (keep_left) {
-          oli.push_back(i);
-          ori.push_back(-1);
-        }
-        continue;
-      }
-      for (int32_t j = h; j >= 0; j = unique ? -1 : chain[j]) {
-        oli.push_back(i);
-        ori.push_back(j);
-        if (keep_right) __atomic_store_n(&matched[j], static_cast<uint8_t>(1), __ATOMIC_RELAXED);
-      }
-    }
-  });
+  probe_in_order(res, nt, lk, lvalid, lvoff, nl, first, chain.data(), unique, keep_left,
+                 keep_right ? matched.data() : nullptr, dense ? head.data() : nullptr, mn, cap);
   timer.lap("probe");
   if (keep_right) {
     std::vector<int64_t>& nli = res->li[nt];
@@ -523,6 +536,73 @@ inline JoinResult* join_sequential_probe(const int64_t* lk, const uint8_t* lvali
       }
     }
   }
+  return res->finish();
+}
+
+// ---------------------------------------------------- node-shared direct-addressed join
+// For ranks that share one node's memory (parallel_ops.join with dense right keys): every
+// rank inserts its own right rows into one direct-addressed table in a shared segment
+// (head[key - mn] = first right row of the key, chain[row] = next row of the same key;
+// rows numbered globally; each rank fills its own range of slots), then - after a barrier -
+// probes it with its own left rows. Neither side is shuffled.
+
+// Inserts the right rows whose key slot (key - mn) lies in [slot_lo, slot_hi) - this rank's
+// share of the table, so that no other rank writes those slots and plain stores suffice -
+// from every rank's rows: keys[starts[r] .. starts[r] + lens[r]) (global row numbers;
+// null rows hold a key outside the table; chain holds -1 for every row, each rank having
+// filled its own rows'). Rows are visited last to first, so chains list rows ascending. Returns whether a key came twice (the probe must follow chains).
+inline bool k_shared_dense_build(const int64_t* keys, const int64_t* starts, const int64_t* lens, int nregions,
+                                 int64_t mn, int64_t slot_lo, int64_t slot_hi, int32_t* head, int32_t* chain) {
+  std::fill(head + slot_lo, head + slot_hi, -1);
+  const uint64_t lo = static_cast<uint64_t>(slot_lo), width = static_cast<uint64_t>(slot_hi - slot_lo);
+  int32_t* own = head + slot_lo;
+  bool dup = false;
+  // per block of rows: first the rows of this rank's slots, branch-free (about half the
+  // rows with two ranks: an if per row would be mispredicted every other row), then their
+  // inserts, the random slot writes prefetched ahead
+  constexpr int64_t kBlock = 2048, kAhead = 16;
+  uint64_t slots[kBlock];
+  int32_t rows[kBlock];
+  for (int r = nregions - 1; r >= 0; --r) {
+    const int64_t* k = keys + starts[r];
+    for (int64_t end = lens[r]; end > 0; end -= kBlock) {
+      const int64_t begin = std::max<int64_t>(0, end - kBlock);
+      int64_t m = 0;
+      for (int64_t j = end - 1; j >= begin; --j) {
+        const uint64_t s = static_cast<uint64_t>(k[j]) - static_cast<uint64_t>(mn) - lo;
+        slots[m] = s;
+        rows[m] = static_cast<int32_t>(starts[r] + j);
+        m += s < width;
+      }
+      for (int64_t i = 0; i < m; ++i) {
+        if (i + kAhead < m) __builtin_prefetch(own + slots[i + kAhead], 1);
+        const int32_t prev = own[slots[i]];
+        if (prev >= 0) {  // (chain holds -1 already: no writes to lines other ranks write)
+          chain[rows[i]] = prev;
+          dup = true;
+        }
+        own[slots[i]] = rows[i];
+      }
+    }
+  }
+  __atomic_thread_fence(__ATOMIC_SEQ_CST);  // (the caller's collective orders it for the other ranks)
+  return dup;
+}
+
+// This rank's left rows against the shared table: (left row, global right row) pairs in
+// left-row order, -1 for the right side of an unmatched left row (keep_left).
+inline JoinResult* k_shared_dense_probe(const int64_t* lk, const uint8_t* lvalid, int64_t lvoff, int64_t nl,
+                                        int64_t mn, int64_t cap, const int32_t* head, const int32_t* chain,
+                                        bool unique, bool keep_left, int nthreads) {
+  __atomic_thread_fence(__ATOMIC_SEQ_CST);
+  auto* res = new JoinResult();
+  res->ordered = 1;
+  auto first = [&](int64_t key) -> int32_t {
+    const uint64_t s = static_cast<uint64_t>(key) - static_cast<uint64_t>(mn);
+    return s < static_cast<uint64_t>(cap) ? head[s] : -1;
+  };
+  probe_in_order(res, clamp_threads(nthreads, nl), lk, lvalid, lvoff, nl, first, chain, unique, keep_left, nullptr,
+                 head, mn, cap);
   return res->finish();
 }
 

@@ -8,6 +8,9 @@
   null mask), for range partitioning by splitters.
 * ``hash_join_i64(left_keys, right_keys, how)``: (left indices, right indices) int64 numpy
   arrays of the matching row pairs (-1 = no row on that side); null keys never match.
+* ``shared_dense_build`` / ``shared_dense_probe``: the join of ranks that share a node's
+  memory: one direct-addressed table in a shared segment, built by every rank with its own
+  right rows, probed by every rank with its own left rows (parallel_ops.join).
 * ``take(array, indices)``: gather of a fixed-width/bool Arrow array by int32/int64 indices
   (negative -> null), multithreaded; None for types it does not cover.
 * ``mask_to_indices(mask)``: positions of the true, valid rows of a boolean Arrow array.
@@ -44,6 +47,11 @@ cdef extern from "op_kernels.hpp" namespace "opgraph::opk" nogil:
                               const int64_t* rk, const uint8_t* rvalid, int64_t rvoff, int64_t nr,
                               int how, int nthreads)
     void join_copy_out(JoinResult* res, int64_t* li, int64_t* ri, int nthreads)
+    bint k_shared_dense_build(const int64_t* keys, const int64_t* starts, const int64_t* lens, int nregions,
+                              int64_t mn, int64_t slot_lo, int64_t slot_hi, int32_t* head, int32_t* chain)
+    JoinResult* k_shared_dense_probe(const int64_t* lk, const uint8_t* lvalid, int64_t lvoff, int64_t nl,
+                                     int64_t mn, int64_t cap, const int32_t* head, const int32_t* chain,
+                                     bint unique, bint keep_left, int nthreads)
     int64_t take_fixed[IdxT](int width, const uint8_t* src, int64_t src_off, const uint8_t* src_valid,
                              int64_t src_voff, const IdxT* idx, int64_t n, uint8_t* out,
                              uint8_t* out_valid, int nthreads)
@@ -271,9 +279,14 @@ def hash_join_i64(left_keys, right_keys, how="inner"):
     cdef JoinResult* res
     with nogil:
         res = k_hash_join_i64(lk, lv, lo, nl, rk, rv, ro, nr, h, nt)
-    cdef int64_t total = res.total
     global last_join_ordered
     last_join_ordered = bool(res.ordered)
+    return _join_pairs(res, nt)
+
+
+cdef object _join_pairs(JoinResult* res, int nt):
+    """A JoinResult's pairs as two numpy int64 arrays (res is deleted)."""
+    cdef int64_t total = res.total
     li = np.empty(total, dtype=np.int64)
     ri = np.empty(total, dtype=np.int64)
     cdef int64_t[::1] liv = li
@@ -284,6 +297,76 @@ def hash_join_i64(left_keys, right_keys, how="inner"):
         join_copy_out(res, lp, rp, nt)
         opg_delete(res)
     return li, ri
+
+
+cdef const int64_t* _i64_keys(object arr, const uint8_t** valid) except? NULL:
+    """Values pointer (at the array's offset) and validity bitmap (NULL: no nulls) of an
+    int64 array."""
+    if arr.type != pa.int64():
+        raise TypeError("shared join: keys must be int64")
+    valid[0] = NULL
+    if len(arr) == 0:
+        return NULL
+    b = arr.buffers()
+    if arr.null_count:
+        valid[0] = _ptr(b[0])
+    cdef int64_t off = arr.offset
+    return (<const int64_t*>_ptr(b[1])) + off
+
+
+def shared_dense_build(keys, starts, lengths, int64_t mn, head, chain, int64_t slot_lo, int64_t slot_hi):
+    """Fills slots ``slot_lo:slot_hi`` of the node-shared direct-addressed table ``head``
+    (int32, one slot per key from ``mn``; -1 = empty) from every rank's right keys
+    (``keys``: int64, rank r's rows at ``starts[r]:starts[r] + lengths[r]``, null rows holding
+    a key outside the table), linking rows of one key through ``chain`` (int32, one per
+    row, -1 in every entry before any rank starts). Ranks fill disjoint slot ranges at once. True when some key came twice."""
+    cdef const int64_t[::1] kv = keys
+    cdef int32_t[::1] hv = head
+    cdef int32_t[::1] cv = chain
+    st = np.ascontiguousarray(starts, dtype=np.int64)
+    ln = np.ascontiguousarray(lengths, dtype=np.int64)
+    cdef const int64_t[::1] sv = st
+    cdef const int64_t[::1] lv = ln
+    cdef int nregions = len(st)
+    if len(ln) != nregions or nregions == 0:
+        raise ValueError("shared_dense_build: one start and one length per rank")
+    if cv.shape[0] != kv.shape[0] or cv.shape[0] >= (<int64_t>1 << 31):
+        raise ValueError("shared_dense_build: one chain entry per key (int32 row numbers)")
+    if np.any(st < 0) or np.any(ln < 0) or np.any(st + ln > kv.shape[0]):
+        raise ValueError("shared_dense_build: rows outside the key array")
+    if not (0 <= slot_lo <= slot_hi <= hv.shape[0]):
+        raise ValueError("shared_dense_build: slots outside the table")
+    cdef const int64_t* kp = &kv[0] if kv.shape[0] else NULL
+    cdef int32_t* hp = &hv[0] if hv.shape[0] else NULL
+    cdef int32_t* cp = &cv[0] if cv.shape[0] else NULL
+    cdef bint dup
+    with nogil:
+        dup = k_shared_dense_build(kp, &sv[0], &lv[0], nregions, mn, slot_lo, slot_hi, hp, cp)
+    return bool(dup)
+
+
+def shared_dense_probe(left_keys, int64_t mn, head, chain, bint unique, how="inner"):
+    """This rank's left rows against the node-shared table of ``shared_dense_build`` (every
+    rank's inserts done): (left indices, global right indices) in left-row order, numpy
+    int64; -1 for the right side of an unmatched left row (``how="left"``)."""
+    if how not in ("inner", "left"):
+        raise ValueError(f"shared_dense_probe: join kind '{how}' (inner or left)")
+    la = _single(left_keys)
+    cdef const uint8_t* lv = NULL
+    cdef const int64_t* lk = _i64_keys(la, &lv)
+    cdef int64_t nl = len(la)
+    cdef int64_t lo = la.offset
+    cdef const int32_t[::1] hv = head
+    cdef const int32_t[::1] cv = chain
+    cdef int64_t cap = hv.shape[0]
+    cdef const int32_t* hp = &hv[0] if cap else NULL
+    cdef const int32_t* cp = &cv[0] if cv.shape[0] else NULL
+    cdef bint keep_left = how == "left"
+    cdef int nt = _threads()
+    cdef JoinResult* res
+    with nogil:
+        res = k_shared_dense_probe(lk, lv, lo, nl, mn, cap, hp, cp, unique, keep_left, nt)
+    return _join_pairs(res, nt)
 
 
 cdef int _width(object t):
