@@ -22,26 +22,13 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_ops import _duck_arrow, _with_env
+from bench_ops import _duck_arrow, _with_env, measure_round_robin
 from workloads import join_data, og_join, og_sort, sort_data
-
-
-def _timed(fn, runs: int) -> list[float]:
-    fn()  # warm-up: pool start, compile caches, page faults of the inputs
-    times = []
-    for _ in range(runs):
-        gc.collect()
-        t0 = time.perf_counter()
-        r = fn()
-        times.append(time.perf_counter() - t0)
-        del r
-    return times
 
 
 def _references(workload: str, tables) -> dict:
@@ -72,24 +59,23 @@ def _references(workload: str, tables) -> dict:
 
 def _scale(w: str, pipe, tables: tuple, ranks: list[int], threads: str, runs: int) -> tuple[dict, dict]:
     """Median and all times of ``pipe`` on each rank count (``threads`` kernel threads per
-    rank, or cores / ranks for "auto"), then the all-core references."""
+    rank, or cores / ranks for "auto"), then the all-core references. The rank counts are
+    timed round-robin (bench_ops' ``measure_round_robin``: their pools stay up side by side,
+    idle ranks use no CPU), so that a slow spell of a shared machine hits every rank count
+    alike and the speed-ups compare like with like."""
     from opgraph.runtime.mpi_engine import shutdown_pools
 
     thread_env = {} if threads == "auto" else {"OPGRAPH_KERNEL_THREADS": threads, "OMP_NUM_THREADS": threads}
-    secs: dict[str, float] = {}
-    alls: dict[str, list[float]] = {}
-    for n in ranks:
-        # the ranks inherit the variables (a pool is kept per environment)
-        t = _timed(_with_env(lambda n=n: pipe.run(*tables, engine="mpi", ranks=n), **thread_env), runs)
-        shutdown_pools()  # one pool at a time: idle ranks hold memory
-        secs[f"mpi r{n}"], alls[f"mpi r{n}"] = statistics.median(t), t
-        print(f"  {w:5s} mpi r{n:<3d} {secs[f'mpi r{n}']:8.3f} s  (min {min(t):.3f})", file=sys.stderr, flush=True)
+    # the ranks inherit the variables (a pool is kept per environment and rank count)
+    cases = {f"mpi r{n}": _with_env(lambda n=n: pipe.run(*tables, engine="mpi", ranks=n), **thread_env) for n in ranks}
+    alls = measure_round_robin(cases, runs)
+    shutdown_pools()  # the idle ranks hold memory
     refs = {"og local r1 (all cores)": lambda: pipe.run(*tables, engine="local", ranks=1)}
     refs.update(_references(w, tables))
-    for name, fn in refs.items():
-        t = _timed(fn, runs)
-        secs[name], alls[name] = statistics.median(t), t
-        print(f"  {w:5s} {name:24s} {secs[name]:8.3f} s", file=sys.stderr, flush=True)
+    alls.update(measure_round_robin(refs, runs))
+    secs = {name: statistics.median(t) for name, t in alls.items()}
+    for name, t in alls.items():
+        print(f"  {w:5s} {name:24s} {secs[name]:8.3f} s  (min {min(t):.3f})", file=sys.stderr, flush=True)
     return secs, alls
 
 

@@ -438,6 +438,53 @@ inline void probe_in_order(JoinResult* res, int nt, const int64_t* lk, const uin
   });
 }
 
+// The build of a direct-addressed table (head[key - mn] = first row of the key, chain[row]
+// = next row of the same key), restricted to the slots [slot_lo, slot_hi): several builders
+// (threads, or ranks sharing memory) fill disjoint slot ranges from the same rows at once
+// with plain stores. Rows: keys[starts[r] .. starts[r] + lens[r]) for each region r (row
+// numbers count from keys; valid: their validity bits, or null where null rows hold a key
+// outside the table). chain must hold -1 for every row beforehand (written only for a
+// repeated key: no stores to lines another builder writes). Rows are visited last to
+// first, so chains list rows ascending. Returns whether a key came twice in these slots.
+inline bool dense_build_slots(const int64_t* keys, const uint8_t* valid, int64_t voff, const int64_t* starts,
+                              const int64_t* lens, int nregions, int64_t mn, int64_t slot_lo, int64_t slot_hi,
+                              int32_t* head, int32_t* chain) {
+  std::fill(head + slot_lo, head + slot_hi, -1);
+  const uint64_t lo = static_cast<uint64_t>(slot_lo), width = static_cast<uint64_t>(slot_hi - slot_lo);
+  int32_t* own = head + slot_lo;
+  bool dup = false;
+  // per block of rows: first the rows of these slots, branch-free (about half the rows with
+  // two builders: an if per row would be mispredicted every other row), then their
+  // inserts, the random slot writes prefetched ahead
+  constexpr int64_t kBlock = 2048, kAhead = 16;
+  uint64_t slots[kBlock];
+  int32_t rows[kBlock];
+  for (int r = nregions - 1; r >= 0; --r) {
+    const int64_t* k = keys + starts[r];
+    for (int64_t end = lens[r]; end > 0; end -= kBlock) {
+      const int64_t begin = std::max<int64_t>(0, end - kBlock);
+      int64_t m = 0;
+      for (int64_t j = end - 1; j >= begin; --j) {
+        const uint64_t s = static_cast<uint64_t>(k[j]) - static_cast<uint64_t>(mn) - lo;
+        const int64_t row = starts[r] + j;
+        slots[m] = s;
+        rows[m] = static_cast<int32_t>(row);
+        m += (s < width) & (valid ? get_bit(valid, voff + row) : true);
+      }
+      for (int64_t i = 0; i < m; ++i) {
+        if (i + kAhead < m) __builtin_prefetch(own + slots[i + kAhead], 1);
+        const int32_t prev = own[slots[i]];
+        if (prev >= 0) {
+          chain[rows[i]] = prev;
+          dup = true;
+        }
+        own[slots[i]] = rows[i];
+      }
+    }
+  }
+  return dup;
+}
+
 // Right keys whose range is at most kDenseFactor * (right rows) (e.g. a dimension table's
 // 0..n-1 ids) or at most kSmallBuild right rows: no partitioning; one table on the right rows
 // (direct-addressed by key - min, or open addressing) is probed by the left rows in order,
@@ -447,6 +494,8 @@ inline void probe_in_order(JoinResult* res, int nt, const int64_t* lk, const uin
 // unmatched (and null-key) right rows in right-row order.
 constexpr int64_t kDenseFactor = 4;
 constexpr int64_t kSmallBuild = 16384;
+// right rows per thread of a parallel direct-addressed build (each thread scans all rows)
+constexpr int64_t kParallelBuildRows = int64_t(1) << 18;
 
 inline JoinResult* join_sequential_probe(const int64_t* lk, const uint8_t* lvalid, int64_t lvoff, int64_t nl,
                                          const int64_t* rk, const uint8_t* rvalid, int64_t rvoff, int64_t nr, int how,
@@ -469,46 +518,47 @@ inline JoinResult* join_sequential_probe(const int64_t* lk, const uint8_t* lvali
   const uint64_t mask = static_cast<uint64_t>(cap - 1);
   RawBuf<int32_t> head(cap), chain(nr);
   RawBuf<int64_t> tkey(dense ? 0 : cap);
-  std::memset(head.data(), 0xff, static_cast<size_t>(cap) * sizeof(int32_t));
   auto hslot = [&](int64_t key) -> uint64_t { return (static_cast<uint64_t>(key) * kMul) >> (64 - sbits); };
   bool unique = true;  // no key twice: the probe never reads chain (one cache miss less per row)
-  constexpr int64_t kBuildAhead = 16;  // prefetch distance of the build's random slot writes
-  for (int64_t j = nr - 1; j >= 0; --j) {  // reverse: chains list rows ascending
-    if (j >= kBuildAhead) {  // (a null row's value is arbitrary: its prefetch is harmless)
-      const int64_t ahead = rk[j - kBuildAhead];
-      if (dense) {
-        const uint64_t ka = static_cast<uint64_t>(ahead) - static_cast<uint64_t>(mn);
-        if (ka < static_cast<uint64_t>(cap)) __builtin_prefetch(head.data() + ka, 1);
-      } else {
-        const uint64_t sa = hslot(ahead);
+  if (dense) {  // threads fill disjoint slot ranges, each from all rows (dense_build_slots;
+                // measured, one thread and 10M unique keys: 0.08 s against 0.18 s for a
+                // row-by-row loop writing every chain entry)
+    const int bt = clamp_threads(nthreads, nr, kParallelBuildRows);
+    parallel_for(bt, [&](int t) { std::fill(chain.data() + nr * t / bt, chain.data() + nr * (t + 1) / bt, -1); });
+    std::vector<uint8_t> dups(bt, 0);
+    const int64_t zero = 0;
+    parallel_for(bt, [&](int t) {
+      dups[t] = dense_build_slots(rk, rvalid, rvoff, &zero, &nr, 1, mn, cap * t / bt, cap * (t + 1) / bt, head.data(),
+                                  chain.data());
+    });
+    unique = std::find(dups.begin(), dups.end(), 1) == dups.end();
+  } else {  // open addressing (at most kSmallBuild rows, or keys too spread for a direct table)
+    std::memset(head.data(), 0xff, static_cast<size_t>(cap) * sizeof(int32_t));
+    constexpr int64_t kBuildAhead = 16;  // prefetch distance of the build's random slot writes
+    for (int64_t j = nr - 1; j >= 0; --j) {  // reverse: chains list rows ascending
+      if (j >= kBuildAhead) {  // (a null row's value is arbitrary: its prefetch is harmless)
+        const uint64_t sa = hslot(rk[j - kBuildAhead]);
         __builtin_prefetch(head.data() + sa, 1);
         __builtin_prefetch(tkey.data() + sa, 1);
       }
-    }
-    if (rvalid && !get_bit(rvalid, rvoff + j)) continue;
-    const int64_t key = rk[j];
-    if (dense) {
-      const int64_t s = key - mn;
-      chain[j] = head[s];
-      unique &= head[s] < 0;
-      head[s] = static_cast<int32_t>(j);
-      continue;
-    }
-    uint64_t s = hslot(key);
-    for (;;) {
-      if (head[s] < 0) {
-        tkey[s] = key;
-        chain[j] = -1;
-        head[s] = static_cast<int32_t>(j);
-        break;
+      if (rvalid && !get_bit(rvalid, rvoff + j)) continue;
+      const int64_t key = rk[j];
+      uint64_t s = hslot(key);
+      for (;;) {
+        if (head[s] < 0) {
+          tkey[s] = key;
+          chain[j] = -1;
+          head[s] = static_cast<int32_t>(j);
+          break;
+        }
+        if (tkey[s] == key) {
+          chain[j] = head[s];
+          head[s] = static_cast<int32_t>(j);
+          unique = false;
+          break;
+        }
+        s = (s + 1) & mask;
       }
-      if (tkey[s] == key) {
-        chain[j] = head[s];
-        head[s] = static_cast<int32_t>(j);
-        unique = false;
-        break;
-      }
-      s = (s + 1) & mask;
     }
   }
   timer.lap("build");
@@ -546,45 +596,12 @@ inline JoinResult* join_sequential_probe(const int64_t* lk, const uint8_t* lvali
 // rows numbered globally; each rank fills its own range of slots), then - after a barrier -
 // probes it with its own left rows. Neither side is shuffled.
 
-// Inserts the right rows whose key slot (key - mn) lies in [slot_lo, slot_hi) - this rank's
-// share of the table, so that no other rank writes those slots and plain stores suffice -
-// from every rank's rows: keys[starts[r] .. starts[r] + lens[r]) (global row numbers;
-// null rows hold a key outside the table; chain holds -1 for every row, each rank having
-// filled its own rows'). Rows are visited last to first, so chains list rows ascending. Returns whether a key came twice (the probe must follow chains).
+// Node-shared: the rows of every rank (keys[starts[r] .. starts[r] + lens[r]), global row
+// numbers; null rows hold a key outside the table; chain holds -1 for every row, each rank
+// having filled its own rows'); this rank fills slots [slot_lo, slot_hi).
 inline bool k_shared_dense_build(const int64_t* keys, const int64_t* starts, const int64_t* lens, int nregions,
                                  int64_t mn, int64_t slot_lo, int64_t slot_hi, int32_t* head, int32_t* chain) {
-  std::fill(head + slot_lo, head + slot_hi, -1);
-  const uint64_t lo = static_cast<uint64_t>(slot_lo), width = static_cast<uint64_t>(slot_hi - slot_lo);
-  int32_t* own = head + slot_lo;
-  bool dup = false;
-  // per block of rows: first the rows of this rank's slots, branch-free (about half the
-  // rows with two ranks: an if per row would be mispredicted every other row), then their
-  // inserts, the random slot writes prefetched ahead
-  constexpr int64_t kBlock = 2048, kAhead = 16;
-  uint64_t slots[kBlock];
-  int32_t rows[kBlock];
-  for (int r = nregions - 1; r >= 0; --r) {
-    const int64_t* k = keys + starts[r];
-    for (int64_t end = lens[r]; end > 0; end -= kBlock) {
-      const int64_t begin = std::max<int64_t>(0, end - kBlock);
-      int64_t m = 0;
-      for (int64_t j = end - 1; j >= begin; --j) {
-        const uint64_t s = static_cast<uint64_t>(k[j]) - static_cast<uint64_t>(mn) - lo;
-        slots[m] = s;
-        rows[m] = static_cast<int32_t>(starts[r] + j);
-        m += s < width;
-      }
-      for (int64_t i = 0; i < m; ++i) {
-        if (i + kAhead < m) __builtin_prefetch(own + slots[i + kAhead], 1);
-        const int32_t prev = own[slots[i]];
-        if (prev >= 0) {  // (chain holds -1 already: no writes to lines other ranks write)
-          chain[rows[i]] = prev;
-          dup = true;
-        }
-        own[slots[i]] = rows[i];
-      }
-    }
-  }
+  const bool dup = dense_build_slots(keys, nullptr, 0, starts, lens, nregions, mn, slot_lo, slot_hi, head, chain);
   __atomic_thread_fence(__ATOMIC_SEQ_CST);  // (the caller's collective orders it for the other ranks)
   return dup;
 }
