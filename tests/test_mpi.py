@@ -89,6 +89,26 @@ def sample_table() -> pa.Table:
     ).replace_schema_metadata({"origin": "test", "rows": str(n)})
 
 
+def on_every_rank(body: str) -> str:
+    """A script that runs ``body`` on every rank and prints "rank R: ok" after it; a failure
+    prints its traceback and aborts the job (exit != 0)."""
+    code = textwrap.indent(textwrap.dedent(body), "    ")
+    return (
+        "import sys, traceback\nfrom mpi4py import MPI\ntry:\n"
+        + code
+        + "\n    print(f'rank {MPI.COMM_WORLD.rank}: ok', flush=True)\n"
+        "except BaseException:\n    traceback.print_exc()\n    sys.stderr.flush()\n    MPI.COMM_WORLD.Abort(1)\n"
+    )
+
+
+def assert_every_rank_ok(tmp_path: Path, script_text: str, ranks: int = 2) -> None:
+    script = tmp_path / "ranks.py"
+    script.write_text(script_text)
+    res = mpiexec_script(script, ranks=ranks)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert all(f"rank {r}: ok" in res.stdout for r in range(ranks)), res.stdout + res.stderr
+
+
 PRIMITIVES = textwrap.dedent(
     """
     import os, sys, traceback
@@ -225,16 +245,11 @@ PRIMITIVES = textwrap.dedent(
 
 
 def test_communicator_primitives_across_two_ranks(tmp_path: Path) -> None:
-    script = tmp_path / "primitives.py"
-    script.write_text(PRIMITIVES)
-    res = mpiexec_script(script)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert "rank 0: ok" in res.stdout and "rank 1: ok" in res.stdout, res.stdout + res.stderr
+    assert_every_rank_ok(tmp_path, PRIMITIVES)
 
 
-SHUFFLE_BY_PART = textwrap.dedent(
+SHUFFLE_BY_PART = on_every_rank(
     """
-    import sys, traceback
     import numpy as np
     import pyarrow as pa
     from mpi4py import MPI
@@ -242,23 +257,17 @@ SHUFFLE_BY_PART = textwrap.dedent(
     from opgraph.runtime.mpi_comm import MPICommunicator
     from opgraph.runtime.partition import hash_part_ids
 
-    try:
-        comm = MPICommunicator(MPI.COMM_WORLD)
-        r, n = comm.rank, comm.size
-        rng = np.random.default_rng(r)
-        for rows in (0, 1, 7, 1000, 100_003):
-            k = rng.integers(0, 50, rows)
-            t = pa.table({"k": pa.array(k, mask=(k % 7 == 0)), "b": pa.array(k % 3 == 0), "x": rng.random(rows)})
-            ids, counts = hash_part_ids(t, ["k"], n)
-            want = Communicator.alltoallv_by_part(comm, t, ids, counts)  # the IPC streams
-            got = comm.alltoallv_by_part(t, ids, counts)
-            assert got.equals(want), (rows, r)
-            assert all(c.num_chunks == 1 for c in got.columns), got
-        print(f"rank {r}: ok", flush=True)
-    except BaseException:
-        traceback.print_exc()
-        sys.stderr.flush()
-        MPI.COMM_WORLD.Abort(1)
+    comm = MPICommunicator(MPI.COMM_WORLD)
+    r, n = comm.rank, comm.size
+    rng = np.random.default_rng(r)
+    for rows in (0, 1, 7, 1000, 100_003):
+        k = rng.integers(0, 50, rows)
+        t = pa.table({"k": pa.array(k, mask=(k % 7 == 0)), "b": pa.array(k % 3 == 0), "x": rng.random(rows)})
+        ids, counts = hash_part_ids(t, ["k"], n)
+        want = Communicator.alltoallv_by_part(comm, t, ids, counts)  # the IPC streams
+        got = comm.alltoallv_by_part(t, ids, counts)
+        assert got.equals(want), (rows, r)
+        assert all(c.num_chunks == 1 for c in got.columns), got
     """
 )
 
@@ -266,11 +275,7 @@ SHUFFLE_BY_PART = textwrap.dedent(
 def test_shuffle_by_part_on_three_ranks(tmp_path: Path) -> None:
     """The shuffle's raw-column exchange with uneven parts (hash-partitioned, nulls, bools,
     empty tables) over 3 ranks equals the IPC-stream exchange."""
-    script = tmp_path / "shuffle.py"
-    script.write_text(SHUFFLE_BY_PART)
-    res = mpiexec_script(script, ranks=3)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert all(f"rank {r}: ok" in res.stdout for r in range(3)), res.stdout + res.stderr
+    assert_every_rank_ok(tmp_path, SHUFFLE_BY_PART, ranks=3)
 
 
 # ---------------------------------------------------------------- run_mpi with a custom worker
@@ -527,9 +532,8 @@ def test_pipeline_on_two_ranks_matches_duckdb(tmp_path: Path) -> None:
     check(out)
 
 
-NODE_SHARED_JOIN = textwrap.dedent(
+NODE_SHARED_JOIN = on_every_rank(
     """
-    import sys, traceback
     import numpy as np
     import pyarrow as pa
     from mpi4py import MPI
@@ -537,28 +541,22 @@ NODE_SHARED_JOIN = textwrap.dedent(
     from opgraph.runtime import parallel_ops as P
     from opgraph.runtime.mpi_comm import MPICommunicator
 
-    try:
-        comm = MPICommunicator(MPI.COMM_WORLD)
-        r, n = comm.rank, comm.size
-        schema = pa.schema([("k", pa.int64()), ("x", pa.float64()), ("y", pa.int32())])
-        for rows, how in ((1000, "inner"), (50_000, "left"), (3000, "inner")):  # the window grows, then is reused
-            rng = np.random.default_rng(rows)
-            lt = pa.table({"k": pa.array(rng.integers(0, rows, 2 * rows), mask=rng.random(2 * rows) < 0.05), "x": rng.random(2 * rows)})
-            rt = pa.table({"k": pa.array(rng.integers(0, rows, rows), mask=rng.random(rows) < 0.05),
-                           "y": pa.array(rng.integers(0, 99, rows), pa.int32(), mask=rng.random(rows) < 0.1)})
-            lo, hi = 2 * rows * r // n, 2 * rows * (r + 1) // n
-            rlo, rhi = rows * r // n, rows * (r + 1) // n
-            before = P.STATS["node_shared_join"]
-            got = P.join(comm, P.Dist(lt.slice(lo, hi - lo)), P.Dist(rt.slice(rlo, rhi - rlo)), how, ["k"], ["k"], schema).table
-            assert P.STATS["node_shared_join"] == before + 1, "the join shuffled"
-            want = L.join(lt.slice(lo, hi - lo), rt, how, ["k"], ["k"], schema)  # this rank's left rows, all right rows
-            key = lambda row: repr(row)
-            assert sorted(got.to_pylist(), key=key) == sorted(want.to_pylist(), key=key), (rows, r)
-        print(f"rank {r}: ok", flush=True)
-    except BaseException:
-        traceback.print_exc()
-        sys.stderr.flush()
-        MPI.COMM_WORLD.Abort(1)
+    comm = MPICommunicator(MPI.COMM_WORLD)
+    r, n = comm.rank, comm.size
+    schema = pa.schema([("k", pa.int64()), ("x", pa.float64()), ("y", pa.int32())])
+    for rows, how in ((1000, "inner"), (50_000, "left"), (3000, "inner")):  # the window grows, then is reused
+        rng = np.random.default_rng(rows)
+        lt = pa.table({"k": pa.array(rng.integers(0, rows, 2 * rows), mask=rng.random(2 * rows) < 0.05), "x": rng.random(2 * rows)})
+        rt = pa.table({"k": pa.array(rng.integers(0, rows, rows), mask=rng.random(rows) < 0.05),
+                       "y": pa.array(rng.integers(0, 99, rows), pa.int32(), mask=rng.random(rows) < 0.1)})
+        lo, hi = 2 * rows * r // n, 2 * rows * (r + 1) // n
+        rlo, rhi = rows * r // n, rows * (r + 1) // n
+        before = P.STATS["node_shared_join"]
+        got = P.join(comm, P.Dist(lt.slice(lo, hi - lo)), P.Dist(rt.slice(rlo, rhi - rlo)), how, ["k"], ["k"], schema).table
+        assert P.STATS["node_shared_join"] == before + 1, "the join shuffled"
+        want = L.join(lt.slice(lo, hi - lo), rt, how, ["k"], ["k"], schema)  # this rank's left rows, all right rows
+        key = lambda row: repr(row)
+        assert sorted(got.to_pylist(), key=key) == sorted(want.to_pylist(), key=key), (rows, r)
     """
 )
 
@@ -567,11 +565,7 @@ def test_node_shared_join_across_two_processes(tmp_path: Path) -> None:
     """Two MPI ranks on this machine join through one MPI shared-memory window (no
     shuffle): each rank's result is its own left rows joined with every rank's right rows
     (nulls, duplicate keys, a left join), with the window grown and then reused."""
-    script = tmp_path / "shared_join.py"
-    script.write_text(NODE_SHARED_JOIN)
-    res = mpiexec_script(script)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert "rank 0: ok" in res.stdout and "rank 1: ok" in res.stdout, res.stdout + res.stderr
+    assert_every_rank_ok(tmp_path, NODE_SHARED_JOIN)
 
 
 def test_dense_key_join_pipeline_on_two_ranks_matches_duckdb() -> None:
