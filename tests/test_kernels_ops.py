@@ -395,3 +395,24 @@ def test_sparse_keys_take_the_shuffle_join():
     assert P.STATS["node_shared_join"] == before
     exp = duckdb.sql("SELECT l.k, x, y FROM lt l JOIN rt r ON l.k = r.k").to_arrow_table()
     assert sorted(out.to_pylist(), key=repr) == sorted(exp.to_pylist(), key=repr)
+
+
+def test_node_shared_join_with_differently_named_keys():
+    """left_on/right_on of other names: the right key column is an output column, carried
+    through the shared segment like the other right columns."""
+    rng = np.random.default_rng(11)
+    lt = pa.table({"a": pa.array(rng.integers(-50, 50, 300), pa.int16()), "x": rng.random(300)})
+    rt = pa.table({"b": pa.array(rng.permutation(100) - 50, pa.int64()), "y": pa.array(rng.random(100), pa.float32())})
+    schema = pa.schema([("a", pa.int16()), ("x", pa.float64()), ("b", pa.int64()), ("y", pa.float32())])
+
+    def body(comm):
+        lo, hi = 300 * comm.rank // 3, 300 * (comm.rank + 1) // 3
+        rlo, rhi = 100 * comm.rank // 3, 100 * (comm.rank + 1) // 3
+        return P.join(comm, P.Dist(lt.slice(lo, hi - lo)), P.Dist(rt.slice(rlo, rhi - rlo)), "left", ["a"], ["b"], schema).table
+
+    before = P.STATS["node_shared_join"]
+    out = pa.concat_tables(run_ranks(3, body))
+    assert P.STATS["node_shared_join"] == before + 3
+    exp = duckdb.sql("SELECT a, x, b, y FROM lt LEFT JOIN rt ON lt.a = rt.b").to_arrow_table()
+    assert out.schema == schema
+    assert sorted(out.to_pylist(), key=repr) == sorted(exp.to_pylist(), key=repr)
