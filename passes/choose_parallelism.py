@@ -83,6 +83,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from xdsl.context import Context
+from xdsl.dialects import func
+from xdsl.dialects.builtin import (
+    FloatAttr,
+    IntegerAttr,
+    ModuleOp,
+    StringAttr,
+)
+from xdsl.ir import Operation
+from xdsl.passes import ModulePass
+
 from opgraph.dialects import dataframe as df
 from opgraph.dialects.walk import walk_block
 from opgraph.passes.annotate_statistics import (
@@ -95,16 +106,6 @@ from opgraph.passes.annotate_statistics import (
 )
 from opgraph.passes.classify_patterns import PATTERN_ATTR, classify
 from opgraph.passes.cost_model import WORKING_SET_FACTOR, CostModel, rank_grid
-from xdsl.context import Context
-from xdsl.dialects import func
-from xdsl.dialects.builtin import (
-    FloatAttr,
-    IntegerAttr,
-    ModuleOp,
-    StringAttr,
-)
-from xdsl.ir import Operation
-from xdsl.passes import ModulePass
 
 ALGORITHM_ATTR = "taskgraph.algorithm"
 RANKS_ATTR = "taskgraph.ranks"
@@ -1027,9 +1028,8 @@ def choose(module: ModuleOp, max_ranks: int = 0, grid_factor: int = 2, grid: lis
 
 
 def _infeasible(problem: Problem, v: int) -> Exception:
-    from opgraph.passes.verify import op_location
-
     from opgraph.errors import PassError
+    from opgraph.passes.verify import op_location
 
     node = problem.nodes[v]
     m = problem.model

@@ -30,12 +30,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pyarrow as pa
 from mpi4py import MPI
-from opgraph.runtime.communicator import (
-    REDUCE_OPS,
-    Communicator,
-    SharedSegment,
-    check_part_counts,
-)
+
+from opgraph.runtime.communicator import REDUCE_OPS, Communicator, SharedSegment, check_part_counts
 from opgraph.runtime.kernels.hashing import scatter_rows
 
 __all__ = ["MPICommunicator", "buffer_to_table", "serialize_tables", "table_to_buffer"]
@@ -363,7 +359,12 @@ class MPICommunicator(Communicator):
             return None
         self._complete_sends(wait=False)
         nbytes = int(nbytes)
-        members = tuple(MPI.Group.Translate_ranks(self._comm.Get_group(), list(range(self._size)), MPI.COMM_WORLD.Get_group()))
+        group, world = self._comm.Get_group(), MPI.COMM_WORLD.Get_group()
+        try:
+            members = tuple(MPI.Group.Translate_ranks(group, list(range(self._size)), world))
+        finally:
+            group.Free()
+            world.Free()
         cached = _SHARED_WINDOWS.get(members)
         if cached is None or cached[2] < nbytes:  # (every rank asks for the same sizes)
             if cached is not None:

@@ -315,10 +315,11 @@ def _node_shared_join(
     schema: pa.Schema,
 ) -> pa.Table | None:
     """The join of ranks that share one machine's memory, without a shuffle: every rank
-    copies its right rows' output columns into a shared segment and inserts its right keys
-    into one direct-addressed table there (C++ ``shared_dense_build``, atomic), then probes
-    that table with its own left rows and gathers the matching right values (DuckDB's
-    "perfect hash join", built by all ranks at once). For one integer key whose values span
+    copies its right rows' keys and output columns into a shared segment; then each rank
+    fills its share of the slots of one direct-addressed table there from every rank's keys
+    (C++ ``shared_dense_build``: disjoint slot ranges, plain stores), probes the finished
+    table with its own left rows and gathers the matching right values (DuckDB's "perfect
+    hash join", built by all ranks at once). For one integer key whose values span
     at most 4x the right rows (ids, dimension keys), inner/left joins and fixed-width right
     columns; otherwise (or when the ranks are on different machines) None: the caller
     shuffles. Collective; every rank decides alike."""
@@ -359,8 +360,8 @@ def _node_shared_join(
         chain = memory[offsets[1] : offsets[1] + n_pad * 4].view(np.int32)
         keys = memory[offsets[2] : offsets[2] + n_pad * 8].view(np.int64)
         outside = key_min - 1 if key_min > np.iinfo(np.int64).min else key_max + 1  # null keys: no slot
-        mine = rkeys.fill_null(outside) if rkeys.null_count else rkeys
-        keys[row0 : row0 + right.num_rows] = mine.to_numpy()
+        own_keys = rkeys.fill_null(outside) if rkeys.null_count else rkeys
+        keys[row0 : row0 + right.num_rows] = own_keys.to_numpy()
         chain[row0 : row0 + right.num_rows] = -1
         shared_columns = []
         for c, (name, t, w) in enumerate(zip(rnames, rtypes, widths)):
@@ -436,7 +437,7 @@ def join(
         if out is not None:
             return Dist(out, ANY)
     lt = left.table if left_hashed else shuffle_hash(comm, left.table, left_on, key_types)
-    rt = right.table if right.part.hashed_on(right_on, key_types) else shuffle_hash(comm, right.table, right_on, key_types)
+    rt = right.table if right_hashed else shuffle_hash(comm, right.table, right_on, key_types)
     with _stage(comm, "local-join"):
         return Dist(L.join(lt, rt, how, left_on, right_on, schema), out_part)
 
