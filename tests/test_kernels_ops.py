@@ -377,6 +377,22 @@ def test_node_shared_join_of_ranks_matches_duckdb(ranks, how):
     assert sorted(out.to_pylist(), key=repr) == sorted(exp.to_pylist(), key=repr)
 
 
+def _join_on_ranks(ranks, lt, rt, how, left_on, right_on, schema):
+    """parallel_ops.join on thread ranks, each with an even slice of both tables: (the
+    ranks' results concatenated, how many ranks took the node-shared join)."""
+
+    def body(comm):
+        def mine(t):
+            lo, hi = t.num_rows * comm.rank // ranks, t.num_rows * (comm.rank + 1) // ranks
+            return P.Dist(t.slice(lo, hi - lo))
+
+        return P.join(comm, mine(lt), mine(rt), how, left_on, right_on, schema).table
+
+    before = P.STATS["node_shared_join"]
+    out = pa.concat_tables(run_ranks(ranks, body))
+    return out, P.STATS["node_shared_join"] - before
+
+
 def test_sparse_keys_take_the_shuffle_join():
     """Keys spread far wider than the right rows: no direct-addressed table; the ranks
     shuffle both sides instead, with the same answer."""
@@ -385,14 +401,8 @@ def test_sparse_keys_take_the_shuffle_join():
     rt = pa.table({"k": np.arange(50) * 10**12, "y": rng.random(50)})
     schema = pa.schema([("k", pa.int64()), ("x", pa.float64()), ("y", pa.float64())])
 
-    def body(comm):
-        lo, hi = 400 * comm.rank // 2, 400 * (comm.rank + 1) // 2
-        rlo, rhi = 50 * comm.rank // 2, 50 * (comm.rank + 1) // 2
-        return P.join(comm, P.Dist(lt.slice(lo, hi - lo)), P.Dist(rt.slice(rlo, rhi - rlo)), "inner", ["k"], ["k"], schema).table
-
-    before = P.STATS["node_shared_join"]
-    out = pa.concat_tables(run_ranks(2, body))
-    assert P.STATS["node_shared_join"] == before
+    out, shared = _join_on_ranks(2, lt, rt, "inner", ["k"], ["k"], schema)
+    assert shared == 0
     exp = duckdb.sql("SELECT l.k, x, y FROM lt l JOIN rt r ON l.k = r.k").to_arrow_table()
     assert sorted(out.to_pylist(), key=repr) == sorted(exp.to_pylist(), key=repr)
 
@@ -405,14 +415,8 @@ def test_node_shared_join_with_differently_named_keys():
     rt = pa.table({"b": pa.array(rng.permutation(100) - 50, pa.int64()), "y": pa.array(rng.random(100), pa.float32())})
     schema = pa.schema([("a", pa.int16()), ("x", pa.float64()), ("b", pa.int64()), ("y", pa.float32())])
 
-    def body(comm):
-        lo, hi = 300 * comm.rank // 3, 300 * (comm.rank + 1) // 3
-        rlo, rhi = 100 * comm.rank // 3, 100 * (comm.rank + 1) // 3
-        return P.join(comm, P.Dist(lt.slice(lo, hi - lo)), P.Dist(rt.slice(rlo, rhi - rlo)), "left", ["a"], ["b"], schema).table
-
-    before = P.STATS["node_shared_join"]
-    out = pa.concat_tables(run_ranks(3, body))
-    assert P.STATS["node_shared_join"] == before + 3
+    out, shared = _join_on_ranks(3, lt, rt, "left", ["a"], ["b"], schema)
+    assert shared == 3
     exp = duckdb.sql("SELECT a, x, b, y FROM lt LEFT JOIN rt ON lt.a = rt.b").to_arrow_table()
     assert out.schema == schema
     assert sorted(out.to_pylist(), key=repr) == sorted(exp.to_pylist(), key=repr)
