@@ -95,6 +95,7 @@ from xdsl.ir import Operation
 from xdsl.passes import ModulePass
 
 from opgraph.dialects import dataframe as df
+from opgraph.dialects import dl as dlops
 from opgraph.dialects.walk import walk_block
 from opgraph.passes.annotate_statistics import (
     BYTES_ATTR,
@@ -496,7 +497,7 @@ class Problem:
         name = op.name
         flops_attr = op.attributes.get("dl.flops")
         # JAX's cost analysis at trace time, per row of x (forward; train: forward + backward)
-        per_row = op.attributes.get("dl.flops_per_row")
+        per_row = op.attributes.get(dlops.FLOPS_ATTR)
         x = ins[0] if ins else node
         params = ins[-1] if len(ins) >= 2 else None
         p_bytes = params.nbytes if params is not None else 4e6
@@ -506,7 +507,7 @@ class Problem:
         opts = []
         for device in ("cpu", "gpu"):
             # dl.cpu_only: the plan carries the model for the CPU alone (no CUDA lowering)
-            if device == "gpu" and (m.total_gpus == 0 or "dl.cpu_only" in op.attributes):
+            if device == "gpu" and (m.total_gpus == 0 or dlops.CPU_ONLY_ATTR in op.attributes):
                 continue
             if name == "dl.predict":
                 if isinstance(flops_attr, FloatAttr | IntegerAttr):

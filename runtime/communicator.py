@@ -10,28 +10,12 @@ over the communicator unless it says otherwise.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
 
 REDUCE_OPS = ("sum", "min", "max", "prod")
-
-
-class SharedSegment:
-    """Memory that every rank of a communicator maps (``Communicator.shared_segment``):
-    ``buffer`` is the same bytes on every rank. ``close()`` is collective; no rank may touch
-    the buffer (or arrays viewing it) after it."""
-
-    def __init__(self, buffer: np.ndarray, release: Callable[[], None] | None = None):
-        self.buffer = buffer
-        self._release = release
-
-    def close(self) -> None:
-        self.buffer = np.empty(0, dtype=np.uint8)
-        if self._release is not None:
-            release, self._release = self._release, None
-            release()
 
 
 class Communicator(ABC):
@@ -85,11 +69,13 @@ class Communicator(ABC):
     def abort(self, message: str) -> None:
         """Stops every rank of the run (not collective): used when one rank fails."""
 
-    def shared_segment(self, nbytes: int) -> SharedSegment | None:
-        """``nbytes`` of memory that every rank reads and writes (collective, the same
-        ``nbytes`` on every rank; contents undefined), or None where the ranks do not share
-        one machine's memory. Ranks order their accesses with collectives (e.g. ``barrier``).
-        The default: None."""
+    def shared_segment(self, nbytes: int) -> np.ndarray | None:
+        """``nbytes`` of memory (uint8) that every rank reads and writes: the same bytes on
+        every rank, or None where the ranks do not share one machine's memory. Collective,
+        the same ``nbytes`` on every rank; contents undefined. Ranks order their accesses
+        with collectives, and the memory may be handed out again by the next call of the same
+        ranks: each rank copies out what it keeps and passes a collective (e.g. ``barrier``)
+        before that call. The default: None."""
         return None
 
     # -- conveniences built on the primitives ---------------------------------------

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from opgraph.runtime.communicator import REDUCE_OPS, Communicator, SharedSegment
+from opgraph.runtime.communicator import REDUCE_OPS, Communicator
 
 __all__ = ["CommAborted", "LocalCommunicator", "local_communicators", "run_ranks"]
 
@@ -217,12 +217,12 @@ class LocalCommunicator(Communicator):
         _, result = self._collective(f"allreduce({op})", arr, reduce)
         return np.array(result, copy=True)
 
-    def shared_segment(self, nbytes: int) -> SharedSegment | None:
+    def shared_segment(self, nbytes: int) -> np.ndarray | None:
         def allocate(sizes: list[Any]) -> np.ndarray:  # (the sizes agree: a caller's contract)
             return np.empty(max(int(v) for v in sizes), dtype=np.uint8)
 
         _, block = self._collective("shared_segment", int(nbytes), allocate)
-        return SharedSegment(block)  # threads of one process: one numpy array
+        return block  # threads of one process: one numpy array
 
     def barrier(self) -> None:
         self._collective("barrier", True)

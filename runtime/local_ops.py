@@ -375,7 +375,7 @@ def join(
     lkeys = [_cast_column(left.column(k), t) for k, t in zip(left_on, key_types)]
     rkeys = [_cast_column(right.column(k), t) for k, t in zip(right_on, key_types)]
     li, ri = _join_indices(lkeys, rkeys, key_types, how, left.num_rows, right.num_rows)
-    return join_output(left, right, li, ri, how, left_on, right_on, key_types, schema)
+    return join_output(left, right, li, ri, how, left_on, right_on, key_types, schema, lkeys, rkeys)
 
 
 def join_output(
@@ -388,12 +388,16 @@ def join_output(
     right_on: Sequence[str],
     key_types: Sequence[pa.DataType],
     schema: pa.Schema,
+    left_keys: Sequence[Any] | None = None,
+    right_keys: Sequence[Any] | None = None,
     right_is_borrowed: bool = False,
 ) -> pa.Table:
     """The join's result table from its row pairs (``li``/``ri``: numpy int64 with -1 = no
-    row on that side, or Arrow indices with nulls). ``right`` needs only the columns the
-    result takes from it (for inner/left joins not the ``on=`` keys). ``right_is_borrowed``:
-    its memory goes away after this call, so its columns are always copied."""
+    row on that side, or Arrow indices with nulls). ``left_keys``/``right_keys``: the key
+    columns already cast to ``key_types``, where the caller has them. ``right`` needs only
+    the columns the result takes from it (for inner/left joins not the ``on=`` keys).
+    ``right_is_borrowed``: its memory may be reused after this call, so its columns are
+    always copied."""
     if isinstance(li, np.ndarray):
         # numpy indices (-1 = null): our multithreaded gather for fixed-width columns
         lnp, rnp = li, ri
@@ -410,12 +414,15 @@ def join_output(
 
     merged = {lk: i for i, (lk, rk) in enumerate(zip(left_on, right_on)) if lk == rk}
     coalesce = how in ("right", "outer")
-    lkeys = {k: _cast_column(left.column(k), t) for k, t in zip(left_on, key_types) if k in merged}
-    lcols = [lkeys[n] if n in merged else left.column(n) for n in left.column_names]
+    if left_keys is None:
+        left_keys = [_cast_column(left.column(k), t) if k in merged else None for k, t in zip(left_on, key_types)]
+    lcols = [left_keys[merged[n]] if n in merged else left.column(n) for n in left.column_names]
     rnames = [n for n in right.column_names if n not in merged]
     rcols = [right.column(n) for n in rnames]
     if coalesce:
-        rcols += [_cast_column(right.column(n), key_types[merged[n]]) for n in left.column_names if n in merged]
+        if right_keys is None:
+            right_keys = [_cast_column(right.column(k), t) for k, t in zip(right_on, key_types)]
+        rcols += [right_keys[merged[n]] for n in left.column_names if n in merged]
     lout = gather(lcols, li, lnp)
     rout = gather(rcols, ri, rnp, right_is_borrowed)
     arrays: list[Any] = []

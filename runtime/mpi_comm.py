@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 from mpi4py import MPI
 
-from opgraph.runtime.communicator import REDUCE_OPS, Communicator, SharedSegment, check_part_counts
+from opgraph.runtime.communicator import REDUCE_OPS, Communicator, check_part_counts
 from opgraph.runtime.kernels.hashing import scatter_rows
 
 __all__ = ["MPICommunicator", "buffer_to_table", "serialize_tables", "table_to_buffer"]
@@ -345,7 +345,7 @@ class MPICommunicator(Communicator):
         self._complete_sends(wait=True)
         self._comm.Barrier()
 
-    def shared_segment(self, nbytes: int) -> SharedSegment | None:
+    def shared_segment(self, nbytes: int) -> np.ndarray | None:
         """An MPI-3 shared-memory window (``MPI_Win_allocate_shared``, all of it on rank 0)
         when every rank runs on this node; None otherwise. The window stays allocated for
         the next request of the same ranks that fits (islands run on new sub-communicators
@@ -374,7 +374,7 @@ class MPICommunicator(Communicator):
             win = MPI.Win.Allocate_shared(nbytes if self._rank == 0 else 0, 1, comm=owner)
             cached = _SHARED_WINDOWS[members] = (owner, win, nbytes)
         memory, _ = cached[1].Shared_query(0)
-        return SharedSegment(np.frombuffer(memory, dtype=np.uint8, count=nbytes))
+        return np.frombuffer(memory, dtype=np.uint8, count=nbytes)
 
     # ---------------------------------------------------------- point to point
     def send(self, table: pa.Table, dest: int, tag: int = 0) -> None:

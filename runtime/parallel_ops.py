@@ -350,12 +350,11 @@ def _node_shared_join(
     for nbytes in [cap * 4, n_pad * 4, n_pad * 8] + [x for w in widths for x in (n_pad * w, n_pad // 8)]:
         offsets.append(size)
         size += _round_up(nbytes, 64)
-    segment = comm.shared_segment(size)
-    if segment is None:
+    memory = comm.shared_segment(size)
+    if memory is None:
         return None
     STATS["node_shared_join"] += 1
     with _stage(comm, "node-shared-join"):
-        memory = segment.buffer
         head = memory[offsets[0] : offsets[0] + cap * 4].view(np.int32)
         chain = memory[offsets[1] : offsets[1] + n_pad * 4].view(np.int32)
         keys = memory[offsets[2] : offsets[2] + n_pad * 8].view(np.int64)
@@ -374,13 +373,11 @@ def _node_shared_join(
         dup = K.shared_dense_build(keys, starts, rows, key_min, head, chain, cap * r // n, cap * (r + 1) // n)
         # (also the point after which the table is complete)
         any_dup = bool(comm.allreduce(np.array([int(dup)], dtype=np.int64), "max")[0])
-        lkeys = L._cast_column(L._cast_column(left.column(left_on[0]), key_types[0]), pa.int64())
-        li, ri = K.shared_dense_probe(lkeys, key_min, head, chain, not any_dup, how)
+        lkey = L._cast_column(left.column(left_on[0]), key_types[0])
+        li, ri = K.shared_dense_probe(L._cast_column(lkey, pa.int64()), key_min, head, chain, not any_dup, how)
         shared_right = pa.Table.from_arrays(shared_columns, names=rnames)
-        out = L.join_output(left, shared_right, li, ri, how, left_on, right_on, key_types, schema, right_is_borrowed=True)
-        del head, chain, keys, shared_columns, shared_right, memory
+        out = L.join_output(left, shared_right, li, ri, how, left_on, right_on, key_types, schema, [lkey], right_is_borrowed=True)
         comm.barrier()  # every rank has copied what it needs out of the segment
-        segment.close()
     return out
 
 
