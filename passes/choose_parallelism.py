@@ -35,6 +35,9 @@ to the machine's cores — or GPUs for GPU options — and the machine maximum i
   sort               sample-sort (regular sampling: r-1 samples per rank gathered, sorted on
                      one rank, r-1 splitters broadcast, rows partitioned by splitter,
                      all-to-all, local merge)                              out: range(by)
+                     node-shared (one i8..i64/f32/f64 key, fixed-width columns, ranks of
+                       one machine): no exchange, one bucketed array in shared memory
+                                                                           out: range(by)
   aggregate          allreduce of partials (decomposable) else gather     out: single
   head               gather (local head, gather r*n rows, head)           out: single
   dl.train           allreduce (data parallel) on cpu or gpu              out: replicated
@@ -195,6 +198,16 @@ def _node_shared_join_applies(op: df.JoinOp) -> bool:
         return False
     merged = rk[0] if lk[0] == rk[0] else None
     return all(str(t) in _SHARED_VALUE_TYPES for name, t, _ in rt.columns if name != merged)
+
+
+def _node_shared_sort_applies(op: df.SortOp) -> bool:
+    """Whether the runtime's node-shared sort (``runtime/parallel_ops.py``) takes this sort:
+    one integer or float key, every column of fixed width."""
+    t = op.operands[0].type
+    by = _strs(op.by)
+    if len(by) != 1 or not isinstance(t, df.TableType):
+        return False
+    return all(str(et) in _SHARED_VALUE_TYPES for _, et, _ in t.columns)
 
 
 def _groupby_row_bytes(op: Any, keys: list[str]) -> float:
@@ -402,7 +415,15 @@ class Problem:
                 + m.compute("concat", n_in, b_in, g)
             )
             moved = np.where(r > 1, b_in * (r - 1) / r + samples * key_w, 0.0)
-            return [Option("sample-sort", "cpu", f"range({','.join(by)})", [("same",)], guard(t), moved)]
+            out = f"range({','.join(by)})"
+            opts = [Option("sample-sort", "cpu", out, [("same",)], guard(t), moved)]
+            if _node_shared_sort_applies(op):
+                # no exchange: the ranks of one machine scatter their rows' keys into one
+                # shared array and copy their columns in; skewed keys at run time fall back to
+                # the sample sort inside the op (runtime/parallel_ops.py)
+                t_ns = m.compute("sort", n_in, b_in, g) + m.compute("concat", n_in, b_in, g)
+                opts.append(Option("node-shared", "cpu", out, [("same",)], np.where(g <= m.cores_per_node, guard(t_ns), INF)))
+            return opts
         if isinstance(op, df.AggregateOp):
             fns = {fn for _, _, fn in df.agg_tuples(op.aggs)}
             width = 24.0 * len(op.aggs)

@@ -36,6 +36,7 @@ join broadcast-right/left   ``comm.allgather`` of the broadcast side (a partitio
                             inner/right), otherwise the join falls back to shuffle-hash
 sort sample-sort (default)  ``comm.shuffle`` kind range by the sort keys and directions (the
                             runtime's sample sort exchange), unless already range-partitioned
+sort node-shared            nothing: the ranks (of one machine) bucket the rows in shared memory
 groupby shuffle-reduce,     ``comm.shuffle`` hash by the keys unless the input is already
 distinct shuffle-reduce     hash-partitioned by a subset of them
 groupby / distinct          nothing before the op: the partial aggregation must run before

@@ -142,6 +142,24 @@ void lsd_sort(uint64_t* keys, IdxT* idx, uint64_t* tk, IdxT* ti, int64_t n, cons
   }
 }
 
+// Stable sort of one bucket (bk, bi)[0, m) in place, by LSD on the bytes that vary within
+// it (the bytes its keys share, e.g. the MSD digit, cost nothing); tk/ti: scratch of m.
+template <class IdxT>
+void sort_bucket(uint64_t* bk, IdxT* bi, uint64_t* tk, IdxT* ti, int64_t m) {
+  if (m <= 1) return;
+  uint64_t all_and = ~0ULL, all_or = 0;
+  for (int64_t i = 0; i < m; ++i) {
+    all_and &= bk[i];
+    all_or |= bk[i];
+  }
+  const uint64_t diff = all_and ^ all_or;
+  int bytes[8];
+  int nb = 0;
+  for (int b = 0; b < 8; ++b)
+    if ((diff >> (b * 8)) & 0xff) bytes[nb++] = b;
+  if (nb) lsd_sort(bk, bi, tk, ti, m, bytes, nb);
+}
+
 // Stable sort of (keys, idx)[0, n) by keys; tk/ti are scratch of n elements.
 template <class IdxT>
 void sort_pairs(uint64_t* keys, IdxT* idx, uint64_t* tk, IdxT* ti, int64_t n, int nthreads) {
@@ -199,7 +217,8 @@ void sort_pairs(uint64_t* keys, IdxT* idx, uint64_t* tk, IdxT* ti, int64_t n, in
       ti[p] = idx[i];
     }
   });
-  // every bucket: LSD on the lower varying bytes, from (tk, ti) into (keys, idx)
+  // every bucket: LSD on its varying bytes in cache, in (tk, ti) with (keys, idx) as
+  // scratch, then copied to (keys, idx)
   std::atomic<int> next(0);
   parallel_for(nthreads, [&](int) {
     for (;;) {
@@ -207,32 +226,9 @@ void sort_pairs(uint64_t* keys, IdxT* idx, uint64_t* tk, IdxT* ti, int64_t n, in
       if (d >= 256) break;
       int64_t lo = bstart[d], m = bstart[d + 1] - bstart[d];
       if (m == 0) continue;
-      uint64_t* bk = tk + lo;
-      IdxT* bi = ti + lo;
-      int lower[8];
-      int nl = 0;
-      if (m > 1) {
-        // bytes that vary within this bucket
-        uint64_t all_and = ~0ULL, all_or = 0;
-        for (int64_t i = 0; i < m; ++i) {
-          all_and &= bk[i];
-          all_or |= bk[i];
-        }
-        uint64_t diff = all_and ^ all_or;
-        for (int v = 0; v < nvar - 1; ++v) {
-          int b = varying[v];
-          if ((diff >> (b * 8)) & 0xff) lower[nl++] = b;
-        }
-      }
-      // sort in (tk, ti) with (keys, idx) as scratch, then make sure it ends in keys/idx
-      if (nl == 0) {
-        std::memcpy(keys + lo, bk, m * sizeof(uint64_t));
-        std::memcpy(idx + lo, bi, m * sizeof(IdxT));
-      } else {
-        lsd_sort(bk, bi, keys + lo, idx + lo, m, lower, nl);
-        std::memcpy(keys + lo, bk, m * sizeof(uint64_t));
-        std::memcpy(idx + lo, bi, m * sizeof(IdxT));
-      }
+      sort_bucket(tk + lo, ti + lo, keys + lo, idx + lo, m);
+      std::memcpy(keys + lo, tk + lo, m * sizeof(uint64_t));
+      std::memcpy(idx + lo, ti + lo, m * sizeof(IdxT));
     }
   });
 }
@@ -291,6 +287,148 @@ void k_sort_indices(const SortKey* ks, int nkeys, int64_t n, IdxT* out, int nthr
       for (int64_t i = n * t / nt, e = n * (t + 1) / nt; i < e; ++i) values_out[i] = sorted[i] ^ flip;
     });
   }
+}
+
+// ------------------------------------------------------------------ node-shared sort
+// The sort of ranks that share one machine's memory (parallel_ops._node_shared_sort), in
+// place of the sample sort's exchange: every rank scatters the (radix key, global row)
+// pairs of its rows straight into one shared array, bucketed by a digit of the top varying
+// bits of the radix key (each bucket holds the ranks' rows in rank order, i.e. in global
+// row order, so the sort stays stable); then every thread of every rank takes buckets from
+// one shared counter and sorts them in place in cache (sort_bucket), so a rank slowed down
+// by the machine gets fewer buckets; then each rank gathers its contiguous share of the
+// order. Null keys form one last bucket, left in row order (nulls last).
+
+inline bool sort_key_null(const SortKey& k, int64_t i) {
+  return k.validity && !get_bit(k.validity, k.validity_offset + i);
+}
+
+// f(key_at, null_at) with key_at(i) = row i's radix key and null_at(i) = whether row i is
+// null: a loop-free lambda for the common 64-bit integer key without nulls (the generic
+// radix_key's branches per row cost ~4x on a histogram pass, measured), else the generic.
+template <class F>
+void with_sort_key(const SortKey& k, F&& f) {
+  const bool desc = k.desc != 0;
+  const uint64_t invert = desc ? ~0ULL : 0;
+  auto never = [](int64_t) { return false; };
+  if (!k.validity && (k.kind == KEY_INT64 || k.kind == KEY_UINT64)) {
+    const uint64_t* v = static_cast<const uint64_t*>(k.values);
+    const uint64_t flip = (k.kind == KEY_INT64 ? kSign : 0) ^ invert;
+    f([=](int64_t i) { return v[i] ^ flip; }, never);
+  } else if (!k.validity) {
+    f([&](int64_t i) { return radix_key(k.kind, k.values, i, desc); }, never);
+  } else {
+    f([&](int64_t i) { return radix_key(k.kind, k.values, i, desc); }, [&](int64_t i) { return sort_key_null(k, i); });
+  }
+}
+
+// Smallest and largest radix key of the valid rows (*any = 0 when no row is valid).
+inline void k_sort_key_range(const SortKey& k, int64_t n, uint64_t* lo, uint64_t* hi, int* any, int nthreads) {
+  const int nt = clamp_threads(nthreads, n);
+  std::vector<uint64_t> tlo(nt, ~0ULL), thi(nt, 0);
+  std::vector<char> seen(nt, 0);
+  with_sort_key(k, [&](auto key_at, auto null_at) {
+    parallel_for(nt, [&](int t) {
+      uint64_t a = ~0ULL, b = 0;
+      bool got = false;
+      for (int64_t i = n * t / nt, e = n * (t + 1) / nt; i < e; ++i) {
+        if (null_at(i)) continue;
+        const uint64_t key = key_at(i);
+        a = std::min(a, key);
+        b = std::max(b, key);
+        got = true;
+      }
+      tlo[t] = a, thi[t] = b, seen[t] = got;
+    });
+  });
+  *lo = ~0ULL, *hi = 0, *any = 0;
+  for (int t = 0; t < nt; ++t) {
+    if (!seen[t]) continue;
+    *lo = std::min(*lo, tlo[t]);
+    *hi = std::max(*hi, thi[t]);
+    *any = 1;
+  }
+}
+
+inline int bucket_threads(int nthreads, int64_t n) { return clamp_threads(nthreads, n); }
+
+// Rows per bucket, per thread: hist[t * (nb + 1) + d] for the rows of thread t's range
+// (nt = bucket_threads(...) ranges); bucket = ((radix key - base) >> shift) & (nb - 1),
+// null rows in bucket nb.
+inline void k_bucket_hist(const SortKey& k, int64_t n, uint64_t base, int shift, int nb, int nt, int64_t* hist) {
+  const uint64_t mask = static_cast<uint64_t>(nb - 1);
+  std::fill(hist, hist + static_cast<int64_t>(nt) * (nb + 1), 0);
+  with_sort_key(k, [&](auto key_at, auto null_at) {
+    parallel_for(nt, [&](int t) {
+      int64_t* h = hist + static_cast<int64_t>(t) * (nb + 1);
+      for (int64_t i = n * t / nt, e = n * (t + 1) / nt; i < e; ++i)
+        h[null_at(i) ? nb : static_cast<int>(((key_at(i) - base) >> shift) & mask)]++;
+    });
+  });
+}
+
+// Every row's (radix key - base, row0 + row) to position off[t * (nb + 1) + bucket]++ of
+// (keys, rows), t the thread whose range holds the row (the same ranges as k_bucket_hist's;
+// off: the caller's first position per thread and bucket). Null rows get key 0. Keys are
+// stored relative to base, so a bucket's LSD passes skip the high bytes all its keys share
+// (keys either side of 2^63, e.g. small negative and positive ints, share none absolutely).
+// False (and that row and the rest of its range not written) when a position falls
+// outside [0, limit).
+// carry (may be null): rows[p] = carry[row] instead of the row number (a narrow column
+// sorted along with the key, so nothing is gathered afterwards).
+template <class IdxT>
+bool k_bucket_scatter(const SortKey& k, int64_t n, uint64_t base, int shift, int nb, int nt, int64_t* off, uint64_t* keys,
+                      IdxT* rows, int64_t row0, int64_t limit, const IdxT* carry) {
+  const uint64_t mask = static_cast<uint64_t>(nb - 1);
+  std::atomic<bool> ok(true);
+  with_sort_key(k, [&](auto key_at, auto null_at) {
+    parallel_for(nt, [&](int t) {
+      int64_t* o = off + static_cast<int64_t>(t) * (nb + 1);
+      for (int64_t i = n * t / nt, e = n * (t + 1) / nt; i < e; ++i) {
+        const bool null = null_at(i);
+        const uint64_t key = null ? 0 : key_at(i) - base;
+        const int64_t p = o[null ? nb : static_cast<int>((key >> shift) & mask)]++;
+        if (static_cast<uint64_t>(p) >= static_cast<uint64_t>(limit)) {  // (offsets not from this column)
+          ok = false;
+          return;
+        }
+        keys[p] = key;
+        rows[p] = carry ? carry[i] : static_cast<IdxT>(row0 + i);
+      }
+    });
+  });
+  return ok;
+}
+
+// The key values back from sorted relative radix keys: out[i] = (keys[i] + base) ^ flip
+// (flip: radix_flip of the key's type and direction; 64-bit integer keys only).
+inline void k_unbase_keys(const uint64_t* keys, int64_t n, uint64_t base, uint64_t flip, uint64_t* out, int nthreads) {
+  const int nt = clamp_threads(nthreads, n);
+  parallel_for(nt, [&](int t) {
+    for (int64_t i = n * t / nt, e = n * (t + 1) / nt; i < e; ++i) out[i] = (keys[i] + base) ^ flip;
+  });
+}
+
+// Sorts the buckets [bstart[d], bstart[d + 1]) of (keys, rows), d < nbuckets, taking them
+// from *next (in shared memory: zero before the first rank starts; every thread of every
+// rank takes from it) until none is left.
+template <class IdxT>
+void k_sort_buckets(uint64_t* keys, IdxT* rows, const int64_t* bstart, int nbuckets, int64_t* next, int nthreads) {
+  static_assert(std::atomic<int64_t>::is_always_lock_free, "a lock-free counter works across processes");
+  auto* counter = reinterpret_cast<std::atomic<int64_t>*>(next);
+  int64_t largest = 0;
+  for (int d = 0; d < nbuckets; ++d) largest = std::max(largest, bstart[d + 1] - bstart[d]);
+  std::atomic_thread_fence(std::memory_order_seq_cst);  // (the caller's barrier orders the scatter)
+  parallel_for(std::max(1, std::min(nthreads, nbuckets)), [&](int) {
+    RawBuf<uint64_t> tk(largest);
+    RawBuf<IdxT> ti(largest);
+    for (;;) {
+      const int64_t d = counter->fetch_add(1, std::memory_order_relaxed);
+      if (d >= nbuckets) break;
+      sort_bucket(keys + bstart[d], rows + bstart[d], tk.data(), ti.data(), bstart[d + 1] - bstart[d]);
+    }
+  });
+  std::atomic_thread_fence(std::memory_order_seq_cst);
 }
 
 // ---------------------------------------------------------------------------- join

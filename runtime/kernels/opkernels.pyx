@@ -11,6 +11,9 @@
 * ``shared_dense_build`` / ``shared_dense_probe``: the join of ranks that share a node's
   memory: one direct-addressed table in a shared segment, built by every rank with its own
   right rows, probed by every rank with its own left rows (parallel_ops.join).
+* ``sort_key_range`` / ``bucket_hist`` / ``bucket_scatter`` / ``sort_buckets``: the sort
+  of ranks that share a node's memory: (radix key, row) pairs bucketed by their top bits
+  into one shared array, buckets sorted by whichever rank takes them (parallel_ops.sort).
 * ``take(array, indices)``: gather of a fixed-width/bool Arrow array by int32/int64 indices
   (negative -> null), multithreaded; None for types it does not cover.
 * ``mask_to_indices(mask)``: positions of the true, valid rows of a boolean Arrow array.
@@ -40,6 +43,14 @@ cdef extern from "op_kernels.hpp" namespace "opgraph::opk" nogil:
     int KEY_FLOAT64
     uint64_t radix_key(int kind, const void* values, int64_t i, bint desc)
     void k_sort_indices[IdxT](const SortKey* ks, int nkeys, int64_t n, IdxT* out, int nthreads, uint64_t* values_out)
+    void k_sort_key_range(const SortKey& k, int64_t n, uint64_t* lo, uint64_t* hi, int* any, int nthreads)
+    int bucket_threads(int nthreads, int64_t n)
+    void k_bucket_hist(const SortKey& k, int64_t n, uint64_t base, int shift, int nb, int nt, int64_t* hist)
+    bint k_bucket_scatter[IdxT](const SortKey& k, int64_t n, uint64_t base, int shift, int nb, int nt, int64_t* off,
+                                uint64_t* keys, IdxT* rows, int64_t row0, int64_t limit, const IdxT* carry)
+    void k_unbase_keys(const uint64_t* keys, int64_t n, uint64_t base, uint64_t flip, uint64_t* out, int nthreads)
+    void k_sort_buckets[IdxT](uint64_t* keys, IdxT* rows, const int64_t* bstart, int nbuckets, int64_t* next,
+                              int nthreads)
     cdef cppclass JoinResult:
         int64_t total
         int ordered
@@ -102,13 +113,24 @@ def sortable(types):
     return True
 
 
+def radix_gives_values(t):
+    """Whether the radix keys of a sort key of type ``t`` give back its values when it has
+    no nulls (64-bit integer storage, viewed not converted): value = radix key ^
+    ``radix_flip(t, descending)``."""
+    return (t == pa.int64() or t == pa.uint64() or pa.types.is_timestamp(t) or pa.types.is_date64(t)
+            or pa.types.is_duration(t) or pa.types.is_time64(t))
+
+
+def radix_flip(t, bint descending):
+    """What the radix key of a ``radix_gives_values`` type is XORed with (the sign bit of
+    signed storage; every bit when descending)."""
+    flip = 0 if t == pa.uint64() else 1 << 63
+    return flip ^ ((1 << 64) - 1) if descending else flip
+
+
 def _values_come_back(arr):
-    """Whether the radix keys of this one sort key give back its values (64-bit integer
-    storage, viewed not converted, and no nulls)."""
-    t = arr.type
-    return arr.null_count == 0 and (
-        t == pa.int64() or t == pa.uint64() or pa.types.is_timestamp(t) or pa.types.is_date64(t)
-        or pa.types.is_duration(t) or pa.types.is_time64(t))
+    """Whether the radix keys of this one sort key give back its values."""
+    return arr.null_count == 0 and radix_gives_values(arr.type)
 
 
 def sort_indices(columns, descending, bint sorted_key=False):
@@ -171,6 +193,158 @@ def sort_indices(columns, descending, bint sorted_key=False):
     if not sorted_key:
         return out
     return out, (pa.Array.from_buffers(key_type, n, [None, values]) if values is not None else None)
+
+
+cdef object _one_sort_key(column, bint descending, SortKey* k):
+    """Fills ``k`` for one key column; returns what must stay alive while it is used."""
+    a = _single(column)
+    v = _sort_view(a)
+    if v is None:
+        raise TypeError(f"sort key: unsupported type {a.type}")
+    a = v[1]
+    bufs = a.buffers()
+    cdef int64_t off = a.offset
+    k.kind = v[0]
+    k.values = NULL
+    if len(a):
+        k.values = <const void*>(_ptr(bufs[1]) + off * 8)
+    k.validity = _ptr(bufs[0]) if a.null_count else NULL
+    k.validity_offset = off
+    k.desc = 1 if descending else 0
+    return a, bufs
+
+
+def sort_key_range(column, bint descending):
+    """(smallest, largest, any): the extreme radix keys (uint64 as Python ints) of the valid
+    rows of ``column``; ``any``: some row is valid."""
+    cdef SortKey k
+    keep = _one_sort_key(column, descending, &k)
+    cdef int64_t n = len(keep[0])
+    cdef uint64_t lo = 0
+    cdef uint64_t hi = 0
+    cdef int got = 0
+    cdef int nt = _threads()
+    if n:
+        with nogil:
+            k_sort_key_range(k, n, &lo, &hi, &got, nt)
+    return (int(lo), int(hi), True) if got else (0, 0, False)
+
+
+def bucket_hist(column, bint descending, uint64_t base, int shift, int nb):
+    """Rows of ``column`` per bucket (((radix key - base) >> shift) & (nb - 1); null keys:
+    bucket nb) per thread range: numpy int64 (threads, nb + 1), for ``bucket_scatter``."""
+    if nb < 1 or nb & (nb - 1) or not 0 <= shift < 64:
+        raise ValueError("bucket_hist: nb must be a power of two and shift in [0, 64)")
+    cdef SortKey k
+    keep = _one_sort_key(column, descending, &k)
+    cdef int64_t n = len(keep[0])
+    cdef int nt = bucket_threads(_threads(), n)
+    out = np.zeros((nt, nb + 1), dtype=np.int64)
+    cdef int64_t[:, ::1] hv = out
+    if n:
+        with nogil:
+            k_bucket_hist(k, n, base, shift, nb, nt, &hv[0, 0])
+    return out
+
+
+def bucket_scatter(column, bint descending, uint64_t base, int shift, int nb, offsets, keys, rows, int64_t row0,
+                   carry=None):
+    """Every row i of ``column`` to position ``offsets[t, bucket]`` (then incremented) of
+    ``keys`` (uint64: its radix key - ``base``, 0 for a null) and ``rows`` (int32:
+    ``row0 + i``; or, with ``carry``, a numpy array of the rows' values of ``rows``' dtype,
+    int32 or uint64: ``carry[i]``); t is the thread range of ``bucket_hist``, whose shape
+    ``offsets`` has. ValueError (with the rows up to the first bad one written) when a
+    position falls outside the arrays."""
+    if nb < 1 or nb & (nb - 1) or not 0 <= shift < 64:
+        raise ValueError("bucket_scatter: nb must be a power of two and shift in [0, 64)")
+    cdef SortKey k
+    keep = _one_sort_key(column, descending, &k)
+    cdef int64_t n = len(keep[0])
+    off = np.ascontiguousarray(offsets, dtype=np.int64).copy()
+    cdef int nt = bucket_threads(_threads(), n)
+    if off.shape != (nt, nb + 1):
+        raise ValueError("bucket_scatter: offsets are not bucket_hist's shape")
+    if carry is not None and (carry.dtype != rows.dtype or len(carry) != n):
+        raise ValueError("bucket_scatter: carry needs one value per row, of the dtype of rows")
+    if carry is None and rows.dtype != np.int32:
+        raise ValueError("bucket_scatter: row numbers go to int32 rows")
+    cdef uint64_t[::1] kv = keys
+    cdef int32_t[::1] r32
+    cdef uint64_t[::1] r64
+    cdef const int32_t[::1] c32
+    cdef const uint64_t[::1] c64
+    cdef int64_t limit = min(kv.shape[0], len(rows))
+    if carry is None and (row0 < 0 or row0 + n >= (<int64_t>1 << 31)):
+        raise ValueError("bucket_scatter: row numbers beyond int32")
+    cdef int64_t[:, ::1] ov = off
+    cdef bint ok = True
+    if n == 0:
+        return
+    if limit == 0:
+        raise ValueError("bucket_scatter: positions outside the arrays")
+    if rows.dtype == np.int32:
+        r32 = rows
+        if carry is not None:
+            c32 = carry
+        with nogil:
+            ok = k_bucket_scatter[int32_t](k, n, base, shift, nb, nt, &ov[0, 0], &kv[0], &r32[0], row0, limit,
+                                           &c32[0] if carry is not None else NULL)
+    elif rows.dtype == np.uint64:
+        r64 = rows
+        c64 = carry
+        with nogil:
+            ok = k_bucket_scatter[uint64_t](k, n, base, shift, nb, nt, &ov[0, 0], &kv[0], &r64[0], row0, limit, &c64[0])
+    else:
+        raise TypeError("bucket_scatter: rows must be int32 or uint64")
+    if not ok:
+        raise ValueError("bucket_scatter: positions outside the arrays")
+
+
+def unbase_keys(keys, uint64_t base, t, bint descending):
+    """The values of a ``radix_gives_values`` key of type ``t`` from its radix keys taken
+    relative to ``base`` (``bucket_scatter``'s keys, sorted): a new Arrow array of type t."""
+    if not radix_gives_values(t):
+        raise TypeError(f"unbase_keys: the radix keys of {t} do not give its values")
+    cdef const uint64_t[::1] kv = keys
+    cdef int64_t n = kv.shape[0]
+    out = pa.allocate_buffer(max(n, 1) * 8)
+    cdef uint64_t* op = <uint64_t*>_wptr(out)
+    cdef uint64_t flip = radix_flip(t, descending)
+    cdef int nt = _threads()
+    if n:
+        with nogil:
+            k_unbase_keys(&kv[0], n, base, flip, op, nt)
+    return pa.Array.from_buffers(t, n, [None, out])
+
+
+def sort_buckets(keys, rows, bstart, counter):
+    """Sorts (stable, by key) every bucket ``bstart[d]:bstart[d + 1]`` of ``keys`` (uint64)
+    with ``rows`` (int32 or uint64) in place, taking buckets from ``counter`` (int64 array of
+    one, in memory every rank sees; 0 before the first rank starts) until none is left."""
+    cdef uint64_t[::1] kv = keys
+    cdef int32_t[::1] r32
+    cdef uint64_t[::1] r64
+    bs = np.ascontiguousarray(bstart, dtype=np.int64)
+    cdef const int64_t[::1] bv = bs
+    cdef int64_t[::1] cv = counter
+    cdef int nbuckets = len(bs) - 1
+    if nbuckets < 1 or cv.shape[0] < 1:
+        raise ValueError("sort_buckets: no buckets or no counter")
+    if bs[0] < 0 or np.any(np.diff(bs) < 0) or bs[nbuckets] > min(kv.shape[0], len(rows)):
+        raise ValueError("sort_buckets: bucket bounds outside the arrays")
+    cdef int nt = _threads()
+    if bs[nbuckets] == 0:
+        return
+    if rows.dtype == np.int32:
+        r32 = rows
+        with nogil:
+            k_sort_buckets[int32_t](&kv[0], &r32[0], &bv[0], nbuckets, &cv[0], nt)
+    elif rows.dtype == np.uint64:
+        r64 = rows
+        with nogil:
+            k_sort_buckets[uint64_t](&kv[0], &r64[0], &bv[0], nbuckets, &cv[0], nt)
+    else:
+        raise TypeError("sort_buckets: rows must be int32 or uint64")
 
 
 def radix_keys(column, bint descending=False):
