@@ -539,6 +539,12 @@ def sort(table: pa.Table, by: Sequence[str], ascending: Sequence[bool]) -> pa.Ta
     if table.num_rows <= 1:
         return table
     cols = [table.column(b) for b in by]
+    if len(by) == 1 and table.num_columns == 2:
+        # a 64-bit key and one narrow column: sorted as pairs, no gather (kernels/op_kernels.hpp)
+        key_at = table.column_names.index(by[0])
+        pair = K.sort_carry(cols[0], not ascending[0], table.column(1 - key_at))
+        if pair is not None:
+            return pa.Table.from_arrays([pair[0], pair[1]] if key_at == 0 else [pair[1], pair[0]], schema=table.schema)
     if K.sortable([c.type for c in cols]):
         order, sorted_key = K.sort_indices(cols, [not a for a in ascending], sorted_key=True)
         if sorted_key is None:

@@ -48,6 +48,8 @@ cdef extern from "op_kernels.hpp" namespace "opgraph::opk" nogil:
     void k_bucket_hist(const SortKey& k, int64_t n, uint64_t base, int shift, int nb, int nt, int64_t* hist)
     bint k_bucket_scatter[IdxT](const SortKey& k, int64_t n, uint64_t base, int shift, int nb, int nt, int64_t* off,
                                 uint64_t* keys, IdxT* rows, int64_t row0, int64_t limit, const IdxT* carry)
+    void k_sort_carry[PayT](const SortKey& k, int64_t n, const PayT* payload, uint64_t* keys_out, PayT* pay_out,
+                            int nthreads)
     void k_unbase_keys(const uint64_t* keys, int64_t n, uint64_t base, uint64_t flip, uint64_t* out, int nthreads)
     void k_sort_buckets[IdxT](uint64_t* keys, IdxT* rows, const int64_t* bstart, int nbuckets, int64_t* next,
                               int nthreads)
@@ -345,6 +347,38 @@ def sort_buckets(keys, rows, bstart, counter):
             k_sort_buckets[uint64_t](&kv[0], &r64[0], &bv[0], nbuckets, &cv[0], nt)
     else:
         raise TypeError("sort_buckets: rows must be int32 or uint64")
+
+
+def sort_carry(key, bint descending, column):
+    """(key, column) sorted together by the key (stable), for one key whose radix keys give
+    its values (``radix_gives_values``) and one column of 4 or 8 bytes a value, neither with
+    nulls: two new Arrow arrays. None when the columns do not qualify (sort_indices then)."""
+    k = _single(key)
+    c = _single(column)
+    if (not radix_gives_values(k.type) or k.null_count or c.null_count or len(k) != len(c)
+            or not can_take(c.type) or _width(c.type) not in (4, 8)):
+        return None
+    cdef SortKey sk
+    keep = _one_sort_key(k, descending, &sk)
+    cdef int64_t n = len(k)
+    cdef int w = _width(c.type)
+    keys_out = pa.allocate_buffer(max(n, 1) * 8)
+    pay_out = pa.allocate_buffer(max(n, 1) * w)
+    cdef uint64_t* kp = <uint64_t*>_wptr(keys_out)
+    cdef uint8_t* pp = <uint8_t*>_wptr(pay_out)
+    cbufs = c.buffers()
+    cdef int64_t coff = c.offset
+    cdef const uint8_t* src = NULL
+    if n:
+        src = _ptr(cbufs[1]) + coff * w
+    cdef int nt = _threads()
+    if n:
+        with nogil:
+            if w == 8:
+                k_sort_carry[uint64_t](sk, n, <const uint64_t*>src, kp, <uint64_t*>pp, nt)
+            else:
+                k_sort_carry[int32_t](sk, n, <const int32_t*>src, kp, <int32_t*>pp, nt)
+    return (pa.Array.from_buffers(k.type, n, [None, keys_out]), pa.Array.from_buffers(c.type, n, [None, pay_out]))
 
 
 def radix_keys(column, bint descending=False):
