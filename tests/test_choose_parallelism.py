@@ -169,6 +169,35 @@ def test_node_shared_join_on_one_machine_only_where_the_runtime_takes_it():
     assert first(chosen(plan(grouped, sizes, hw="laptop", tables=floats)), "df.join")["algorithm"] != "node-shared"
 
 
+def test_node_shared_sort_on_one_machine_only_where_the_runtime_takes_it():
+    """A big one-key sort on one machine (laptop): the node-shared sort (no range shuffle)
+    for fixed-width columns; a string column or two sort keys keep the sample sort's
+    exchange; on summit (more ranks than a node's cores) the sample sort. After
+    insert-communication no comm.shuffle feeds the node-shared sort, and the IR verifies
+    upstream."""
+    full = PASSES + ",insert-communication"
+
+    @og.pipeline
+    def one_key(a):
+        return a.sort_values("k")
+
+    @og.pipeline
+    def two_keys(a):
+        return a.sort_values(["k", "v"])
+
+    sizes = {"a": (1e8, 16)}
+    module = plan(one_key, sizes, hw="laptop", passes=full)
+    sort = first(chosen(module), "df.sort")
+    assert sort["algorithm"] == "node-shared" and sort["partitioning"] == "range(k)", sort
+    assert not [op.name for op in dataflow_ops(module) if op.name == "comm.shuffle"]
+    assert verify_text(print_module(module)) is None
+
+    strings = {"a": pa.table({"k": pa.array([1, 2], pa.int64()), "v": ["x", "y"]})}
+    assert first(chosen(plan(one_key, sizes, hw="laptop", tables=strings)), "df.sort")["algorithm"] == "sample-sort"
+    assert first(chosen(plan(two_keys, sizes, hw="laptop")), "df.sort")["algorithm"] == "sample-sort"
+    assert first(chosen(plan(one_key, sizes, hw="summit")), "df.sort")["algorithm"] == "sample-sort"
+
+
 def test_left_join_never_broadcasts_left_side():
     @og.pipeline
     def left(a, b):

@@ -258,7 +258,11 @@ def test_range_partition_matches_sorted_cut(rows, asc, nsplit):
 
 
 @pytest.mark.parametrize("ranks", [2, 3])
-def test_parallel_sort_radix_range_partition(ranks):
+@pytest.mark.parametrize("node_shared", [True, False])
+def test_parallel_sort_radix_range_partition(ranks, node_shared, monkeypatch):
+    """Both ways of the distributed sort on thread ranks: the node-shared sort, and (turned
+    off) the sample sort's range partition and exchange."""
+    monkeypatch.setattr(P, "_NODE_SHARED_SORT", node_shared)
     rng = np.random.default_rng(6)
     n = 3000
     t = pa.table({"k": pa.array(rng.integers(0, 40, n), mask=rng.random(n) < 0.05), "v": np.arange(n)})
@@ -268,9 +272,144 @@ def test_parallel_sort_radix_range_partition(ranks):
         d = P.sort(comm, P.Dist(t.slice(lo, hi - lo)), ["k"], [False])
         return d.table
 
-    parts = run_ranks(ranks, body)
-    got = pa.concat_tables(parts)
+    got, shared = _sort_on_ranks(ranks, body)
+    assert shared == (ranks if node_shared else 0)
     assert got.equals(L.sort(t, ["k"], [False]))
+
+
+def _sort_on_ranks(ranks, body):
+    """``body(comm)`` on thread ranks: (their tables concatenated, how many ranks took the
+    node-shared sort)."""
+    before = P.STATS["node_shared_sort"]
+    out = pa.concat_tables(run_ranks(ranks, body))
+    return out, P.STATS["node_shared_sort"] - before
+
+
+def _duckdb_sorted(t: pa.Table, key: str, ascending: bool) -> pa.Table:
+    """DuckDB's ORDER BY the key (nulls last), ties in row order (a stable sort)."""
+    numbered = t.append_column("__row", pa.array(np.arange(t.num_rows)))
+    direction = "ASC" if ascending else "DESC"
+    out = duckdb.sql(f'SELECT * FROM numbered ORDER BY "{key}" {direction} NULLS LAST, __row').to_arrow_table()
+    return out.drop_columns(["__row"]).cast(t.schema)
+
+
+def _sort_slices(t: pa.Table, by, ascending):
+    def body(comm):
+        lo, hi = t.num_rows * comm.rank // comm.size, t.num_rows * (comm.rank + 1) // comm.size
+        return P.sort(comm, P.Dist(t.slice(lo, hi - lo)), by, ascending).table
+
+    return body
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    ranks=st.integers(2, 4),
+    n=st.integers(0, 3000),
+    spread=st.sampled_from([3, 1000, 2**40, 2**62]),
+    null_rate=st.sampled_from([0.0, 0.2]),
+    shape=st.sampled_from(["carry-f64", "carry-i32", "gathered", "float-key"]),
+    ascending=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_node_shared_sort_matches_duckdb(ranks, n, spread, null_rate, shape, ascending, seed):
+    """The node-shared sort on thread ranks equals DuckDB's ORDER BY (ties in row order):
+    duplicate keys,
+    negative and positive keys, nulls last, descending; a narrow column carried along with a
+    64-bit key or columns gathered by row number (nulls among them), float keys. Every
+    rank takes it (these keys are not skewed), and rank 0 holds the smallest keys."""
+    rng = np.random.default_rng(seed)
+    mask = rng.random(n) < null_rate
+    k = rng.integers(-spread, spread, n)
+    if shape == "carry-f64":
+        t = pa.table({"k": k, "v": rng.random(n)})
+    elif shape == "carry-i32":
+        t = pa.table({"v": pa.array(rng.integers(0, 9, n), pa.int32()), "k": k})
+    elif shape == "gathered":
+        t = pa.table({"k": pa.array(k, mask=mask), "i": np.arange(n), "y": pa.array(rng.random(n), pa.float32(), mask=mask)})
+    else:
+        t = pa.table({"k": pa.array(1024 + k % 1024 + rng.random(n), mask=mask), "i": pa.array(np.arange(n), pa.int32())})
+    got, shared = _sort_on_ranks(ranks, _sort_slices(t, ["k"], [ascending]))
+    assert shared == (ranks if n else shared)
+    assert got.equals(_duckdb_sorted(t, "k", ascending))
+
+
+def test_skewed_keys_take_the_sample_sort():
+    """One far outlier puts nearly every key in one bucket: the ranks fall back to the
+    sample sort's exchange, with the same answer."""
+    rng = np.random.default_rng(10)
+    n = 600_000
+    k = rng.integers(0, 100, n)
+    k[123] = 2**62
+    t = pa.table({"k": k, "v": rng.random(n)})
+    got, shared = _sort_on_ranks(2, _sort_slices(t, ["k"], [True]))
+    assert shared == 0
+    assert got.equals(_duckdb_sorted(t, "k", True))
+
+
+def test_sorts_the_node_shared_sort_does_not_take():
+    """Two keys, a string column, a boolean key: the sample sort, and the right answer."""
+    rng = np.random.default_rng(11)
+    n = 2000
+    t = pa.table({"k": rng.integers(0, 30, n), "s": [f"s{i % 7}" for i in range(n)], "b": rng.random(n) < 0.5})
+    for by, asc in ((["k", "b"], [True, False]), (["k"], [True]), (["b"], [False])):
+        got, shared = _sort_on_ranks(3, _sort_slices(t, by, asc))
+        assert shared == 0, by
+        want = pa.Table.from_pandas(t.to_pandas().sort_values(by, ascending=asc, kind="stable"), preserve_index=False)
+        want = want.cast(t.schema)
+        assert got.equals(want), by
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(0, 5000),
+    key_type=st.sampled_from([pa.int64(), pa.uint64(), pa.timestamp("us")]),
+    value_type=st.sampled_from([pa.float64(), pa.int32(), pa.float32(), pa.date32()]),
+    ascending=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_sort_carry_matches_duckdb(n, key_type, value_type, ascending, seed):
+    """A 64-bit key and one narrow column sorted as pairs (kernels' sort_carry, the path of
+    local_ops.sort for such tables) equal DuckDB's ORDER BY (ties in row order)."""
+    rng = np.random.default_rng(seed)
+    k = rng.integers(0, 50, n) if key_type == pa.uint64() else rng.integers(-(2**62), 2**62, n) // rng.choice([1, 2**50], n)
+    if pa.types.is_floating(value_type):
+        values = pa.array(rng.standard_normal(n)).cast(value_type)
+    else:
+        values = pa.array(rng.integers(-(2**20), 2**20, n), pa.int32()).view(value_type)
+    t = pa.table({"k": pa.array(k).cast(key_type), "v": values})
+    pair = K.sort_carry(t.column("k"), not ascending, t.column("v"))
+    got = pa.table({"k": pair[0], "v": pair[1]})
+    assert got.equals(_duckdb_sorted(t, "k", ascending))
+    assert L.sort(t, ["k"], [ascending]).equals(got)
+
+
+def test_sort_carry_declines_nulls_and_wide_columns():
+    t = pa.table({"k": pa.array([3, None, 1]), "v": [1.0, 2.0, 3.0], "d": pa.array([1, 2, 3], pa.decimal128(20))})
+    assert K.sort_carry(t.column("k"), False, t.column("v")) is None  # a null key
+    assert K.sort_carry(t.column("v"), False, t.column("k")) is None  # a float key: radix keys are not its values
+    assert K.sort_carry(pa.chunked_array([[3, 2, 1]]), False, t.column("d")) is None  # 16-byte values
+
+
+def test_bucket_kernels_refuse_positions_outside_their_arrays():
+    col = pa.chunked_array([pa.array([5, 1, 7, 3], pa.int64())])
+    base = (1 << 63) + 1  # the radix key of 1 (int64 keys: the value with the sign bit flipped)
+    hist = K.bucket_hist(col, False, base, 1, 2)  # bucket: bit 1 of key - 1
+    assert hist.tolist() == [[2, 2, 0]]
+    keys, rows = np.zeros(4, np.uint64), np.zeros(4, np.int32)
+    K.bucket_scatter(col, False, base, 1, 2, np.cumsum(hist, axis=1) - hist, keys, rows, 0)
+    assert keys.tolist() == [4, 0, 6, 2] and rows.tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="outside"):
+        K.bucket_scatter(col, False, base, 1, 2, hist * 0 + 3, keys, rows, 0)  # every row at position 3 onwards
+    with pytest.raises(ValueError, match="shape"):
+        K.bucket_scatter(col, False, base, 1, 2, np.zeros((1, 2), np.int64), keys, rows, 0)
+    with pytest.raises(ValueError, match="outside"):
+        K.sort_buckets(keys, rows, np.array([0, 2, 9]), np.zeros(1, np.int64))
+    with pytest.raises(ValueError, match="power of two"):
+        K.bucket_hist(col, False, 0, 0, 3)
+    K.bucket_scatter(col, False, base, 1, 2, np.cumsum(hist, axis=1) - hist, keys, rows, 0)  # (the failed one wrote)
+    counter = np.zeros(1, np.int64)
+    K.sort_buckets(keys, rows, np.array([0, 2, 4]), counter)
+    assert keys.tolist() == [0, 4, 2, 6] and rows.tolist() == [1, 0, 3, 2] and counter[0] >= 2
 
 
 # ----------------------------------------------------------------- broadcast join

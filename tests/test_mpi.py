@@ -601,6 +601,74 @@ def test_dense_key_join_pipeline_on_two_ranks_matches_duckdb() -> None:
         assert abs(mine["x"] - row["x"]) <= 1e-9 * max(1.0, abs(row["x"]))
 
 
+NODE_SHARED_SORT = on_every_rank(
+    """
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    from mpi4py import MPI
+    from opgraph.runtime import parallel_ops as P
+    from opgraph.runtime.mpi_comm import MPICommunicator
+
+    comm = MPICommunicator(MPI.COMM_WORLD)
+    r, n = comm.rank, comm.size
+    rng = np.random.default_rng(5)
+    k = rng.integers(-10**6, 10**6, 60_000)
+    tables = [
+        pa.table({"k": k, "v": rng.random(60_000)}),  # the narrow column rides along
+        pa.table({"k": pa.array(k[:30_000], mask=rng.random(30_000) < 0.1), "i": np.arange(30_000),
+                  "y": pa.array(rng.random(30_000), mask=rng.random(30_000) < 0.1)}),  # row numbers, gathered
+        pa.table({"k": k[:5000] % 50, "v": rng.random(5000)}),  # the window is reused
+    ]
+    for t, asc in zip(tables, (True, False, True)):
+        lo, hi = t.num_rows * r // n, t.num_rows * (r + 1) // n
+        before = P.STATS["node_shared_sort"]
+        got = P.sort(comm, P.Dist(t.slice(lo, hi - lo)), ["k"], [asc]).table
+        assert P.STATS["node_shared_sort"] == before + 1, "the sort exchanged rows"
+        parts = comm.allgather(got)
+        want = pa.Table.from_pandas(t.to_pandas().sort_values("k", ascending=asc, kind="stable", na_position="last"),
+                                    preserve_index=False)
+        assert pa.concat_tables(parts).to_pandas().equals(want.to_pandas()), (t.num_rows, r)
+    """
+)
+
+
+def test_node_shared_sort_across_two_processes(tmp_path: Path) -> None:
+    """Two MPI ranks on this machine sort through one MPI shared-memory window (no
+    exchange): the ranks' parts, concatenated, equal pandas' stable sort (nulls last,
+    descending too, a carried column and gathered columns with nulls), with the window
+    reused."""
+    assert_every_rank_ok(tmp_path, NODE_SHARED_SORT)
+
+
+def test_sort_pipeline_on_two_ranks_takes_node_shared_sort_and_matches_duckdb() -> None:
+    """The compiler picks the node-shared sort for a one-key sort of fixed-width columns; run
+    on 2 MPI ranks the sorted output equals DuckDB's ORDER BY (stable by the row order)."""
+    duckdb = pytest.importorskip("duckdb")
+    import opgraph as og
+
+    rng = np.random.default_rng(6)
+    n = 40_000
+    t = pa.table({"k": rng.integers(0, 500, n), "v": rng.random(n), "w": pa.array(rng.integers(0, 9, n), mask=rng.random(n) < 0.1)})
+
+    @og.pipeline
+    def ordered(t):
+        return t[t["v"] > 0.1].sort_values("k", ascending=False)
+
+    plan = ordered.compile(t, hw="laptop")
+    algos = [op.attributes.get("taskgraph.algorithm") for isl in plan.doc.islands for op in isl.ops if op.op == "df.sort"]
+    shuffles = [op.op for isl in plan.doc.islands for op in isl.ops if op.op == "comm.shuffle"]
+    assert algos == ["node-shared"] and not shuffles, (algos, shuffles)
+    (out,) = run_mpi(plan.doc, plan.inputs, 2, timeout=60, echo=False)
+    con = duckdb.connect()
+    con.execute("SET threads = 1")  # the row numbers follow the scan order
+    con.register("t", t)
+    want = con.sql(
+        "SELECT k, v, w FROM (SELECT *, row_number() OVER () AS i FROM t) WHERE v > 0.1 ORDER BY k DESC, i"
+    ).to_arrow_table()
+    assert out.equals(want)
+
+
 @pytest.mark.skipif(not HAVE_EXECUTOR, reason="runtime/executor.py (execute_plan) is not written yet")
 def test_executor_error_on_one_rank_names_the_users_line(tmp_path: Path) -> None:
     from opgraph.runtime.executor import ExecutionError
