@@ -34,14 +34,20 @@ aggregate           partial rows per rank (var/std as count, mean, M2, combined 
 distinct, set ops   local distinct (pre-combine), shuffle by the row (or ``subset``), local
                     distinct / membership; receivers concatenate senders in rank order, so
                     "first occurrence" is global.
-sort                sample sort: a random sample of the keys allgathered, n-1 splitters,
+sort                node-shared sort (ranks of one machine, one numeric/temporal key,
+                    fixed-width columns, keys not skewed): no exchange; every rank
+                    scatters (radix key, row) pairs of its rows into one shared array
+                    bucketed by the key's top bits, the ranks sort the buckets they take
+                    from a shared counter, and each gathers its contiguous share (C++
+                    ``bucket_hist``/``bucket_scatter``/``sort_buckets``). Otherwise sample
+                    sort: a random sample of the keys allgathered, n-1 splitters,
                     each rank gives its rows their part by key range with the C++
                     range-partition kernel (``partition.range_part_ids``; equal keys go to
                     one rank, rows keep their order per sender, which keeps the sort
                     stable), ``alltoallv_by_part``, local stable sort of the received
                     rows. Key types the kernel lacks: local sort first, regular samples,
                     cut of the sorted rows at the splitters. Result ordered across ranks
-                    0..n-1.
+                    0..n-1 either way.
 head                counts allgathered; each rank keeps the prefix of its rows that falls in
                     the first n of the global order (no data moves).
 window              halo exchange: each rank gets the rows before/after its range that its
@@ -277,7 +283,11 @@ def rebalance(comm: Communicator, table: pa.Table, width: int) -> pa.Table:
 
 #: ``OPGRAPH_NODE_SHARED_JOIN=0``: ranks that share one machine's memory shuffle both sides
 #: of a join as ranks on different machines do (benchmarks compare the two)
-_NODE_SHARED_JOIN = os.environ.get("OPGRAPH_NODE_SHARED_JOIN", "1").strip().lower() not in ("0", "false", "no", "off")
+def _env_on(name: str) -> bool:
+    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+_NODE_SHARED_JOIN = _env_on("OPGRAPH_NODE_SHARED_JOIN")
 
 #: node-shared joins run by this process (tests check which path a join took)
 STATS = {"node_shared_join": 0, "node_shared_sort": 0}
@@ -799,7 +809,7 @@ def range_partition(comm: Communicator, table: pa.Table, by: Sequence[str], asce
 
 #: ``OPGRAPH_NODE_SHARED_SORT=0``: ranks that share one machine's memory sort by the sample
 #: sort's exchange as ranks on different machines do (benchmarks compare the two)
-_NODE_SHARED_SORT = os.environ.get("OPGRAPH_NODE_SHARED_SORT", "1").strip().lower() not in ("0", "false", "no", "off")
+_NODE_SHARED_SORT = _env_on("OPGRAPH_NODE_SHARED_SORT")
 
 #: rows per bucket the node-shared sort aims at (10M rows: 256 buckets). Fewer, larger
 #: buckets than the L2 cache would favour: the scatter into 2^10 buckets took 0.048 s for 5M

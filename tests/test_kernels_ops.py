@@ -287,9 +287,10 @@ def _sort_on_ranks(ranks, body):
 
 def _duckdb_sorted(t: pa.Table, key: str, ascending: bool) -> pa.Table:
     """DuckDB's ORDER BY the key (nulls last), ties in row order (a stable sort)."""
-    numbered = t.append_column("__row", pa.array(np.arange(t.num_rows)))
+    con = duckdb.connect()
+    con.register("numbered", t.append_column("__row", pa.array(np.arange(t.num_rows))))
     direction = "ASC" if ascending else "DESC"
-    out = duckdb.sql(f'SELECT * FROM numbered ORDER BY "{key}" {direction} NULLS LAST, __row').to_arrow_table()
+    out = con.sql(f'SELECT * FROM numbered ORDER BY "{key}" {direction} NULLS LAST, __row').to_arrow_table()
     return out.drop_columns(["__row"]).cast(t.schema)
 
 

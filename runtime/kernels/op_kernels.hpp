@@ -30,6 +30,10 @@
 //   count per range, then write), the filter's selection vector.
 // * range_partition: for sample sort, each row's part given n-1 splitter rows (radix keys
 //   + null flags per key column, lexicographic, nulls last): binary search per row.
+// * sort_carry: a 64-bit key and one narrow column sorted together as pairs (no gather).
+// * node-shared sort (bucket_hist / bucket_scatter / sort_buckets): the sort of ranks that
+//   share a machine's memory, (radix key, row) pairs bucketed into one shared array and
+//   the buckets sorted by whichever rank takes them from a shared counter.
 #pragma once
 
 #include <algorithm>
