@@ -314,6 +314,19 @@ def _round_up(n: int, to: int) -> int:
     return -(-n // to) * to
 
 
+def _shared_pieces(comm: Communicator, sizes: Sequence[int]) -> list[np.ndarray] | None:
+    """One shared segment (``Communicator.shared_segment``) cut into pieces of these byte
+    sizes, each 64-byte aligned; None where the ranks share no memory. Collective."""
+    offsets, size = [], 0
+    for nbytes in sizes:
+        offsets.append(size)
+        size += _round_up(nbytes, 64)
+    memory = comm.shared_segment(size)
+    if memory is None:
+        return None
+    return [memory[o : o + n] for o, n in zip(offsets, sizes)]
+
+
 def _node_shared_join(
     comm: Communicator,
     left: pa.Table,
@@ -355,27 +368,20 @@ def _node_shared_join(
     starts = np.concatenate([[0], np.cumsum(padded)[:-1]]).astype(np.int64)
     row0 = int(starts[comm.rank])
     # layout: head (int32 per key), chain (int32 per row), keys (int64 per row), per right
-    # column its values and validity bits; each piece 64-byte aligned
-    offsets, size = [], 0
-    for nbytes in [cap * 4, n_pad * 4, n_pad * 8] + [x for w in widths for x in (n_pad * w, n_pad // 8)]:
-        offsets.append(size)
-        size += _round_up(nbytes, 64)
-    memory = comm.shared_segment(size)
-    if memory is None:
+    # column its values and validity bits
+    pieces = _shared_pieces(comm, [cap * 4, n_pad * 4, n_pad * 8] + [x for w in widths for x in (n_pad * w, n_pad // 8)])
+    if pieces is None:
         return None
     STATS["node_shared_join"] += 1
     with _stage(comm, "node-shared-join"):
-        head = memory[offsets[0] : offsets[0] + cap * 4].view(np.int32)
-        chain = memory[offsets[1] : offsets[1] + n_pad * 4].view(np.int32)
-        keys = memory[offsets[2] : offsets[2] + n_pad * 8].view(np.int64)
+        head, chain, keys = pieces[0].view(np.int32), pieces[1].view(np.int32), pieces[2].view(np.int64)
         outside = key_min - 1 if key_min > np.iinfo(np.int64).min else key_max + 1  # null keys: no slot
         own_keys = rkeys.fill_null(outside) if rkeys.null_count else rkeys
         keys[row0 : row0 + right.num_rows] = own_keys.to_numpy()
         chain[row0 : row0 + right.num_rows] = -1
         shared_columns = []
         for c, (name, t, w) in enumerate(zip(rnames, rtypes, widths)):
-            values = memory[offsets[3 + 2 * c] : offsets[3 + 2 * c] + n_pad * w]
-            bits = memory[offsets[4 + 2 * c] : offsets[4 + 2 * c] + n_pad // 8]
+            values, bits = pieces[3 + 2 * c], pieces[4 + 2 * c]
             _copy_fixed_width(right.column(name), values[row0 * w :], bits[row0 // 8 :], w)
             shared_columns.append(pa.Array.from_buffers(t, n_pad, [pa.py_buffer(bits), pa.py_buffer(values)]))
         comm.barrier()  # every rank's keys are in place
@@ -882,30 +888,24 @@ def _node_shared_sort(comm: Communicator, table: pa.Table, by: Sequence[str], as
     cuts.append(total)
     n_pad, row0 = sum(padded), sum(padded[:rank])
     # layout: the counter, keys (uint64 per row), row numbers (int32) or the carried values,
-    # per gathered column its values and (when some rank has nulls in it) validity bits;
-    # 64-byte aligned pieces
-    pieces = [64, total * 8, total * (4 if carried is None else carried.itemsize)]
+    # per gathered column its values and (when some rank has nulls in it) validity bits
+    sizes = [8, total * 8, total * (4 if carried is None else carried.itemsize)]
     if carried is None:
         for c, w in zip(gathered, widths):
-            pieces += [n_pad * w, n_pad // 8 if nulls[names.index(c)] else 0]
-    offs, size = [], 0
-    for nbytes in pieces:
-        offs.append(size)
-        size += _round_up(nbytes, 64)
-    memory = comm.shared_segment(size)
-    if memory is None:
+            sizes += [n_pad * w, n_pad // 8 if nulls[names.index(c)] else 0]
+    pieces = _shared_pieces(comm, sizes)
+    if pieces is None:
         return None
     STATS["node_shared_sort"] += 1
     with _stage(comm, "node-shared-sort:scatter"):
-        counter = memory[offs[0] : offs[0] + 8].view(np.int64)
-        keys = memory[offs[1] : offs[1] + total * 8].view(np.uint64)
-        order = memory[offs[2] : offs[2] + pieces[2]].view(np.int32 if carried is None else carried)
+        counter, keys = pieces[0].view(np.int64), pieces[1].view(np.uint64)
+        order = pieces[2].view(np.int32 if carried is None else carried)
         shared = {}
         if carried is None:
             for i, (c, w) in enumerate(zip(gathered, widths)):
-                values = memory[offs[3 + 2 * i] : offs[3 + 2 * i] + n_pad * w]
+                values = pieces[3 + 2 * i]
                 has_nulls = bool(nulls[names.index(c)])
-                bits_ = memory[offs[4 + 2 * i] : offs[4 + 2 * i] + n_pad // 8] if has_nulls else None
+                bits_ = pieces[4 + 2 * i] if has_nulls else None
                 _copy_fixed_width(table.column(c), values[row0 * w :], None if bits_ is None else bits_[row0 // 8 :], w)
                 buffers = [None if bits_ is None else pa.py_buffer(bits_), pa.py_buffer(values)]
                 shared[c] = pa.Array.from_buffers(table.schema.field(c).type, n_pad, buffers, null_count=-1 if has_nulls else 0)
