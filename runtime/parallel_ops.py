@@ -358,7 +358,10 @@ def _node_shared_join(
     bounds = pc.min_max(rkeys)
     lo_key, hi_key = bounds["min"].as_py(), bounds["max"].as_py()
     mine = [right.num_rows, np.iinfo(np.int64).max if lo_key is None else lo_key, np.iinfo(np.int64).min if hi_key is None else hi_key]
-    rows, lows, highs = np.stack(comm.allgather_array(np.array(mine, dtype=np.int64))).T.tolist()
+    mine += [right.column(c).null_count > 0 for c in rnames]
+    info = np.stack(comm.allgather_array(np.array(mine, dtype=np.int64)))
+    rows, lows, highs = info[:, :3].T.tolist()
+    nulls = info[:, 3:].astype(bool).any(axis=0)  # per right column: some rank has nulls in it
     key_min, key_max, total = min(lows), max(highs), sum(rows)
     padded = [_round_up(int(r), _ROW_ALIGN) for r in rows]
     if key_min > key_max or key_max - key_min >= _DENSE_FACTOR * total or sum(padded) >= 2**31 - 1:
@@ -368,12 +371,15 @@ def _node_shared_join(
     starts = np.concatenate([[0], np.cumsum(padded)[:-1]]).astype(np.int64)
     row0 = int(starts[comm.rank])
     # layout: head (int32 per key), chain (int32 per row), keys (int64 per row), per right
-    # column its values and validity bits
-    pieces = _shared_pieces(comm, [cap * 4, n_pad * 4, n_pad * 8] + [x for w in widths for x in (n_pad * w, n_pad // 8)])
+    # column its values and (when some rank has nulls in it: the gather then reads them)
+    # validity bits
+    pieces = _shared_pieces(
+        comm, [cap * 4, n_pad * 4, n_pad * 8] + [x for w, null in zip(widths, nulls) for x in (n_pad * w, n_pad // 8 if null else 0)]
+    )
     if pieces is None:
         return None
     STATS["node_shared_join"] += 1
-    with _stage(comm, "node-shared-join"):
+    with _stage(comm, "node-shared-join:copy-in"):
         head, chain, keys = pieces[0].view(np.int32), pieces[1].view(np.int32), pieces[2].view(np.int64)
         outside = key_min - 1 if key_min > np.iinfo(np.int64).min else key_max + 1  # null keys: no slot
         own_keys = rkeys.fill_null(outside) if rkeys.null_count else rkeys
@@ -381,16 +387,20 @@ def _node_shared_join(
         chain[row0 : row0 + right.num_rows] = -1
         shared_columns = []
         for c, (name, t, w) in enumerate(zip(rnames, rtypes, widths)):
-            values, bits = pieces[3 + 2 * c], pieces[4 + 2 * c]
-            _copy_fixed_width(right.column(name), values[row0 * w :], bits[row0 // 8 :], w)
-            shared_columns.append(pa.Array.from_buffers(t, n_pad, [pa.py_buffer(bits), pa.py_buffer(values)]))
+            values, bits = pieces[3 + 2 * c], pieces[4 + 2 * c] if nulls[c] else None
+            _copy_fixed_width(right.column(name), values[row0 * w :], None if bits is None else bits[row0 // 8 :], w)
+            validity = None if bits is None else pa.py_buffer(bits)
+            shared_columns.append(pa.Array.from_buffers(t, n_pad, [validity, pa.py_buffer(values)], null_count=-1 if nulls[c] else 0))
         comm.barrier()  # every rank's keys are in place
+    with _stage(comm, "node-shared-join:build"):
         r, n = comm.rank, comm.size
         dup = K.shared_dense_build(keys, starts, rows, key_min, head, chain, cap * r // n, cap * (r + 1) // n)
         # (also the point after which the table is complete)
         any_dup = bool(comm.allreduce(np.array([int(dup)], dtype=np.int64), "max")[0])
+    with _stage(comm, "node-shared-join:probe"):
         lkey = L._cast_column(left.column(left_on[0]), key_types[0])
         li, ri = K.shared_dense_probe(L._cast_column(lkey, pa.int64()), key_min, head, chain, not any_dup, how)
+    with _stage(comm, "node-shared-join:output"):
         shared_right = pa.Table.from_arrays(shared_columns, names=rnames)
         out = L.join_output(left, shared_right, li, ri, how, left_on, right_on, key_types, schema, [lkey], right_is_borrowed=True)
         comm.barrier()  # every rank has copied what it needs out of the segment
