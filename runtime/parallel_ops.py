@@ -281,12 +281,13 @@ def rebalance(comm: Communicator, table: pa.Table, width: int) -> pa.Table:
 # ------------------------------------------------------------------------------ join
 
 
-#: ``OPGRAPH_NODE_SHARED_JOIN=0``: ranks that share one machine's memory shuffle both sides
-#: of a join as ranks on different machines do (benchmarks compare the two)
 def _env_on(name: str) -> bool:
+    """An on/off switch from the environment, on unless 0/false/no/off."""
     return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+#: ``OPGRAPH_NODE_SHARED_JOIN=0``: ranks that share one machine's memory shuffle both sides
+#: of a join as ranks on different machines do (benchmarks compare the two)
 _NODE_SHARED_JOIN = _env_on("OPGRAPH_NODE_SHARED_JOIN")
 
 #: node-shared joins run by this process (tests check which path a join took)

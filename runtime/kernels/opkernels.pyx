@@ -13,7 +13,10 @@
   right rows, probed by every rank with its own left rows (parallel_ops.join).
 * ``sort_key_range`` / ``bucket_hist`` / ``bucket_scatter`` / ``sort_buckets``: the sort
   of ranks that share a node's memory: (radix key, row) pairs bucketed by their top bits
-  into one shared array, buckets sorted by whichever rank takes them (parallel_ops.sort).
+  into one shared array, buckets sorted by whichever rank takes them (parallel_ops.sort);
+  ``unbase_keys`` gives the key values back from the sorted keys.
+* ``sort_carry(key, descending, column)``: a 64-bit key and one narrow column sorted
+  together as pairs (local_ops.sort), nothing gathered afterwards.
 * ``take(array, indices)``: gather of a fixed-width/bool Arrow array by int32/int64 indices
   (negative -> null), multithreaded; None for types it does not cover.
 * ``mask_to_indices(mask)``: positions of the true, valid rows of a boolean Arrow array.
