@@ -351,8 +351,7 @@ def _node_shared_join(
         return None
     merged = {lk for lk, rk in zip(left_on, right_on) if lk == rk}
     rnames = [n for n in right.column_names if n not in merged]
-    rtypes = [right.schema.field(n).type for n in rnames]
-    widths = [_fixed_width(t) for t in rtypes]
+    widths = [_fixed_width(right.schema.field(n).type) for n in rnames]
     if not all(widths):
         return None
     rkeys = L._cast_column(L._cast_column(right.column(right_on[0]), key_types[0]), pa.int64())
@@ -387,11 +386,9 @@ def _node_shared_join(
         keys[row0 : row0 + right.num_rows] = own_keys.to_numpy()
         chain[row0 : row0 + right.num_rows] = -1
         shared_columns = []
-        for c, (name, t, w) in enumerate(zip(rnames, rtypes, widths)):
-            values, bits = pieces[3 + 2 * c], pieces[4 + 2 * c] if nulls[c] else None
-            _copy_fixed_width(right.column(name), values[row0 * w :], None if bits is None else bits[row0 // 8 :], w)
-            validity = None if bits is None else pa.py_buffer(bits)
-            shared_columns.append(pa.Array.from_buffers(t, n_pad, [validity, pa.py_buffer(values)], null_count=-1 if nulls[c] else 0))
+        for c, name in enumerate(rnames):
+            bits = pieces[4 + 2 * c] if nulls[c] else None
+            shared_columns.append(_share_column(right.column(name), pieces[3 + 2 * c], bits, row0, n_pad))
         comm.barrier()  # every rank's keys are in place
     with _stage(comm, "node-shared-join:build"):
         r, n = comm.rank, comm.size
@@ -406,6 +403,18 @@ def _node_shared_join(
         out = L.join_output(left, shared_right, li, ri, how, left_on, right_on, key_types, schema, [lkey], right_is_borrowed=True)
         comm.barrier()  # every rank has copied what it needs out of the segment
     return out
+
+
+def _share_column(column: pa.ChunkedArray, values: np.ndarray, bits: np.ndarray | None, row0: int, n_pad: int) -> pa.Array:
+    """This rank's rows of a fixed-width column copied into its shared pieces (``values``,
+    and ``bits`` where some rank has nulls in the column) from global row ``row0``, a
+    multiple of 8; returns the whole shared column (``n_pad`` rows, every rank's) as an
+    Arrow array over that memory."""
+    t = column.type
+    w = _fixed_width(t)
+    _copy_fixed_width(column, values[row0 * w :], None if bits is None else bits[row0 // 8 :], w)
+    validity = None if bits is None else pa.py_buffer(bits)
+    return pa.Array.from_buffers(t, n_pad, [validity, pa.py_buffer(values)], null_count=0 if bits is None else -1)
 
 
 def _copy_fixed_width(column: pa.ChunkedArray, values: np.ndarray, bits: np.ndarray | None, width: int) -> None:
@@ -913,13 +922,9 @@ def _node_shared_sort(comm: Communicator, table: pa.Table, by: Sequence[str], as
         order = pieces[2].view(np.int32 if carried is None else carried)
         shared = {}
         if carried is None:
-            for i, (c, w) in enumerate(zip(gathered, widths)):
-                values = pieces[3 + 2 * i]
-                has_nulls = bool(nulls[names.index(c)])
-                bits_ = pieces[4 + 2 * i] if has_nulls else None
-                _copy_fixed_width(table.column(c), values[row0 * w :], None if bits_ is None else bits_[row0 // 8 :], w)
-                buffers = [None if bits_ is None else pa.py_buffer(bits_), pa.py_buffer(values)]
-                shared[c] = pa.Array.from_buffers(table.schema.field(c).type, n_pad, buffers, null_count=-1 if has_nulls else 0)
+            for i, c in enumerate(gathered):
+                bits = pieces[4 + 2 * i] if nulls[names.index(c)] else None
+                shared[c] = _share_column(table.column(c), pieces[3 + 2 * i], bits, row0, n_pad)
             K.bucket_scatter(column, desc, base, shift, nb, offsets, keys, order, row0)
         else:
             arr = _flat(table.column(gathered[0]))

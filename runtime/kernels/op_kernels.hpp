@@ -105,6 +105,20 @@ inline uint64_t radix_key(int kind, const void* values, int64_t i, bool desc) {
   return desc ? ~k : k;
 }
 
+// The radix key of a 64-bit integer key (KEY_INT64 / KEY_UINT64) is its value XOR this
+// (the sign bit of signed storage; every bit when descending): the map is its own inverse.
+inline uint64_t integer_radix_flip(int kind, bool desc) { return (kind == KEY_INT64 ? kSign : 0) ^ (desc ? ~0ULL : 0); }
+
+// Integer key values back from (sorted) radix keys taken relative to base:
+// out[i] = (keys[i] + base) ^ integer_radix_flip(kind, desc); out may be keys.
+inline void unradix_keys(const uint64_t* keys, int64_t n, uint64_t base, int kind, bool desc, uint64_t* out, int nthreads) {
+  const uint64_t flip = integer_radix_flip(kind, desc);
+  const int nt = clamp_threads(nthreads, n);
+  parallel_for(nt, [&](int t) {
+    for (int64_t i = n * t / nt, e = n * (t + 1) / nt; i < e; ++i) out[i] = (keys[i] + base) ^ flip;
+  });
+}
+
 struct SortKey {
   int kind;
   const void* values;  // already offset by the array's offset
@@ -283,14 +297,8 @@ void k_sort_indices(const SortKey* ks, int nkeys, int64_t n, IdxT* out, int nthr
     timer.lap("radix");
     if (k.validity) partition_nulls<IdxT>(out, ti.data(), n, k);
   }
-  if (values_out != nullptr && nkeys == 1 && !ks[0].validity && ks[0].kind != KEY_FLOAT64) {
-    // radix key = (value [^ sign for int64]) [inverted when descending]: undo both
-    const uint64_t flip = (ks[0].kind == KEY_INT64 ? kSign : 0) ^ (ks[0].desc ? ~0ULL : 0);
-    const uint64_t* sorted = keys.data();
-    parallel_for(nt, [&](int t) {
-      for (int64_t i = n * t / nt, e = n * (t + 1) / nt; i < e; ++i) values_out[i] = sorted[i] ^ flip;
-    });
-  }
+  if (values_out != nullptr && nkeys == 1 && !ks[0].validity && ks[0].kind != KEY_FLOAT64)
+    unradix_keys(keys.data(), n, 0, ks[0].kind, ks[0].desc != 0, values_out, nt);
 }
 
 // A table of one 64-bit integer key without nulls and one narrow column (4 or 8 bytes,
@@ -302,7 +310,7 @@ template <class PayT>
 void k_sort_carry(const SortKey& k, int64_t n, const PayT* payload, uint64_t* keys_out, PayT* pay_out, int nthreads) {
   if (n == 0) return;
   PhaseTimer timer("sort-carry");
-  const uint64_t flip = (k.kind == KEY_INT64 ? kSign : 0) ^ (k.desc ? ~0ULL : 0);
+  const uint64_t flip = integer_radix_flip(k.kind, k.desc != 0);
   const uint64_t* v = static_cast<const uint64_t*>(k.values);
   const int nt = clamp_threads(nthreads, n);
   parallel_for(nt, [&](int t) {
@@ -316,9 +324,7 @@ void k_sort_carry(const SortKey& k, int64_t n, const PayT* payload, uint64_t* ke
   RawBuf<PayT> tp(n);
   sort_pairs<PayT>(keys_out, pay_out, tk.data(), tp.data(), n, nthreads);
   timer.lap("radix");
-  parallel_for(nt, [&](int t) {
-    for (int64_t i = n * t / nt, e = n * (t + 1) / nt; i < e; ++i) keys_out[i] ^= flip;
-  });
+  unradix_keys(keys_out, n, 0, k.kind, k.desc != 0, keys_out, nthreads);
 }
 
 // ------------------------------------------------------------------ node-shared sort
@@ -336,16 +342,16 @@ inline bool sort_key_null(const SortKey& k, int64_t i) {
 }
 
 // f(key_at, null_at) with key_at(i) = row i's radix key and null_at(i) = whether row i is
-// null: a loop-free lambda for the common 64-bit integer key without nulls (the generic
-// radix_key's branches per row cost ~4x on a histogram pass, measured), else the generic.
+// null: a branch-free lambda for the common 64-bit integer key without nulls (bucket_hist
+// of 5M int64 keys: 0.007 s, against 0.028 s through radix_key with a validity check per
+// row, measured), else the generic.
 template <class F>
 void with_sort_key(const SortKey& k, F&& f) {
   const bool desc = k.desc != 0;
-  const uint64_t invert = desc ? ~0ULL : 0;
   auto never = [](int64_t) { return false; };
   if (!k.validity && (k.kind == KEY_INT64 || k.kind == KEY_UINT64)) {
     const uint64_t* v = static_cast<const uint64_t*>(k.values);
-    const uint64_t flip = (k.kind == KEY_INT64 ? kSign : 0) ^ invert;
+    const uint64_t flip = integer_radix_flip(k.kind, desc);
     f([=](int64_t i) { return v[i] ^ flip; }, never);
   } else if (!k.validity) {
     f([&](int64_t i) { return radix_key(k.kind, k.values, i, desc); }, never);
@@ -430,15 +436,6 @@ bool k_bucket_scatter(const SortKey& k, int64_t n, uint64_t base, int shift, int
     });
   });
   return ok;
-}
-
-// The key values back from sorted relative radix keys: out[i] = (keys[i] + base) ^ flip
-// (flip: radix_flip of the key's type and direction; 64-bit integer keys only).
-inline void k_unbase_keys(const uint64_t* keys, int64_t n, uint64_t base, uint64_t flip, uint64_t* out, int nthreads) {
-  const int nt = clamp_threads(nthreads, n);
-  parallel_for(nt, [&](int t) {
-    for (int64_t i = n * t / nt, e = n * (t + 1) / nt; i < e; ++i) out[i] = (keys[i] + base) ^ flip;
-  });
 }
 
 // Sorts the buckets [bstart[d], bstart[d + 1]) of (keys, rows), d < nbuckets, taking them

@@ -53,7 +53,7 @@ cdef extern from "op_kernels.hpp" namespace "opgraph::opk" nogil:
                                 uint64_t* keys, IdxT* rows, int64_t row0, int64_t limit, const IdxT* carry)
     void k_sort_carry[PayT](const SortKey& k, int64_t n, const PayT* payload, uint64_t* keys_out, PayT* pay_out,
                             int nthreads)
-    void k_unbase_keys(const uint64_t* keys, int64_t n, uint64_t base, uint64_t flip, uint64_t* out, int nthreads)
+    void unradix_keys(const uint64_t* keys, int64_t n, uint64_t base, int kind, bint desc, uint64_t* out, int nthreads)
     void k_sort_buckets[IdxT](uint64_t* keys, IdxT* rows, const int64_t* bstart, int nbuckets, int64_t* next,
                               int nthreads)
     cdef cppclass JoinResult:
@@ -120,22 +120,34 @@ def sortable(types):
 
 def radix_gives_values(t):
     """Whether the radix keys of a sort key of type ``t`` give back its values when it has
-    no nulls (64-bit integer storage, viewed not converted): value = radix key ^
-    ``radix_flip(t, descending)``."""
+    no nulls (64-bit integer storage, viewed not converted; C++ ``unradix_keys``)."""
     return (t == pa.int64() or t == pa.uint64() or pa.types.is_timestamp(t) or pa.types.is_date64(t)
             or pa.types.is_duration(t) or pa.types.is_time64(t))
-
-
-def radix_flip(t, bint descending):
-    """What the radix key of a ``radix_gives_values`` type is XORed with (the sign bit of
-    signed storage; every bit when descending)."""
-    flip = 0 if t == pa.uint64() else 1 << 63
-    return flip ^ ((1 << 64) - 1) if descending else flip
 
 
 def _values_come_back(arr):
     """Whether the radix keys of this one sort key give back its values."""
     return arr.null_count == 0 and radix_gives_values(arr.type)
+
+
+cdef object _one_sort_key(column, bint descending, SortKey* k, str caller="sort key"):
+    """Fills ``k`` for one key column (its values as int64/uint64/float64); returns what must
+    stay alive while ``k`` is used."""
+    a = _single(column)
+    v = _sort_view(a)
+    if v is None:
+        raise TypeError(f"{caller}: unsupported key type {a.type}")
+    a = v[1]
+    bufs = a.buffers()
+    cdef int64_t off = a.offset
+    k.kind = v[0]
+    k.values = NULL
+    if len(a):
+        k.values = <const void*>(_ptr(bufs[1]) + off * 8)
+    k.validity = _ptr(bufs[0]) if a.null_count else NULL
+    k.validity_offset = off
+    k.desc = 1 if descending else 0
+    return a, bufs
 
 
 def sort_indices(columns, descending, bint sorted_key=False):
@@ -146,18 +158,14 @@ def sort_indices(columns, descending, bint sorted_key=False):
     cdef int nkeys = len(columns)
     if nkeys == 0:
         raise ValueError("sort_indices: no key columns")
-    arrays = []
-    kinds = []
-    originals = []
-    for c in columns:
-        a = _single(c)
-        v = _sort_view(a)
-        if v is None:
-            raise TypeError(f"sort_indices: unsupported key type {a.type}")
-        kinds.append(v[0])
-        arrays.append(v[1])
-        originals.append(a)
-    cdef int64_t n = len(arrays[0])
+    originals = [_single(c) for c in columns]
+    cdef vector[SortKey] ks
+    ks.resize(nkeys)
+    cdef int i
+    keep = []
+    for i in range(nkeys):
+        keep.append(_one_sort_key(originals[i], descending[i], &ks[i], "sort_indices"))
+    cdef int64_t n = len(originals[0])
     idt = np.int32 if n < 2**31 else np.int64
     out = np.empty(n, dtype=idt)
     key_type = None
@@ -169,21 +177,6 @@ def sort_indices(columns, descending, bint sorted_key=False):
         return out, (pa.array([], key_type) if key_type is not None else None)
     values = pa.allocate_buffer(n * 8) if key_type is not None else None
     cdef uint64_t* vp = <uint64_t*>_wptr(values) if values is not None else NULL
-    cdef vector[SortKey] ks
-    ks.resize(nkeys)
-    keep = []
-    cdef int i
-    cdef int64_t off
-    for i in range(nkeys):
-        a = arrays[i]
-        bufs = a.buffers()
-        keep.append(bufs)
-        off = a.offset
-        ks[i].kind = kinds[i]
-        ks[i].values = <const void*>(_ptr(bufs[1]) + off * 8)
-        ks[i].validity = _ptr(bufs[0]) if a.null_count else NULL
-        ks[i].validity_offset = off
-        ks[i].desc = 1 if descending[i] else 0
     cdef int nt = _threads()
     cdef int32_t[::1] o32
     cdef int64_t[::1] o64
@@ -198,25 +191,6 @@ def sort_indices(columns, descending, bint sorted_key=False):
     if not sorted_key:
         return out
     return out, (pa.Array.from_buffers(key_type, n, [None, values]) if values is not None else None)
-
-
-cdef object _one_sort_key(column, bint descending, SortKey* k):
-    """Fills ``k`` for one key column; returns what must stay alive while it is used."""
-    a = _single(column)
-    v = _sort_view(a)
-    if v is None:
-        raise TypeError(f"sort key: unsupported type {a.type}")
-    a = v[1]
-    bufs = a.buffers()
-    cdef int64_t off = a.offset
-    k.kind = v[0]
-    k.values = NULL
-    if len(a):
-        k.values = <const void*>(_ptr(bufs[1]) + off * 8)
-    k.validity = _ptr(bufs[0]) if a.null_count else NULL
-    k.validity_offset = off
-    k.desc = 1 if descending else 0
-    return a, bufs
 
 
 def sort_key_range(column, bint descending):
@@ -235,11 +209,15 @@ def sort_key_range(column, bint descending):
     return (int(lo), int(hi), True) if got else (0, 0, False)
 
 
+def _check_buckets(str caller, int shift, int nb):
+    if nb < 1 or nb & (nb - 1) or not 0 <= shift < 64:
+        raise ValueError(f"{caller}: nb must be a power of two and shift in [0, 64)")
+
+
 def bucket_hist(column, bint descending, uint64_t base, int shift, int nb):
     """Rows of ``column`` per bucket (((radix key - base) >> shift) & (nb - 1); null keys:
     bucket nb) per thread range: numpy int64 (threads, nb + 1), for ``bucket_scatter``."""
-    if nb < 1 or nb & (nb - 1) or not 0 <= shift < 64:
-        raise ValueError("bucket_hist: nb must be a power of two and shift in [0, 64)")
+    _check_buckets("bucket_hist", shift, nb)
     cdef SortKey k
     keep = _one_sort_key(column, descending, &k)
     cdef int64_t n = len(keep[0])
@@ -260,8 +238,7 @@ def bucket_scatter(column, bint descending, uint64_t base, int shift, int nb, of
     int32 or uint64: ``carry[i]``); t is the thread range of ``bucket_hist``, whose shape
     ``offsets`` has. ValueError (with the rows up to the first bad one written) when a
     position falls outside the arrays."""
-    if nb < 1 or nb & (nb - 1) or not 0 <= shift < 64:
-        raise ValueError("bucket_scatter: nb must be a power of two and shift in [0, 64)")
+    _check_buckets("bucket_scatter", shift, nb)
     cdef SortKey k
     keep = _one_sort_key(column, descending, &k)
     cdef int64_t n = len(keep[0])
@@ -314,11 +291,11 @@ def unbase_keys(keys, uint64_t base, t, bint descending):
     cdef int64_t n = kv.shape[0]
     out = pa.allocate_buffer(max(n, 1) * 8)
     cdef uint64_t* op = <uint64_t*>_wptr(out)
-    cdef uint64_t flip = radix_flip(t, descending)
+    cdef int kind = KEY_UINT64 if t == pa.uint64() else KEY_INT64
     cdef int nt = _threads()
     if n:
         with nogil:
-            k_unbase_keys(&kv[0], n, base, flip, op, nt)
+            unradix_keys(&kv[0], n, base, kind, descending, op, nt)
     return pa.Array.from_buffers(t, n, [None, out])
 
 
@@ -386,24 +363,17 @@ def sort_carry(key, bint descending, column):
 
 def radix_keys(column, bint descending=False):
     """(uint64 keys, uint8 null flags or None): keys compare as the sort orders the rows."""
-    a = _single(column)
-    v = _sort_view(a)
-    if v is None:
-        raise TypeError(f"radix_keys: unsupported key type {a.type}")
-    kind, a = v
+    cdef SortKey k
+    a = _one_sort_key(column, descending, &k, "radix_keys")[0]
     cdef int64_t n = len(a)
     out = np.empty(n, dtype=np.uint64)
     if n == 0:
         return out, None
-    bufs = a.buffers()
-    cdef int64_t aoff = a.offset
-    cdef const void* vals = <const void*>(_ptr(bufs[1]) + aoff * 8)
     cdef uint64_t[::1] ov = out
     cdef int64_t i
-    cdef int k = kind
     with nogil:
         for i in range(n):
-            ov[i] = radix_key(k, vals, i, descending)
+            ov[i] = radix_key(k.kind, k.values, i, descending)
     nulls = None
     if a.null_count:
         nulls = np.ascontiguousarray(a.is_null().to_numpy(zero_copy_only=False)).view(np.uint8)
