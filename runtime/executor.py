@@ -62,7 +62,7 @@ from opgraph.runtime.parallel_ops import ANY, REPLICATED, Dist, Partitioning
 from opgraph.errors import OpgraphError
 from opgraph.plan_schema import IslandDoc, OpDoc, PlanDoc
 
-__all__ = ["FAULT_HOOK", "ISLAND_TIMELINE", "ExecutionError", "execute_plan", "record_island", "run_local"]
+__all__ = ["FAULT_HOOK", "ISLAND_TIMELINE", "STATS", "ExecutionError", "execute_plan", "record_island", "run_local"]
 
 #: Test hook: called as ``FAULT_HOOK(op, rank)`` before every op; raising from it makes the
 #: op fail on that rank (used by the tests to inject failures).
@@ -163,6 +163,9 @@ def _concurrent_batch(islands: Sequence[IslandDoc], n: int) -> list[IslandDoc]:
     return batch
 
 
+#: runs of the executor's fusions (tests check that a fusion happened)
+STATS = {"filters_fused_into_reads": 0}
+
 #: ops that accept dictionary-encoded columns (row-wise; the result keeps them encoded)
 _DICT_OK = frozenset({"df.filter", "df.project", "df.map", "df.rename", "df.drop", "df.join"})
 
@@ -195,6 +198,7 @@ class _Executor:
         self.placement = placement
         self.gather_outputs = gather_outputs
         self.narrowed: set[str] = set()  # values an island left on fewer ranks than the world
+        self.read_filtered: dict[int, Dist] = {}  # id(df.filter op) -> its result, made by its source
         self.has_sinks = any(op.op in IO.SINK_FORMATS for isl in doc.islands for op in isl.ops)
 
     # -- driver ---------------------------------------------------------------------
@@ -405,8 +409,8 @@ class _Executor:
         schema = L.arrow_schema(op.schema_) if op.schema_ is not None else None
         if name == "df.input":
             return Dist(self.input_table(int(a["index"]), schema), ANY)  # type: ignore[arg-type]
-        if name in ("df.read_parquet", "df.read_csv", "df.read_ipc"):
-            return Dist(IO.read_source(name, str(a["path"]), schema, comm), ANY)  # type: ignore[arg-type]
+        if name in IO.SOURCE_OPS:
+            return self.read(op, schema)  # type: ignore[arg-type]
         if name.startswith("dl."):  # deep learning ops: runtime/dl_exec.py
             from opgraph.runtime.dl_exec import run_dl_op
 
@@ -422,6 +426,8 @@ class _Executor:
             IO.write_part(d.table, staging, comm.rank, IO.SINK_FORMATS[name])
             return None
         assert schema is not None, f"{name} has no result schema in plan.json"
+        if name == "df.filter" and id(op) in self.read_filtered:  # done by its source
+            return self.read_filtered.pop(id(op))
         if name == "df.filter":
             d = self.arg(op)
             keep = self.needed_columns(op)
@@ -474,6 +480,42 @@ class _Executor:
         if name.startswith("comm."):
             return self.comm_op(op, schema)
         raise OpgraphError(f"the local engine cannot run '{name}' yet")
+
+    def read(self, op: OpDoc, schema: pa.Schema) -> Dist | None:
+        """A source op. When its only reader is a ``df.filter`` of this island, the filter
+        runs on each piece as it is read (``IO.read_source``'s ``each_piece``): its result
+        is kept for the filter op, the source's own value is never made (None)."""
+        path = str(op.attributes["path"])
+        filt = self._filter_of_source(op)
+        if filt is None:
+            return Dist(IO.read_source(op.op, path, schema, self.comm), ANY)
+        keep = self.needed_columns(filt)
+        if keep is not None and not all(c in schema.names for c in keep):
+            keep = None
+        region = filt.regions[0]
+
+        def filter_piece(piece: pa.Table) -> pa.Table:
+            try:
+                return L.filter_table(piece, region, keep)
+            except (CommAborted, ExecutionError):
+                raise
+            except Exception as e:  # the filter's error, at the filter's source line
+                raise _error(filt, e) from e
+
+        self.read_filtered[id(filt)] = Dist(IO.read_source(op.op, path, schema, self.comm, filter_piece), ANY)
+        STATS["filters_fused_into_reads"] += 1
+        return None
+
+    def _filter_of_source(self, op: OpDoc) -> OpDoc | None:
+        """The df.filter that is the only reader of source ``op``'s table, in this island."""
+        if not op.results or op.results[0] in self.output_ids or self.island is None:
+            return None
+        users = self.consumers.get(op.results[0]) or []
+        if len(users) != 1 or users[0].op != "df.filter" or not users[0].regions:
+            return None
+        if list(users[0].operands) != [op.results[0]] or not any(u is users[0] for u in self.island.ops):
+            return None
+        return users[0]
 
     def broadcast_join(self, op: OpDoc) -> bool:
         algo = str(op.attributes.get("algorithm", op.attributes.get("taskgraph.algorithm", ""))).replace("-", "_")

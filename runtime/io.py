@@ -32,7 +32,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -42,7 +42,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from opgraph.runtime import local_ops as L
 from opgraph.runtime.communicator import Communicator
-from opgraph.runtime.kernels import kernel_threads
+from opgraph.runtime.kernels import kernel_threads, kernel_threads_capped
 from opgraph.runtime.parallel_ops import rebalance
 from pyarrow import ipc
 
@@ -61,6 +61,10 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 CSV_SUFFIXES = (".csv",)
 IPC_SUFFIXES = (".arrow", ".ipc", ".feather")
 SINK_FORMATS = {"df.write_parquet": "parquet", "df.write_csv": "csv", "df.write_ipc": "arrow"}
+SOURCE_OPS = ("df.read_parquet", "df.read_csv", "df.read_ipc")
+
+#: a row-wise op run on each piece of a source as it is read (see read_source)
+PieceFn = Callable[[pa.Table], pa.Table]
 
 
 class SourceError(Exception):
@@ -150,7 +154,26 @@ def _by_file(pieces: Sequence[tuple[str, int, int]]) -> list[tuple[str, list[int
     return out
 
 
-def _read_parquet(files: list[str], schema: pa.Schema, comm: Communicator) -> tuple[pa.Table, int]:
+#: a row-wise op fused into a read (``read_source``'s ``each_piece``) sees pieces of about
+#: this many rows: small enough to stay in cache between the decoder and the op
+_PIECE_ROWS = 1 << 20
+
+
+def _row_group_pieces(mine: Sequence[tuple[str, int, int]]) -> list[tuple[str, list[int]]]:
+    """Runs of consecutive row groups of one file, each of about ``_PIECE_ROWS`` rows."""
+    out: list[tuple[str, list[int]]] = []
+    rows = 0
+    for f, g, n in mine:
+        if out and out[-1][0] == f and rows < _PIECE_ROWS:
+            out[-1][1].append(g)
+            rows += n
+        else:
+            out.append((f, [g]))
+            rows = n
+    return out
+
+
+def _read_parquet(files: list[str], schema: pa.Schema, comm: Communicator, each_piece: PieceFn | None = None) -> tuple[pa.Table, int]:
     pieces: list[tuple[str, int, int]] = []
     metas = {}
     for f in files:
@@ -165,9 +188,13 @@ def _read_parquet(files: list[str], schema: pa.Schema, comm: Communicator) -> tu
     # this rank's row groups in contiguous runs, one per kernel thread, each decoded on its
     # own thread: Arrow's use_threads splits by column only, so one expensive column (an
     # int64 key that fell back from dictionary to plain pages) kept the other core idle
-    threads = min(kernel_threads(), len(mine))
-    runs = [[mine[i] for i in _split([p[2] for p in mine], threads, t)] for t in range(threads)]
-    tasks = [(f, groups, threads == 1) for run in runs for f, groups in _by_file(run)]
+    budget = kernel_threads()
+    threads = min(budget, len(mine))
+    if each_piece is None:
+        runs = [[mine[i] for i in _split([p[2] for p in mine], threads, t)] for t in range(threads)]
+        tasks = [(f, groups, threads == 1) for run in runs for f, groups in _by_file(run)]
+    else:  # pieces of ~_PIECE_ROWS rows, taken by whichever thread is free
+        tasks = [(f, groups, threads == 1) for f, groups in _row_group_pieces(mine)]
 
     def read(task: tuple[str, list[int], bool]) -> pa.Table:
         f, groups, use_threads = task
@@ -185,24 +212,34 @@ def _read_parquet(files: list[str], schema: pa.Schema, comm: Communicator) -> tu
             t = pf.read_row_groups(groups, columns=cols, use_threads=use_threads)
         except (pa.ArrowInvalid, OSError) as e:
             raise SourceError(f"cannot read '{f}': {e}") from None
-        return _with_columns(t, schema, f)
+        t = _with_columns(t, schema, f)
+        if each_piece is not None:
+            with kernel_threads_capped(budget // threads):  # the threads share the cores
+                t = each_piece(t)
+        return t
 
     if len(tasks) > 1 and threads > 1:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="opgraph-read") as pool:
             tables = list(pool.map(read, tasks))
     else:
         tables = [read(task) for task in tasks]
+    return _concat_pieces(tables, schema, each_piece), len(pieces)
+
+
+def _concat_pieces(tables: list[pa.Table], schema: pa.Schema, each_piece: PieceFn | None) -> pa.Table:
+    """The pieces a reader read (``each_piece`` applied to each) as one table."""
     if not tables:
-        return schema.empty_table(), len(pieces)
+        empty = schema.empty_table()
+        return empty if each_piece is None else each_piece(empty)
     if len(tables) == 1:
-        return tables[0], len(pieces)
-    if len({t.schema for t in tables}) > 1:
+        return tables[0]
+    if len({t.schema for t in tables}) > 1:  # dictionary-encoded in some pieces only
         tables = [L.decode_dictionaries(t) for t in tables]
-        return L.concat_tables(tables, schema), len(pieces)
-    return pa.concat_tables(tables), len(pieces)
+        return L.concat_tables(tables, tables[0].schema)
+    return pa.concat_tables(tables)
 
 
-def _read_ipc(files: list[str], schema: pa.Schema, comm: Communicator) -> tuple[pa.Table, int]:
+def _read_ipc(files: list[str], schema: pa.Schema, comm: Communicator, each_piece: PieceFn | None = None) -> tuple[pa.Table, int]:
     readers = []
     pieces: list[tuple[int, int, int]] = []
     for fi, f in enumerate(files):
@@ -230,11 +267,14 @@ def _read_ipc(files: list[str], schema: pa.Schema, comm: Communicator) -> tuple[
         batch = reader.get_batch(b) if reader is not None else batches[b]
         t = pa.Table.from_batches([batch])
         cols = [c for c in schema.names if c in t.column_names]
-        tables.append(_with_columns(t.select(cols), schema, files[fi]))
+        t = _with_columns(t.select(cols), schema, files[fi])
+        tables.append(t if each_piece is None else each_piece(t))
+    if each_piece is not None:
+        return _concat_pieces(tables, schema, each_piece), len(pieces)
     return L.concat_tables(tables, schema), len(pieces)
 
 
-def _read_csv(files: list[str], schema: pa.Schema, comm: Communicator) -> tuple[pa.Table, int]:
+def _read_csv(files: list[str], schema: pa.Schema, comm: Communicator, each_piece: PieceFn | None = None) -> tuple[pa.Table, int]:
     sizes = [max(os.path.getsize(f), 1) for f in files]
     mine = _split(sizes, comm.size, comm.rank)
     tables = []
@@ -250,7 +290,10 @@ def _read_csv(files: list[str], schema: pa.Schema, comm: Communicator) -> tuple[
             t = pacsv.read_csv(f, convert_options=convert)
         except (pa.ArrowInvalid, OSError) as e:
             raise SourceError(f"cannot read CSV '{f}' with the traced column types: {e}") from None
-        tables.append(_with_columns(t, schema, f))
+        t = _with_columns(t, schema, f)
+        tables.append(t if each_piece is None else each_piece(t))
+    if each_piece is not None:
+        return _concat_pieces(tables, schema, each_piece), len(files)
     return L.concat_tables(tables, schema), len(files)
 
 
@@ -261,11 +304,14 @@ _READERS = {
 }
 
 
-def read_source(op_name: str, path: str, schema: pa.Schema, comm: Communicator) -> pa.Table:
-    """This rank's part of a source (collective)."""
+def read_source(op_name: str, path: str, schema: pa.Schema, comm: Communicator, each_piece: PieceFn | None = None) -> pa.Table:
+    """This rank's part of a source (collective). ``each_piece``: a row-wise op applied to
+    every piece (row groups, record batch, file) as soon as it is read, in the thread that
+    read it - a fused filter: the whole source is never in memory at once, and the op sees
+    each piece while it is still in cache."""
     suffixes, reader = _READERS[op_name]
     files = expand_paths(path, suffixes)
-    table, pieces = reader(files, schema, comm)
+    table, pieces = reader(files, schema, comm, each_piece)
     if comm.size > 1 and pieces < comm.size:
         table = L.decode_dictionaries(table)
         table = rebalance(comm, table, comm.size)
