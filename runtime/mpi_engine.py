@@ -36,7 +36,9 @@ SOCKET`` once and keeps those ranks for the later calls of this process (up to
 ``MAX_POOLS`` pools, least recently used closed first). A call writes the plan and the
 inputs into a directory under /dev/shm (Arrow IPC files, memory-mapped by the ranks: no
 copy), sends one request line to every rank over a Unix socket, waits for rank 0's answer
-and memory-maps the outputs rank 0 wrote. Idle ranks block in a socket read (no CPU). The
+and memory-maps the outputs the ranks wrote (each its partition); a result file whose
+tables the caller has dropped is overwritten by a later call's rank instead of a new
+file being written (``_OutputFiles``). Idle ranks block in a socket read (no CPU). The
 fault behaviour is that of one-shot runs (a rank raising: ``OpgraphError`` with its message
 and place; a rank killed: a clear error; a timeout: the ranks are stopped); after any of
 these the pool is gone and the next call starts a new one. Pools are closed at interpreter
@@ -732,6 +734,8 @@ class _Pool:
         self.dir = Path(tempfile.mkdtemp(prefix="opgraph-mpi-pool-", dir=base))
         self.sock_path = self.dir / "ctl.sock"
         self.inputs = _InputFiles(self.dir / "inputs")
+        keep = env.get("OPGRAPH_MPI_KEEP_MEMORY", "1").strip().lower() not in ("0", "false", "no", "off")
+        self.outputs = _OutputFiles(self.dir, _SPARE_OUTPUT_BYTES if keep else 0)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.listener.bind(str(self.sock_path))
@@ -757,6 +761,7 @@ class _Pool:
         return {
             "ranks": self.ranks,
             "worker_module": self.worker_module,
+            "outputs_recycled": self.outputs.taken,
             "launcher_pid": self.proc.pid,
             "rank_pids": {r: pid for pid, r in self.pid_rank.items()},
             "calls": self.calls,
@@ -845,10 +850,12 @@ class _Pool:
                     "plan": str(plan_path),
                     "input_files": [str(f) for f in input_files],
                     "results": str(result_dir),
+                    "spare": self.outputs.spare_dir(),
                     "progress": bool(progress),
                     "cwd": os.getcwd(),
                 }
                 line = json.dumps(request).encode() + b"\n"
+                spares = self.outputs.spares()
                 try:
                     for rank in range(self.ranks):
                         self.conns[rank].sendall(line)
@@ -863,9 +870,10 @@ class _Pool:
                 # everything the ranks printed during the call goes out before we return
                 self.pump.wait_done(call, self.ranks, 5.0)
                 timing("output-echoed")
+                self.outputs.count_taken(spares)
                 if reply.get("parts"):  # every rank wrote its partition of each output
                     outputs = [
-                        _concat_parts([read_ipc_file(output_path(result_dir, i, r)) for r in range(self.ranks)])
+                        _concat_parts([self.outputs.map(output_path(result_dir, i, r)) for r in range(self.ranks)])
                         for i in range(int(reply["outputs"]))
                     ]
                 else:
@@ -1057,6 +1065,83 @@ class _KeptInput:
 
     def drop(self) -> None:
         self.cell[0] = None
+
+
+#: bytes of finished result files a pool keeps for its ranks to overwrite (_OutputFiles)
+_SPARE_OUTPUT_BYTES = 1 << 30
+
+
+class _OutputFiles:
+    """A pool's result files after the call, recycled. Each is mapped (no copy) and moved
+    out of the call's directory; when the caller has dropped every table that uses it (the
+    mapping is garbage collected) it moves to ``spare/`` (up to ``budget`` bytes there),
+    where a rank of a later call overwrites it in place (mpi_worker.write_ipc_file). Pages
+    of a file that stays allocated are written at memory speed; new ones cost the kernel a
+    page fault and zeroing each, and on this VM sometimes far more (measured, 240 MB: 0.06 s
+    into a kept file, 0.11-0.13 s into a new one, and up to 1 s in the slow spells that made
+    the MPI benchmarks' outliers). ``budget`` 0 (``OPGRAPH_MPI_KEEP_MEMORY=0``): no reuse."""
+
+    def __init__(self, directory: Path, budget: int):
+        self.budget = budget
+        self.spare = directory / "spare"
+        self.held = directory / "held"
+        self.serial = 0
+        self.taken = 0  # spare files the ranks overwrote
+        if budget > 0:
+            self.spare.mkdir()
+            self.held.mkdir()
+
+    def spare_dir(self) -> str | None:
+        return str(self.spare) if self.budget > 0 else None
+
+    def spares(self) -> set[str]:
+        try:
+            return set(os.listdir(self.spare)) if self.budget > 0 else set()
+        except OSError:
+            return set()
+
+    def count_taken(self, before: set[str]) -> None:
+        """After a call: the spare files that were there before it and are gone were taken
+        (files only leave ``spare/`` that way)."""
+        if before:
+            self.taken += len(before - self.spares())
+
+    def map(self, path: Path) -> pa.Table:
+        import mmap
+        import weakref
+
+        from opgraph.runtime.mpi_worker import read_ipc_file
+
+        if self.budget <= 0 or os.path.getsize(path) == 0:
+            return read_ipc_file(path)
+        self.serial += 1
+        held = self.held / f"out-{self.serial}.arrow"
+        os.rename(path, held)
+        fd = os.open(held, os.O_RDONLY)
+        try:
+            mapped = mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        done = weakref.finalize(mapped, _spare_file, held, self.spare, self.budget, os.getpid())
+        done.atexit = False
+        return pa.ipc.open_file(pa.BufferReader(pa.py_buffer(mapped))).read_all()
+
+
+def _spare_file(held: Path, spare: Path, budget: int, owner: int) -> None:
+    """A result file nobody maps any more goes to ``spare`` while the spares stay within
+    ``budget`` bytes, else away. Only in the process that mapped it (a forked child's copy
+    of the mapping ending says nothing about the parent's)."""
+    if os.getpid() != owner:
+        return
+    try:
+        size = held.stat().st_size
+        kept = sum(e.stat().st_size for e in os.scandir(spare))
+        if kept + size <= budget:
+            os.rename(held, spare / held.name)
+        else:
+            held.unlink()
+    except OSError:  # the pool is closed: its directory is gone
+        pass
 
 
 class _InputFiles:

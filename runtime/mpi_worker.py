@@ -71,12 +71,41 @@ def output_path(directory: str | os.PathLike, index: int, rank: int | None = Non
     return Path(directory) / f"output_{index}.part{rank}.arrow"
 
 
-def write_ipc_file(path: Path, table: pa.Table) -> None:
-    """An Arrow IPC file, written under a temporary name and renamed (never half-written)."""
+def write_ipc_file(path: Path, table: pa.Table, spare: Path | None = None) -> None:
+    """An Arrow IPC file, written under a temporary name and renamed (never half-written).
+    ``spare``: a directory of files the driver has finished with (mpi_engine._OutputFiles);
+    one of them, when this rank gets it first, is overwritten in place (its memory pages
+    are already there) instead of writing a new file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
+    if spare is not None and _claim_spare(spare, tmp, table.nbytes):
+        fd = os.open(tmp, os.O_WRONLY)  # no O_TRUNC: truncating would free the pages
+        with open(fd, "wb") as f:
+            with pa.ipc.new_file(pa.PythonFile(f, mode="w"), table.schema) as writer:
+                writer.write_table(table)
+            f.flush()
+            os.ftruncate(fd, f.tell())  # a bigger spare's tail goes
+    else:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
     os.replace(tmp, path)
+
+
+def _claim_spare(spare: Path, target: Path, need: int) -> bool:
+    """Moves a spare file to ``target`` (the smallest one of at least ``need`` bytes, else
+    the biggest); False when there is none. Ranks claim at the same time: a rename that
+    fails lost the race for that file."""
+    try:
+        found = [(e.stat().st_size, e.path) for e in os.scandir(spare) if e.is_file()]
+    except OSError:
+        return False
+    found.sort(key=lambda f: (f[0] < need, f[0] if f[0] >= need else -f[0]))
+    for _, name in found:
+        try:
+            os.rename(name, target)
+            return True
+        except OSError:
+            continue
+    return False
 
 
 def read_ipc_file(path: Path) -> pa.Table:
@@ -375,12 +404,12 @@ def _execute(
     return outputs
 
 
-def _write_outputs(result_dir: Path, outputs, rank: int | None = None) -> list[pa.Table]:
+def _write_outputs(result_dir: Path, outputs, rank: int | None = None, spare: Path | None = None) -> list[pa.Table]:
     outputs = list(outputs or [])
     for i, table in enumerate(outputs):
         if not isinstance(table, pa.Table):
             raise TypeError(f"the executor returned {type(table).__name__} as output {i}, not a pyarrow.Table")
-        write_ipc_file(output_path(result_dir, i, rank), table)
+        write_ipc_file(output_path(result_dir, i, rank), table, spare)
     return outputs
 
 
@@ -477,7 +506,8 @@ def _serve_call(world, sock: socket.socket, request: dict[str, Any], execute: Ex
         comm.finish()
         del inputs, doc  # the input files' mappings end with the call
         if parts:
-            count = len(_write_outputs(result_dir, outputs, rank))
+            spare = Path(request["spare"]) if request.get("spare") else None
+            count = len(_write_outputs(result_dir, outputs, rank, spare))
         else:
             count = len(_write_outputs(result_dir, outputs)) if rank == 0 else 0
         del outputs

@@ -231,6 +231,65 @@ def test_an_input_file_is_reused_only_while_the_table_is_unchanged() -> None:
     assert wait_for(lambda: not list(inputs.iterdir()))  # the table is gone: so is its file
 
 
+def test_result_files_are_overwritten_only_after_their_tables_are_gone() -> None:
+    """A rank writes a result into a file of an earlier call (mpi_engine._OutputFiles) only
+    once every table that maps it is gone; bigger and smaller results than the file's come
+    back exact, and a result still held keeps its values."""
+    import opgraph as og
+
+    @og.pipeline
+    def sort(t):
+        return t.sort_values("k")
+
+    rng = np.random.default_rng(7)
+
+    def table(n: int) -> pa.Table:
+        return pa.table({"k": rng.permutation(n).astype(np.int64), "s": [f"v{i}" for i in range(n)]})
+
+    def expected(t: pa.Table) -> dict:
+        return t.to_pandas().sort_values("k").reset_index(drop=True).to_dict("list")
+
+    big, small, mid = table(30000), table(500), table(8000)
+    out_big = sort.run(big, engine="mpi", ranks=2)
+    assert out_big.to_pandas().to_dict("list") == expected(big)
+    (pool,) = pool_for(2)
+    spare = Path(pool["dir"], "spare")
+    gc.collect()
+    for f in spare.iterdir():  # earlier tests' results
+        f.unlink()
+    taken = pool["outputs_recycled"]
+    out_small = sort.run(small, engine="mpi", ranks=2)  # out_big is held: new files
+    assert pool_for(2)[0]["outputs_recycled"] == taken and not list(spare.iterdir())
+    del out_small
+    gc.collect()
+    assert wait_for(lambda: len(list(spare.iterdir())) == 2)  # one part per rank
+    out_mid = sort.run(mid, engine="mpi", ranks=2)  # bigger than the spare files
+    assert pool_for(2)[0]["outputs_recycled"] == taken + 2
+    assert out_mid.to_pandas().to_dict("list") == expected(mid)
+    assert out_big.to_pandas().to_dict("list") == expected(big)  # untouched
+    del out_big, out_mid
+    gc.collect()
+    assert wait_for(lambda: len(list(spare.iterdir())) == 4)
+    sizes = sorted(f.stat().st_size for f in spare.iterdir())
+    out_small = sort.run(small, engine="mpi", ranks=2)  # into the smallest spares big enough
+    assert pool_for(2)[0]["outputs_recycled"] == taken + 4
+    assert out_small.to_pandas().to_dict("list") == expected(small)
+    assert sorted(f.stat().st_size for f in spare.iterdir()) == sizes[-2:]  # the biggest stay
+
+
+def test_a_spare_result_file_moves_only_in_the_process_that_mapped_it(tmp_path: Path) -> None:
+    held, spare = tmp_path / "out-1.arrow", tmp_path / "spare"
+    spare.mkdir()
+    held.write_bytes(b"x" * 100)
+    mpi_engine._spare_file(held, spare, 1 << 20, os.getpid() + 1)  # a forked child's copy
+    assert held.exists() and not list(spare.iterdir())
+    mpi_engine._spare_file(held, spare, 50, os.getpid())  # over the budget: removed
+    assert not held.exists() and not list(spare.iterdir())
+    held.write_bytes(b"x" * 100)
+    mpi_engine._spare_file(held, spare, 1 << 20, os.getpid())
+    assert [f.name for f in spare.iterdir()] == ["out-1.arrow"]
+
+
 def wait_for(cond, timeout: float = 5.0) -> bool:
     end = time.monotonic() + timeout
     while not cond():
