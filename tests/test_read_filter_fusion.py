@@ -39,6 +39,13 @@ def _fused_runs(pipe, *args, ranks=RANKS):
         yield r, out, ex.STATS["filters_fused_into_reads"] - before
 
 
+def check_fused(pipe, args, expected, ranks=RANKS) -> None:
+    """Every rank read through the filter, and the result is DuckDB's."""
+    for r, out, fused in _fused_runs(pipe, *args, ranks=ranks):
+        assert fused == r, f"ranks={r}: {fused} reads fused"
+        assert_same(out, expected)
+
+
 @og.pipeline
 def filter_project_pipe(path):
     t = og.read_parquet(path)
@@ -69,9 +76,7 @@ def test_pieces_filtered_empty_and_a_join_after(tmp_path):
     pq.write_table(EV, p, row_group_size=10)
     pq.write_table(pa.table({"k": [0, 1, 2, 99], "w": [1.5, 2.5, 3.5, 4.5]}), u)
     expected = duck(f"SELECT * FROM read_parquet('{p}') e JOIN read_parquet('{u}') w USING (k) WHERE id >= 200")
-    for r, out, fused in _fused_runs(filter_join_pipe, str(p), str(u)):
-        assert fused == r
-        assert_same(out, expected)
+    check_fused(filter_join_pipe, (str(p), str(u)), expected)
 
 
 @og.pipeline
@@ -112,12 +117,8 @@ def test_csv_and_ipc_sources(tmp_path):
     whole = EV.select(["id", "i", "s"])
     exp_csv = duck("SELECT id, i FROM t WHERE i > 3 OR i IS NULL", t=whole)
     exp_ipc = duck("SELECT * FROM t WHERE length(s) > 1", t=whole)
-    for r, out, fused in _fused_runs(csv_pipe, str(d_csv)):
-        assert fused == r
-        assert_same(out, exp_csv)
-    for r, out, fused in _fused_runs(ipc_pipe, str(d_ipc)):
-        assert fused == r
-        assert_same(out, exp_ipc)
+    check_fused(csv_pipe, (str(d_csv),), exp_csv)
+    check_fused(ipc_pipe, (str(d_ipc),), exp_ipc)
 
 
 @og.pipeline
@@ -186,6 +187,4 @@ def test_random_pieces_and_predicates_equal_duckdb(tmp_path, monkeypatch, n, gro
     p = tmp_path / f"t{seed}-{n}-{group}.parquet"
     pq.write_table(t, p, row_group_size=group)
     expected = duck(f"SELECT b, a FROM t WHERE (a >= {lo} AND a < {lo + width}) OR b IS NULL", t=t)
-    for r, out, fused in _fused_runs(threshold_pipe, str(p), lo, lo + width, ranks=(1, 2)):
-        assert fused == r
-        assert_same(out, expected)
+    check_fused(threshold_pipe, (str(p), lo, lo + width), expected, ranks=(1, 2))
