@@ -379,7 +379,7 @@ def _plan_doc(doc: Any):
 def _run_in_world(doc: Any, inputs: list[pa.Table], ranks: int, execute, progress: bool = False) -> list[pa.Table]:
     import numpy as np
     from mpi4py import MPI
-    from opgraph.runtime.mpi_comm import MPICommunicator
+    from opgraph.runtime.mpi_comm import MPICommunicator, abort_world
     from opgraph.runtime.mpi_worker import (
         default_execute,
         describe_exception,
@@ -410,7 +410,7 @@ def _run_in_world(doc: Any, inputs: list[pa.Table], ranks: int, execute, progres
         if os.environ.get("OPGRAPH_DEBUG"):
             sys.stderr.write(report["traceback"])
         print(error_line(report, rank, size), file=sys.stderr, flush=True)
-        world.Abort(2 if report["opgraph_error"] else 1)
+        abort_world(world, 2 if report["opgraph_error"] else 1)
         raise  # not reached
 
 

@@ -281,6 +281,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 _T0 = __import__("time").perf_counter()
 
 
+def _abort(world, code: int) -> None:
+    from opgraph.runtime.mpi_comm import abort_world
+
+    abort_world(world, code)
+
+
 def _phase(name: str) -> None:
     """``OPGRAPH_MPI_TIMING=1``: each rank prints its phase times (wall seconds since start,
     and the process's CPU seconds so far)."""
@@ -373,7 +379,7 @@ def main(argv: list[str] | None = None, execute: ExecuteFn | None = None) -> int
         world.Barrier()
     except BaseException as exc:  # noqa: BLE001 - any failure must stop every rank
         reporter.report(describe_exception(exc))
-        world.Abort(2 if _is_opgraph_error(exc) else 1)
+        _abort(world, 2 if _is_opgraph_error(exc) else 1)
         return 1  # not reached
     return 0
 
@@ -443,7 +449,7 @@ def _serve(world, sock_path: str, reporter: _Reporter, execute: ExecuteFn | None
                 "traceback": "",
             }
         )
-        world.Abort(3)
+        _abort(world, 3)
         return 3  # not reached
     _phase("pool-ready")
     if execute is None:  # the executor's imports overlap the driver's writing of the inputs
@@ -515,7 +521,7 @@ def _serve_call(world, sock: socket.socket, request: dict[str, Any], execute: Ex
         world.Barrier()
     except BaseException as exc:  # noqa: BLE001 - any failure must stop every rank
         reporter.report(describe_exception(exc))
-        world.Abort(2 if _is_opgraph_error(exc) else 1)
+        _abort(world, 2 if _is_opgraph_error(exc) else 1)
         return  # not reached
     try:
         sys.stdout.flush()

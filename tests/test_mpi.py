@@ -9,6 +9,7 @@ shows the ranks' output.
 
 from __future__ import annotations
 
+import glob
 import os
 import subprocess
 import sys
@@ -467,12 +468,15 @@ IN_WORLD_FAILING = textwrap.dedent(
 def test_in_world_failure_aborts_the_world(tmp_path: Path) -> None:
     script = tmp_path / "in_world_failing.py"
     script.write_text(IN_WORLD_FAILING)
+    segments = set(glob.glob("/dev/shm/mpich_shm_*"))
     start = time.monotonic()
     res = mpiexec_script(script, timeout=30)
     assert time.monotonic() - start < 30
     assert res.returncode != 0
     assert "error: etl.py:9: no column 'y' (on rank 1 of 2)" in res.stderr, res.stderr
     assert "not reached" not in res.stdout
+    # the abort skips MPI_Finalize: the aborting rank unlinked MPICH's segment itself
+    assert set(glob.glob("/dev/shm/mpich_shm_*")) <= segments
 
 
 def test_not_in_world_without_launcher(monkeypatch) -> None:
