@@ -9,7 +9,15 @@
 //   instead of terminating the process.
 // * PhaseTimer: OPGRAPH_KERNEL_TRACE=1 prints phase times (seconds) on stderr.
 // * get_bit / load_bits: Arrow bitmaps (LSB first).
+// * cached_alloc / cached_free, CachedAllocator, cvector: big temporary buffers (>= 1 MiB)
+//   from a cache of anonymous mappings kept after use (up to OPGRAPH_KERNEL_CACHE_MB idle,
+//   default 1024, per extension module; 0: none) instead of malloc, which maps and unmaps
+//   them afresh each call: on this project's VM a fresh page costs 0.11-1.2 ms per MB
+//   (measured, 500 MB at a time) against 0.06 ms per MB to rewrite a kept one, and a 10M
+//   join's temporaries are ~0.5 GB.
 #pragma once
+
+#include <sys/mman.h>
 
 #include <chrono>
 #include <cstdint>
@@ -17,7 +25,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <map>
 #include <mutex>
+#include <new>
 #include <thread>
 #include <vector>
 
@@ -54,6 +64,106 @@ void parallel_for(int nthreads, F&& f) {
   for (auto& th : ts) th.join();
   if (err) std::rethrow_exception(err);
 }
+
+namespace block_cache_detail {
+constexpr size_t kMinBytes = size_t(1) << 20;  // smaller: malloc's own free lists do well
+constexpr size_t kRound = size_t(2) << 20;     // a huge page
+constexpr size_t kHeader = 64;                 // the mapping's size, in front of the block
+
+struct Cache {
+  std::mutex mu;
+  std::multimap<size_t, char*> idle;  // mapping size -> mapping
+  size_t idle_bytes = 0;
+  size_t budget;
+  Cache() {
+    const char* v = std::getenv("OPGRAPH_KERNEL_CACHE_MB");
+    budget = (v && *v) ? static_cast<size_t>(std::strtoull(v, nullptr, 10)) << 20 : size_t(1) << 30;
+  }
+};
+
+inline Cache& cache() {
+  static Cache* c = new Cache();  // never destroyed: blocks may come back during exit
+  return *c;
+}
+}  // namespace block_cache_detail
+
+inline void* cached_alloc(size_t n) {
+  namespace d = block_cache_detail;
+  if (n < d::kMinBytes) {
+    void* p = std::malloc(n ? n : 1);
+    if (!p) throw std::bad_alloc();
+    return p;
+  }
+  const size_t want = (n + d::kHeader + d::kRound - 1) / d::kRound * d::kRound;
+  d::Cache& c = d::cache();
+  char* base = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(c.mu);
+    auto it = c.idle.lower_bound(want);
+    if (it != c.idle.end() && it->first <= 2 * want) {  // not much bigger: no waste kept busy
+      base = it->second;
+      c.idle_bytes -= it->first;
+      c.idle.erase(it);
+    }
+  }
+  if (!base) {
+    void* m = mmap(nullptr, want, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+    madvise(m, want, MADV_HUGEPAGE);
+#endif
+    base = static_cast<char*>(m);
+    *reinterpret_cast<size_t*>(base) = want;
+  }
+  return base + d::kHeader;
+}
+
+// n: the size given to cached_alloc (it says which way the block came)
+inline void cached_free(void* p, size_t n) {
+  namespace d = block_cache_detail;
+  if (!p) return;
+  if (n < d::kMinBytes) {
+    std::free(p);
+    return;
+  }
+  char* base = static_cast<char*>(p) - d::kHeader;
+  const size_t size = *reinterpret_cast<size_t*>(base);
+  d::Cache& c = d::cache();
+  {
+    std::lock_guard<std::mutex> lock(c.mu);
+    if (c.idle_bytes + size <= c.budget) {
+      c.idle.emplace(size, base);
+      c.idle_bytes += size;
+      return;
+    }
+  }
+  munmap(base, size);
+}
+
+// (idle bytes, budget) of the cache (tests, diagnostics)
+inline void cached_stats(size_t* idle, size_t* budget) {
+  block_cache_detail::Cache& c = block_cache_detail::cache();
+  std::lock_guard<std::mutex> lock(c.mu);
+  *idle = c.idle_bytes;
+  *budget = c.budget;
+}
+
+template <class T>
+struct CachedAllocator {
+  using value_type = T;
+  CachedAllocator() = default;
+  template <class U>
+  CachedAllocator(const CachedAllocator<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(cached_alloc(n * sizeof(T))); }
+  void deallocate(T* p, size_t n) { cached_free(p, n * sizeof(T)); }
+  template <class U>
+  bool operator==(const CachedAllocator<U>&) const { return true; }
+  template <class U>
+  bool operator!=(const CachedAllocator<U>&) const { return false; }
+};
+
+template <class T>
+using cvector = std::vector<T, CachedAllocator<T>>;
 
 struct PhaseTimer {
   bool on;

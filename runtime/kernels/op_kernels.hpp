@@ -62,11 +62,13 @@ struct RawBuf {
   explicit RawBuf(int64_t m) { resize(m); }
   RawBuf(const RawBuf&) = delete;
   RawBuf& operator=(const RawBuf&) = delete;
-  ~RawBuf() { std::free(p); }
+  size_t bytes = 0;
+  ~RawBuf() { cached_free(p, bytes); }
   void resize(int64_t m) {
-    std::free(p);
-    p = static_cast<T*>(std::malloc(static_cast<size_t>(m > 0 ? m : 1) * sizeof(T)));
-    if (!p) throw std::bad_alloc();
+    cached_free(p, bytes);
+    p = nullptr;
+    bytes = static_cast<size_t>(m > 0 ? m : 1) * sizeof(T);
+    p = static_cast<T*>(cached_alloc(bytes));
   }
   T* data() { return p; }
   T& operator[](int64_t i) { return p[i]; }
@@ -467,7 +469,7 @@ enum JoinHow : int { JOIN_INNER = 0, JOIN_LEFT = 1, JOIN_RIGHT = 2, JOIN_OUTER =
 constexpr uint64_t kMul = 0x9e3779b97f4a7c15ULL;
 
 struct JoinResult {
-  std::vector<std::vector<int64_t>> li, ri;  // per partition / left row block (+1 for the rest)
+  std::vector<cvector<int64_t>> li, ri;  // per partition / left row block (+1 for the rest)
   int64_t total = 0;
   int ordered = 0;  // 1: inner/left matches in left-row order (the sequential probe)
   JoinResult* finish() {
@@ -544,8 +546,8 @@ inline std::vector<int64_t> partition_side(const int64_t* k, const uint8_t* vali
 struct MoveOut {
   JoinResult* r;
   int slot;
-  std::vector<int64_t>& a;
-  std::vector<int64_t>& b;
+  cvector<int64_t>& a;
+  cvector<int64_t>& b;
   ~MoveOut() {
     r->li[slot] = std::move(a);
     r->ri[slot] = std::move(b);
@@ -565,7 +567,7 @@ inline void probe_in_order(JoinResult* res, int nt, const int64_t* lk, const uin
   res->ri.resize(nt + 1);
   parallel_for(nt, [&](int t) {
     const int64_t lo = nl * t / nt, hi = nl * (t + 1) / nt;
-    std::vector<int64_t> oli, ori;
+    cvector<int64_t> oli, ori;
     MoveOut done{res, t, oli, ori};
     oli.reserve(hi - lo);
     ori.reserve(hi - lo);
@@ -745,8 +747,8 @@ inline JoinResult* join_sequential_probe(const int64_t* lk, const uint8_t* lvali
                  keep_right ? matched.data() : nullptr, dense ? head.data() : nullptr, mn, cap);
   timer.lap("probe");
   if (keep_right) {
-    std::vector<int64_t>& nli = res->li[nt];
-    std::vector<int64_t>& nri = res->ri[nt];
+    cvector<int64_t>& nli = res->li[nt];
+    cvector<int64_t>& nri = res->ri[nt];
     for (int64_t j = 0; j < nr; ++j) {
       if (!matched[j]) {  // unmatched or a null key
         nli.push_back(-1);
@@ -849,7 +851,7 @@ inline JoinResult* k_hash_join_i64(const int64_t* lk, const uint8_t* lvalid, int
       if (p >= nparts) break;
       const int64_t r0 = rs[p], m = rs[p + 1] - rs[p];
       const int64_t l0 = ls[p], ml = ls[p + 1] - ls[p];
-      std::vector<int64_t> oli, ori;  // moved into res at the end (no false sharing of headers)
+      cvector<int64_t> oli, ori;  // moved into res at the end (no false sharing of headers)
       MoveOut done{res, static_cast<int>(p), oli, ori};
       if (m == 0) {
         if (keep_left) {
@@ -932,8 +934,8 @@ inline JoinResult* k_hash_join_i64(const int64_t* lk, const uint8_t* lvalid, int
   });
   timer.lap("build+probe");
   // null keys never match
-  std::vector<int64_t>& nli = res->li[nparts];
-  std::vector<int64_t>& nri = res->ri[nparts];
+  cvector<int64_t>& nli = res->li[nparts];
+  cvector<int64_t>& nri = res->ri[nparts];
   if (keep_left) {
     for (int64_t i : lnull) {
       nli.push_back(i);
@@ -963,8 +965,8 @@ inline void join_copy_out(JoinResult* res, int64_t* li, int64_t* ri, int nthread
         std::memcpy(li + start[p], res->li[p].data(), m * sizeof(int64_t));
         std::memcpy(ri + start[p], res->ri[p].data(), m * sizeof(int64_t));
       }
-      std::vector<int64_t>().swap(res->li[p]);
-      std::vector<int64_t>().swap(res->ri[p]);
+      cvector<int64_t>().swap(res->li[p]);
+      cvector<int64_t>().swap(res->ri[p]);
     }
   });
 }

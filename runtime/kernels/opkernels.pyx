@@ -20,6 +20,8 @@
 * ``take(array, indices)``: gather of a fixed-width/bool Arrow array by int32/int64 indices
   (negative -> null), multithreaded; None for types it does not cover.
 * ``mask_to_indices(mask)``: positions of the true, valid rows of a boolean Arrow array.
+* ``cached_empty(n, dtype)``: a numpy array in the buffer cache that the kernels' big
+  temporaries also come from (kernel_common.hpp); ``buffer_cache_stats()``.
 * ``range_partition(keys, nulls, splitter_keys, splitter_nulls)``: part per row.
 
 Threads: ``OPGRAPH_KERNEL_THREADS`` (default: the machine's cores).
@@ -33,6 +35,63 @@ import os
 
 import numpy as np
 import pyarrow as pa
+
+cdef extern from "kernel_common.hpp" namespace "opgraph" nogil:
+    void* cached_alloc(size_t n) except +
+    void cached_free(void* p, size_t n)
+    void cached_stats(size_t* idle, size_t* budget)
+
+
+def buffer_cache_stats():
+    """(idle bytes, budget in bytes) of this module's buffer cache (cached_empty)."""
+    cdef size_t idle = 0
+    cdef size_t budget = 0
+    cached_stats(&idle, &budget)
+    return int(idle), int(budget)
+
+
+cdef class _CachedBlock:
+    """A block of the kernels' buffer cache (kernel_common.hpp: cached_alloc) as a writable
+    Python buffer; it goes back to the cache when the last array over it is gone."""
+    cdef void* ptr
+    cdef size_t nbytes
+    cdef Py_ssize_t shape0
+    cdef Py_ssize_t stride0
+
+    def __cinit__(self, size_t nbytes):
+        self.nbytes = nbytes if nbytes else 1
+        self.ptr = cached_alloc(self.nbytes)
+        self.shape0 = <Py_ssize_t>self.nbytes
+        self.stride0 = 1
+
+    def __getbuffer__(self, Py_buffer* view, int flags):
+        view.buf = self.ptr
+        view.obj = self
+        view.len = <Py_ssize_t>self.nbytes
+        view.readonly = 0
+        view.itemsize = 1
+        view.format = b"B"
+        view.ndim = 1
+        view.shape = &self.shape0
+        view.strides = &self.stride0
+        view.suboffsets = NULL
+        view.internal = NULL
+
+    def __releasebuffer__(self, Py_buffer* view):
+        pass
+
+    def __dealloc__(self):
+        if self.ptr != NULL:
+            cached_free(self.ptr, self.nbytes)
+            self.ptr = NULL
+
+
+def cached_empty(int64_t n, dtype):
+    """An uninitialised numpy array of ``n`` ``dtype`` values in the kernels' buffer cache
+    (big ones are kept for the next call instead of being unmapped)."""
+    dt = np.dtype(dtype)
+    return np.frombuffer(_CachedBlock(<size_t>(n * dt.itemsize)), dtype=dt, count=n)
+
 
 cdef extern from "op_kernels.hpp" namespace "opgraph::opk" nogil:
     cdef struct SortKey:
@@ -167,7 +226,7 @@ def sort_indices(columns, descending, bint sorted_key=False):
         keep.append(_one_sort_key(originals[i], descending[i], &ks[i], "sort_indices"))
     cdef int64_t n = len(originals[0])
     idt = np.int32 if n < 2**31 else np.int64
-    out = np.empty(n, dtype=idt)
+    out = cached_empty(n, idt)
     key_type = None
     if sorted_key and nkeys == 1 and _values_come_back(originals[0]):  # its own type, not the view's
         key_type = originals[0].type
@@ -366,7 +425,7 @@ def radix_keys(column, bint descending=False):
     cdef SortKey k
     a = _one_sort_key(column, descending, &k, "radix_keys")[0]
     cdef int64_t n = len(a)
-    out = np.empty(n, dtype=np.uint64)
+    out = cached_empty(n, np.uint64)
     if n == 0:
         return out, None
     cdef uint64_t[::1] ov = out
@@ -468,8 +527,8 @@ def hash_join_i64(left_keys, right_keys, how="inner"):
 cdef object _join_pairs(JoinResult* res, int nt):
     """A JoinResult's pairs as two numpy int64 arrays (res is deleted)."""
     cdef int64_t total = res.total
-    li = np.empty(total, dtype=np.int64)
-    ri = np.empty(total, dtype=np.int64)
+    li = cached_empty(total, np.int64)
+    ri = cached_empty(total, np.int64)
     cdef int64_t[::1] liv = li
     cdef int64_t[::1] riv = ri
     cdef int64_t* lp = &liv[0] if total else NULL
@@ -627,7 +686,7 @@ def mask_to_indices(mask):
         raise TypeError("mask_to_indices: mask must be boolean")
     cdef int64_t n = len(m)
     idt = np.int32 if n < 2**31 else np.int64
-    out = np.empty(n, dtype=idt)
+    out = cached_empty(n, idt)
     if n == 0:
         return out
     bufs = m.buffers()
