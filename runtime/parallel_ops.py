@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import math
 import os
+import resource
 import sys
 import time
 from collections.abc import Sequence
@@ -162,7 +163,7 @@ class Dist:
 
 #: ``OPGRAPH_MPI_TIMING=1`` (read at import; the MPI ranks inherit it): every rank prints
 #: the wall and CPU seconds of the stages below (partition, exchange, local join/sort) on
-#: stderr as ``opgraph-mpi-timing: rank R stage NAME wall W cpu C``.
+#: stderr as ``opgraph-mpi-timing: rank R stage NAME wall W cpu C faults F``.
 _TIMING = os.environ.get("OPGRAPH_MPI_TIMING") == "1"
 
 
@@ -171,12 +172,17 @@ def _stage(comm: Communicator, name: str):
     if not _TIMING:
         yield
         return
-    w0, c0 = time.perf_counter(), time.process_time()
+    w0, c0, f0 = time.perf_counter(), time.process_time(), _minor_faults()
     try:
         yield
     finally:
-        w, c = time.perf_counter() - w0, time.process_time() - c0
-        print(f"opgraph-mpi-timing: rank {comm.rank} stage {name} wall {w:.3f} cpu {c:.3f}", file=sys.stderr, flush=True)
+        w, c, f = time.perf_counter() - w0, time.process_time() - c0, _minor_faults() - f0
+        print(f"opgraph-mpi-timing: rank {comm.rank} stage {name} wall {w:.3f} cpu {c:.3f} faults {f}", file=sys.stderr, flush=True)
+
+
+def _minor_faults() -> int:
+    """Page faults of this process so far: fresh pages are often what a slow stage paid for."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 # ------------------------------------------------------------------------ movement
