@@ -296,8 +296,9 @@ def _env_on(name: str) -> bool:
 #: of a join as ranks on different machines do (benchmarks compare the two)
 _NODE_SHARED_JOIN = _env_on("OPGRAPH_NODE_SHARED_JOIN")
 
-#: node-shared joins run by this process (tests check which path a join took)
-STATS = {"node_shared_join": 0, "node_shared_sort": 0}
+#: node-shared joins run by this process (tests check which path a join took; "rebuilt":
+#: a key came twice, the table was built again by slot ranges)
+STATS = {"node_shared_join": 0, "node_shared_join_rebuilt": 0, "node_shared_sort": 0}
 
 #: dense right keys: range at most this many times the right rows (op_kernels.hpp kDenseFactor)
 _DENSE_FACTOR = 4
@@ -345,11 +346,13 @@ def _node_shared_join(
     schema: pa.Schema,
 ) -> pa.Table | None:
     """The join of ranks that share one machine's memory, without a shuffle: every rank
-    copies its right rows' keys and output columns into a shared segment; then each rank
-    fills its share of the slots of one direct-addressed table there from every rank's keys
-    (C++ ``shared_dense_build``: disjoint slot ranges, plain stores), probes the finished
-    table with its own left rows and gathers the matching right values (DuckDB's "perfect
-    hash join", built by all ranks at once). For one integer key whose values span
+    copies its right rows' output columns into a shared segment and stores its right rows'
+    numbers in one direct-addressed table there (C++ ``shared_dense_store``). That is the
+    table when no key came twice (filled slots = stored rows); else each rank copies its
+    keys there too and fills its share of the slots from every rank's keys, chaining the
+    rows of a key in order (``shared_dense_build``: disjoint slot ranges, plain stores).
+    Then each rank probes the table with its own left rows and gathers the matching right
+    values (DuckDB's "perfect hash join", built by all ranks at once). For one integer key whose values span
     at most 4x the right rows (ids, dimension keys), inner/left joins and fixed-width right
     columns; otherwise (or when the ranks are on different machines) None: the caller
     shuffles. Collective; every rank decides alike."""
@@ -385,22 +388,32 @@ def _node_shared_join(
     if pieces is None:
         return None
     STATS["node_shared_join"] += 1
+    head, chain, keys = pieces[0].view(np.int32), pieces[1].view(np.int32), pieces[2].view(np.int64)
+    slot_lo, slot_hi = cap * comm.rank // comm.size, cap * (comm.rank + 1) // comm.size
     with _stage(comm, "node-shared-join:copy-in"):
-        head, chain, keys = pieces[0].view(np.int32), pieces[1].view(np.int32), pieces[2].view(np.int64)
-        outside = key_min - 1 if key_min > np.iinfo(np.int64).min else key_max + 1  # null keys: no slot
-        own_keys = rkeys.fill_null(outside) if rkeys.null_count else rkeys
-        keys[row0 : row0 + right.num_rows] = own_keys.to_numpy()
-        chain[row0 : row0 + right.num_rows] = -1
         shared_columns = []
         for c, name in enumerate(rnames):
             bits = pieces[4 + 2 * c] if nulls[c] else None
             shared_columns.append(_share_column(right.column(name), pieces[3 + 2 * c], bits, row0, n_pad))
-        comm.barrier()  # every rank's keys are in place
+        head[slot_lo:slot_hi] = -1
+        comm.barrier()  # every slot empty, every rank's columns in place
     with _stage(comm, "node-shared-join:build"):
-        r, n = comm.rank, comm.size
-        dup = K.shared_dense_build(keys, starts, rows, key_min, head, chain, cap * r // n, cap * (r + 1) // n)
-        # (also the point after which the table is complete)
-        any_dup = bool(comm.allreduce(np.array([int(dup)], dtype=np.int64), "max")[0])
+        # first as if no key came twice (the usual dimension table): every rank stores
+        # its own rows; the filled slots then tell whether that held
+        stored = K.shared_dense_store(rkeys, row0, key_min, head)
+        comm.barrier()
+        filled = K.count_filled_slots(head, slot_lo, slot_hi)
+        stored_all, filled_all = comm.allreduce(np.array([stored, filled], dtype=np.int64), "sum").tolist()
+        any_dup = filled_all != stored_all
+        if any_dup:  # every rank fills its own slots from every rank's keys, rows chained in order
+            STATS["node_shared_join_rebuilt"] += 1
+            outside = key_min - 1 if key_min > np.iinfo(np.int64).min else key_max + 1  # null keys: no slot
+            own_keys = rkeys.fill_null(outside) if rkeys.null_count else rkeys
+            keys[row0 : row0 + right.num_rows] = own_keys.to_numpy()
+            chain[row0 : row0 + right.num_rows] = -1
+            comm.barrier()  # every rank's keys are in place, nobody still counts
+            K.shared_dense_build(keys, starts, rows, key_min, head, chain, slot_lo, slot_hi)
+            comm.barrier()  # the table is complete
     with _stage(comm, "node-shared-join:probe"):
         lkey = L._cast_column(left.column(left_on[0]), key_types[0])
         li, ri = K.shared_dense_probe(L._cast_column(lkey, pa.int64()), key_min, head, chain, not any_dup, how)

@@ -475,6 +475,43 @@ def test_shared_dense_join_kernels_match_duckdb(lk, right_parts, how, gap):
     assert list(li) == sorted(li)  # the probe keeps the left rows' order
 
 
+@SETTINGS
+@given(small_keys, st.lists(small_keys, min_size=1, max_size=3), st.sampled_from(["inner", "left"]), st.integers(0, 70))
+def test_optimistic_shared_store_detects_repeated_keys(lk, right_parts, how, gap):
+    """Every "rank" stores its own right rows (global numbers, parts padded apart) into one
+    table: the filled slots number the stored rows exactly when no key came twice, and
+    then the probe of that table equals DuckDB's join."""
+    mn, mx = -6, 6
+    head = np.full(mx - mn + 1, -1, dtype=np.int32)
+    rows, stored, row0 = [], 0, 0
+    for part in right_parts:
+        stored += K.shared_dense_store(pa.array(part, pa.int64()), row0, mn, head)
+        rows.extend(range(row0, row0 + len(part)))
+        row0 += len(part) + gap
+    flat = [k for part in right_parts for k in part]
+    assert stored == sum(k is not None for k in flat)
+    unique = len({k for k in flat if k is not None}) == stored
+    assert (K.count_filled_slots(head, 0, 5) + K.count_filled_slots(head, 5, len(head)) == stored) == unique
+    if unique:
+        li, ri = K.shared_dense_probe(pa.array(lk, pa.int64()), mn, head, head, True, how)
+        global_to_concat = {g: i for i, g in enumerate(rows)}
+        got = sorted((i, -1 if j < 0 else global_to_concat[j]) for i, j in zip(li.tolist(), ri.tolist()))
+        assert got == _duck_pairs(lk, flat, how)
+
+
+def test_optimistic_shared_store_refuses_keys_outside_the_table():
+    head = np.full(4, -1, dtype=np.int32)
+    with pytest.raises(ValueError, match="outside the table"):
+        K.shared_dense_store(pa.array([0, 1, 4], pa.int64()), 0, 0, head)
+    with pytest.raises(ValueError, match="outside the table"):
+        K.shared_dense_store(pa.array([-1], pa.int64()), 0, 0, head)
+    with pytest.raises(ValueError, match="beyond int32"):
+        K.shared_dense_store(pa.array([0], pa.int64()), 2**31 - 1, 0, head)
+    head[:] = -1  # (after an error the table's content is unspecified)
+    assert K.shared_dense_store(pa.array([None, 3], pa.int64()), 0, 0, head) == 1  # a null row stores nothing
+    assert head.tolist() == [-1, -1, -1, 1]
+
+
 def _shared_join_case(n_left, n_right, key_range, seed):
     rng = np.random.default_rng(seed)
     lt = pa.table({"k": pa.array(rng.integers(0, key_range, n_left), pa.int32(), mask=rng.random(n_left) < 0.05), "x": rng.random(n_left)})
@@ -531,6 +568,28 @@ def _join_on_ranks(ranks, lt, rt, how, left_on, right_on, schema):
     before = P.STATS["node_shared_join"]
     out = pa.concat_tables(run_ranks(ranks, body))
     return out, P.STATS["node_shared_join"] - before
+
+
+@pytest.mark.parametrize("ranks", [2, 3, 4])
+@pytest.mark.parametrize("repeat", [False, True])
+def test_node_shared_join_unique_and_repeated_keys(ranks, repeat):
+    """Unique right keys (with null keys) keep the table the ranks stored optimistically;
+    one key repeated across two ranks' rows makes them build it again by slot ranges.
+    Both equal DuckDB, left join with nulls and unmatched rows."""
+    rng = np.random.default_rng(ranks)
+    n = 500
+    rkeys = rng.permutation(n).astype(np.int64)
+    if repeat:
+        rkeys[-1] = rkeys[0]  # first and last rank share a key
+    rt = pa.table({"k": pa.array(rkeys, mask=rng.random(n) < 0.05), "y": pa.array(rng.random(n), mask=rng.random(n) < 0.1)})
+    lt = pa.table({"k": pa.array(rng.integers(-20, n + 20, 900), mask=rng.random(900) < 0.05), "x": rng.random(900)})
+    schema = pa.schema([("k", pa.int64()), ("x", pa.float64()), ("y", pa.float64())])
+    rebuilt = P.STATS["node_shared_join_rebuilt"]
+    out, shared = _join_on_ranks(ranks, lt, rt, "left", ["k"], ["k"], schema)
+    assert shared == ranks
+    assert P.STATS["node_shared_join_rebuilt"] - rebuilt == (ranks if repeat else 0)
+    exp = duckdb.sql("SELECT l.k, x, y FROM lt l LEFT JOIN rt r ON l.k = r.k").to_arrow_table()
+    assert sorted(out.to_pylist(), key=repr) == sorted(exp.to_pylist(), key=repr)
 
 
 def test_sparse_keys_take_the_shuffle_join():

@@ -46,6 +46,7 @@
 #include <cstdint>
 #include <cstring>
 #include <new>
+#include <numeric>
 #include <thread>
 #include <vector>
 
@@ -654,6 +655,43 @@ inline bool dense_build_slots(const int64_t* keys, const uint8_t* valid, int64_t
   return dup;
 }
 
+// The optimistic build of a direct-addressed table by several builders at once (threads,
+// or ranks sharing memory), each storing only its own rows: row numbers row0 + j of keys[j]
+// (j < n; null rows skipped) at slot key - mn. head must hold -1 in every slot before any
+// builder starts. Two rows of one key race for its slot and one of them is lost, so the
+// table is right exactly when no key came twice: when the filled slots (count_filled_slots,
+// summed over the builders' slot ranges) number the stored rows. Otherwise the caller
+// builds again with dense_build_slots. Cheaper than dense_build_slots when the keys are
+// unique (the usual dimension table): each builder reads only its own keys, and the keys
+// need not be copied where the others can read them. Returns the rows stored (-1: a valid
+// key outside the cap slots; no store made for it).
+inline int64_t dense_store_rows(const int64_t* keys, const uint8_t* valid, int64_t voff, int64_t n, int64_t row0,
+                                int64_t mn, int64_t cap, int32_t* head) {
+  constexpr int64_t kAhead = 16;  // prefetch distance of the random slot writes
+  int64_t stored = 0;
+  bool outside = false;
+  for (int64_t j = 0; j < n; ++j) {
+    // (a null row's key is arbitrary: its prefetch is harmless)
+    if (j + kAhead < n) __builtin_prefetch(head + (static_cast<uint64_t>(keys[j + kAhead]) - static_cast<uint64_t>(mn)), 1);
+    if (valid && !get_bit(valid, voff + j)) continue;
+    const uint64_t slot = static_cast<uint64_t>(keys[j]) - static_cast<uint64_t>(mn);
+    if (slot >= static_cast<uint64_t>(cap)) {
+      outside = true;
+      continue;
+    }
+    // relaxed atomic: a plain store on x86; builders may race for one slot
+    __atomic_store_n(head + slot, static_cast<int32_t>(row0 + j), __ATOMIC_RELAXED);
+    ++stored;
+  }
+  return outside ? -1 : stored;
+}
+
+inline int64_t count_filled_slots(const int32_t* head, int64_t lo, int64_t hi) {
+  int64_t filled = 0;
+  for (int64_t s = lo; s < hi; ++s) filled += __atomic_load_n(head + s, __ATOMIC_RELAXED) >= 0;
+  return filled;
+}
+
 // Right keys whose range is at most kDenseFactor * (right rows) (e.g. a dimension table's
 // 0..n-1 ids) or at most kSmallBuild right rows: no partitioning; one table on the right rows
 // (direct-addressed by key - min, or open addressing) is probed by the left rows in order,
@@ -662,6 +700,7 @@ inline bool dense_build_slots(const int64_t* keys, const uint8_t* valid, int64_t
 // usually the wide, big side - reads memory sequentially. Right/outer kinds append the
 // unmatched (and null-key) right rows in right-row order.
 constexpr int64_t kDenseFactor = 4;
+
 constexpr int64_t kSmallBuild = 16384;
 // right rows per thread of a parallel direct-addressed build (each thread scans all rows)
 constexpr int64_t kParallelBuildRows = int64_t(1) << 18;
@@ -689,19 +728,33 @@ inline JoinResult* join_sequential_probe(const int64_t* lk, const uint8_t* lvali
   RawBuf<int64_t> tkey(dense ? 0 : cap);
   auto hslot = [&](int64_t key) -> uint64_t { return (static_cast<uint64_t>(key) * kMul) >> (64 - sbits); };
   bool unique = true;  // no key twice: the probe never reads chain (one cache miss less per row)
-  if (dense) {  // threads fill disjoint slot ranges, each from all rows (dense_build_slots;
-                // measured, 10M unique keys: 2 threads 0.09-0.13 s against 0.18 s for the
-                // one-thread row-by-row loop; on one thread about the same, the first
-                // touch of the fresh arrays dominating)
+  if (dense) {
     const int bt = clamp_threads(nthreads, nr, kParallelBuildRows);
-    parallel_for(bt, [&](int t) { std::fill(chain.data() + nr * t / bt, chain.data() + nr * (t + 1) / bt, -1); });
-    std::vector<uint8_t> dups(bt, 0);
-    const int64_t zero = 0;
+    // first as if no key came twice: every thread stores its own rows (dense_store_rows:
+    // stores only; measured, 10M unique keys, one thread: local join 0.26-0.31 s against
+    // 0.34-0.38 s with dense_build_slots alone)
+    parallel_for(bt, [&](int t) { std::fill(head.data() + cap * t / bt, head.data() + cap * (t + 1) / bt, -1); });
+    std::vector<int64_t> stored(bt), filled(bt);
     parallel_for(bt, [&](int t) {
-      dups[t] = dense_build_slots(rk, rvalid, rvoff, &zero, &nr, 1, mn, cap * t / bt, cap * (t + 1) / bt, head.data(),
-                                  chain.data());
+      const int64_t lo = nr * t / bt, hi = nr * (t + 1) / bt;
+      stored[t] = dense_store_rows(rk + lo, rvalid, rvoff + lo, hi - lo, lo, mn, cap, head.data());
     });
-    unique = std::find(dups.begin(), dups.end(), 1) == dups.end();
+    parallel_for(bt, [&](int t) { filled[t] = count_filled_slots(head.data(), cap * t / bt, cap * (t + 1) / bt); });
+    const bool built = std::accumulate(stored.begin(), stored.end(), int64_t(0)) ==
+                       std::accumulate(filled.begin(), filled.end(), int64_t(0));
+    // a repeated key: threads fill disjoint slot ranges, each from all rows, chaining the
+    // rows of a key in order (dense_build_slots; measured, 10M unique keys: 2 threads
+    // 0.09-0.13 s against 0.18 s for the one-thread row-by-row loop)
+    if (!built) {
+      parallel_for(bt, [&](int t) { std::fill(chain.data() + nr * t / bt, chain.data() + nr * (t + 1) / bt, -1); });
+      std::vector<uint8_t> dups(bt, 0);
+      const int64_t zero = 0;
+      parallel_for(bt, [&](int t) {
+        dups[t] = dense_build_slots(rk, rvalid, rvoff, &zero, &nr, 1, mn, cap * t / bt, cap * (t + 1) / bt, head.data(),
+                                    chain.data());
+      });
+      unique = std::find(dups.begin(), dups.end(), 1) == dups.end();
+    }
   } else {  // open addressing (at most kSmallBuild rows, or keys too spread for a direct table)
     std::memset(head.data(), 0xff, static_cast<size_t>(cap) * sizeof(int32_t));
     constexpr int64_t kBuildAhead = 16;  // prefetch distance of the build's random slot writes

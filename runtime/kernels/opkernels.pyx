@@ -8,9 +8,11 @@
   null mask), for range partitioning by splitters.
 * ``hash_join_i64(left_keys, right_keys, how)``: (left indices, right indices) int64 numpy
   arrays of the matching row pairs (-1 = no row on that side); null keys never match.
-* ``shared_dense_build`` / ``shared_dense_probe``: the join of ranks that share a node's
-  memory: one direct-addressed table in a shared segment, built by every rank with its own
-  right rows, probed by every rank with its own left rows (parallel_ops.join).
+* ``shared_dense_store`` / ``count_filled_slots`` / ``shared_dense_build`` /
+  ``shared_dense_probe``: the join of ranks that share a node's memory: one direct-addressed
+  table in a shared segment, built by every rank with its own right rows (optimistically
+  for unique keys, else by slot ranges), probed by every rank with its own left rows
+  (parallel_ops.join).
 * ``sort_key_range`` / ``bucket_hist`` / ``bucket_scatter`` / ``sort_buckets``: the sort
   of ranks that share a node's memory: (radix key, row) pairs bucketed by their top bits
   into one shared array, buckets sorted by whichever rank takes them (parallel_ops.sort);
@@ -124,6 +126,9 @@ cdef extern from "op_kernels.hpp" namespace "opgraph::opk" nogil:
     void join_copy_out(JoinResult* res, int64_t* li, int64_t* ri, int nthreads)
     bint k_shared_dense_build(const int64_t* keys, const int64_t* starts, const int64_t* lens, int nregions,
                               int64_t mn, int64_t slot_lo, int64_t slot_hi, int32_t* head, int32_t* chain)
+    int64_t dense_store_rows(const int64_t* keys, const uint8_t* valid, int64_t voff, int64_t n, int64_t row0,
+                             int64_t mn, int64_t cap, int32_t* head)
+    int64_t k_count_filled_slots "opgraph::opk::count_filled_slots"(const int32_t* head, int64_t lo, int64_t hi)
     JoinResult* k_shared_dense_probe(const int64_t* lk, const uint8_t* lvalid, int64_t lvoff, int64_t nl,
                                      int64_t mn, int64_t cap, const int32_t* head, const int32_t* chain,
                                      bint unique, bint keep_left, int nthreads)
@@ -583,6 +588,44 @@ def shared_dense_build(keys, starts, lengths, int64_t mn, head, chain, int64_t s
     with nogil:
         dup = k_shared_dense_build(kp, &sv[0], &lv[0], nregions, mn, slot_lo, slot_hi, hp, cp)
     return bool(dup)
+
+
+def shared_dense_store(keys, int64_t row0, int64_t mn, head):
+    """The optimistic node-shared build: stores this rank's right rows (``keys``: an int64
+    Arrow array, nulls skipped; global row numbers from ``row0``) at their slots of ``head``
+    (int32, one slot per key from ``mn``; -1 in every slot before any rank starts; every
+    valid key in the table), at once with the other ranks. Returns the rows stored. The
+    table is right when the filled slots (``count_filled_slots`` over all ranks) number the
+    stored rows of all ranks: no key came twice. Otherwise ``shared_dense_build`` builds it.
+    ValueError for a key outside the table (the table's content is then unspecified)."""
+    ka = _single(keys)
+    cdef const uint8_t* kvalid = NULL
+    cdef const int64_t* kp = _i64_keys(ka, &kvalid)
+    cdef int64_t n = len(ka)
+    cdef int64_t voff = ka.offset
+    cdef int32_t[::1] hv = head
+    cdef int64_t cap = hv.shape[0]
+    if n and (row0 < 0 or row0 + n >= (<int64_t>1 << 31)):
+        raise ValueError("shared_dense_store: row numbers beyond int32")
+    cdef int32_t* hp = &hv[0] if cap else NULL
+    cdef int64_t stored
+    with nogil:
+        stored = dense_store_rows(kp, kvalid, voff, n, row0, mn, cap, hp)
+    if stored < 0:
+        raise ValueError("shared_dense_store: a key outside the table")
+    return stored
+
+
+def count_filled_slots(head, int64_t lo, int64_t hi):
+    """Slots ``lo:hi`` of a direct-addressed ``head`` (int32) that hold a row (>= 0)."""
+    cdef const int32_t[::1] hv = head
+    if not (0 <= lo <= hi <= hv.shape[0]):
+        raise ValueError("count_filled_slots: slots outside the table")
+    cdef const int32_t* hp = &hv[0] if hv.shape[0] else NULL
+    cdef int64_t filled
+    with nogil:
+        filled = k_count_filled_slots(hp, lo, hi)
+    return filled
 
 
 def shared_dense_probe(left_keys, int64_t mn, head, chain, bint unique, how="inner"):
