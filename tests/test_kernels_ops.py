@@ -512,6 +512,39 @@ def test_optimistic_shared_store_refuses_keys_outside_the_table():
     assert head.tolist() == [-1, -1, -1, 1]
 
 
+@pytest.mark.parametrize("repeat", ["none", "across threads", "within a thread"])
+@pytest.mark.parametrize("how", ["inner", "left", "right", "outer"])
+def test_dense_join_on_threads_stores_own_rows_then_checks(monkeypatch, repeat, how):
+    """The one-process direct-addressed join on 4 threads (right side big enough to split:
+    every thread stores its own rows first) gives the exact pairs of a reference join:
+    unique keys, one key repeated in two threads' rows (their racing stores keep one, the
+    slot count sees it and the slot-range build chains both), one repeated in one thread's
+    rows; null keys on both sides, a sliced right array."""
+    monkeypatch.setenv("OPGRAPH_KERNEL_THREADS", "4")
+    rng = np.random.default_rng(len(repeat) + len(how))
+    nr = 1_200_000
+    rk = rng.permutation(nr + 7).astype(np.int64)[: nr + 5]
+    if repeat == "across threads":
+        rk[nr] = rk[7]  # after the slice below: right rows 2 and nr - 5
+    elif repeat == "within a thread":
+        rk[9] = rk[11]
+    right = pa.array(rk, mask=rng.random(nr + 5) < 0.01).slice(5)
+    lk = rng.integers(-3, nr + 10, 200_000)
+    lk[:2] = rk[7], rk[11]  # the repeated keys are looked up
+    left = pa.array(lk, mask=np.r_[[False, False], rng.random(len(lk) - 2) < 0.01])
+    li, ri = K.hash_join_i64(left, right, how)
+    got = pa.table({"l": li, "r": ri})
+    lt = pa.table({"k": left, "l": np.arange(len(left))})
+    rt = pa.table({"k": right, "r": np.arange(len(right))})
+    exp = duckdb.sql(
+        f"SELECT coalesce(l, -1) AS l, coalesce(r, -1) AS r FROM lt {'FULL' if how == 'outer' else how.upper()} JOIN rt ON lt.k = rt.k"
+    ).to_arrow_table()
+    key = lambda t: np.lexsort((t["r"].to_numpy(), t["l"].to_numpy()))  # noqa: E731
+    gl, gr = got["l"].to_numpy()[key(got)], got["r"].to_numpy()[key(got)]
+    el, er = exp["l"].to_numpy()[key(exp)], exp["r"].to_numpy()[key(exp)]
+    assert np.array_equal(gl, el) and np.array_equal(gr, er)
+
+
 def _shared_join_case(n_left, n_right, key_range, seed):
     rng = np.random.default_rng(seed)
     lt = pa.table({"k": pa.array(rng.integers(0, key_range, n_left), pa.int32(), mask=rng.random(n_left) < 0.05), "x": rng.random(n_left)})
