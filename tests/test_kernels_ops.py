@@ -534,15 +534,18 @@ def test_dense_join_on_threads_stores_own_rows_then_checks(monkeypatch, repeat, 
     left = pa.array(lk, mask=np.r_[[False, False], rng.random(len(lk) - 2) < 0.01])
     li, ri = K.hash_join_i64(left, right, how)
     got = pa.table({"l": li, "r": ri})
-    lt = pa.table({"k": left, "l": np.arange(len(left))})
-    rt = pa.table({"k": right, "r": np.arange(len(right))})
-    exp = duckdb.sql(
-        f"SELECT coalesce(l, -1) AS l, coalesce(r, -1) AS r FROM lt {'FULL' if how == 'outer' else how.upper()} JOIN rt ON lt.k = rt.k"
-    ).to_arrow_table()
-    key = lambda t: np.lexsort((t["r"].to_numpy(), t["l"].to_numpy()))  # noqa: E731
-    gl, gr = got["l"].to_numpy()[key(got)], got["r"].to_numpy()[key(got)]
-    el, er = exp["l"].to_numpy()[key(exp)], exp["r"].to_numpy()[key(exp)]
-    assert np.array_equal(gl, el) and np.array_equal(gr, er)
+    con = duckdb.connect()
+    con.register("lt", pa.table({"k": left, "l": np.arange(len(left))}))
+    con.register("rt", pa.table({"k": right, "r": np.arange(len(right))}))
+    kind = "FULL" if how == "outer" else how.upper()
+    exp = con.sql(f"SELECT coalesce(l, -1) AS l, coalesce(r, -1) AS r FROM lt {kind} JOIN rt ON lt.k = rt.k").to_arrow_table()
+
+    def pairs(t: pa.Table) -> np.ndarray:
+        lcol, rcol = t["l"].to_numpy(), t["r"].to_numpy()
+        order = np.lexsort((rcol, lcol))
+        return np.stack([lcol[order], rcol[order]])
+
+    assert np.array_equal(pairs(got), pairs(exp))
 
 
 def _shared_join_case(n_left, n_right, key_range, seed):
