@@ -352,10 +352,10 @@ def _node_shared_join(
     keys there too and fills its share of the slots from every rank's keys, chaining the
     rows of a key in order (``shared_dense_build``: disjoint slot ranges, plain stores).
     Then each rank probes the table with its own left rows and gathers the matching right
-    values (DuckDB's "perfect hash join", built by all ranks at once). For one integer key whose values span
-    at most 4x the right rows (ids, dimension keys), inner/left joins and fixed-width right
-    columns; otherwise (or when the ranks are on different machines) None: the caller
-    shuffles. Collective; every rank decides alike."""
+    values (DuckDB's "perfect hash join", built by all ranks at once). For one integer key
+    whose values span at most 4x the right rows (ids, dimension keys), inner/left joins and
+    fixed-width right columns; otherwise (or when the ranks are on different machines)
+    None: the caller shuffles. Collective; every rank decides alike."""
     if not _NODE_SHARED_JOIN or how not in ("inner", "left") or len(key_types) != 1 or key_types[0] not in L._I64_KEYS:
         return None
     merged = {lk for lk, rk in zip(left_on, right_on) if lk == rk}

@@ -700,9 +700,9 @@ inline int64_t count_filled_slots(const int32_t* head, int64_t lo, int64_t hi) {
 // usually the wide, big side - reads memory sequentially. Right/outer kinds append the
 // unmatched (and null-key) right rows in right-row order.
 constexpr int64_t kDenseFactor = 4;
-
 constexpr int64_t kSmallBuild = 16384;
-// right rows per thread of a parallel direct-addressed build (each thread scans all rows)
+// right rows per thread of a parallel direct-addressed build (each thread stores its own
+// rows; in the slot-range build after a repeated key each thread scans all rows)
 constexpr int64_t kParallelBuildRows = int64_t(1) << 18;
 
 inline JoinResult* join_sequential_probe(const int64_t* lk, const uint8_t* lvalid, int64_t lvoff, int64_t nl,
