@@ -19,10 +19,11 @@ join                shuffle-hash join: both sides hash-partitioned by their keys
                     when the right side is already replicated. Node-shared join (ranks of
                     one machine, neither side hash-partitioned yet, inner/left, one integer
                     key whose values span at most 4x the right rows, fixed-width right
-                    columns): no shuffle; the right rows are copied into one shared segment
-                    (``Communicator.shared_segment``), every rank fills its share of one
-                    direct-addressed table from all right keys, then probes it with its own
-                    left rows (C++ ``shared_dense_build``/``shared_dense_probe``).
+                    columns): no shuffle; the right rows' columns are copied into one
+                    shared segment (``Communicator.shared_segment``), every rank stores its
+                    right rows in one direct-addressed table there (by slot ranges from all
+                    right keys when a key came twice), then probes it with its own left rows
+                    (C++ ``shared_dense_store``/``shared_dense_build``/``shared_dense_probe``).
 groupby_agg         combine-shuffle-reduce: decomposable aggregates (sum, count, size, min,
                     max, mean as sum+count) are pre-aggregated per rank, the partials
                     shuffled by the keys and combined; std/var/median/nunique shuffle the
