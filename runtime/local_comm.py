@@ -219,7 +219,13 @@ class LocalCommunicator(Communicator):
 
     def shared_segment(self, nbytes: int) -> np.ndarray | None:
         def allocate(sizes: list[Any]) -> np.ndarray:  # (the sizes agree: a caller's contract)
-            return np.empty(max(int(v) for v in sizes), dtype=np.uint8)
+            # from the kernels' buffer cache: the memory goes back to it once the last view
+            # is gone, and the next call reuses its pages. A fresh segment's pages cost far
+            # more here: after other engines had freed a few GB, the node-shared sort's
+            # scatter into a new segment took 0.19 s instead of 0.026 s.
+            from opgraph.runtime.kernels import opkernels
+
+            return opkernels.cached_empty(max(int(v) for v in sizes), np.uint8)
 
         _, block = self._collective("shared_segment", int(nbytes), allocate)
         return block  # threads of one process: one numpy array

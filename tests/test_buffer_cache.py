@@ -64,3 +64,40 @@ def test_repeated_joins_and_sorts_through_the_cache_equal_duckdb(n, m, seed):
         assert_same(L.join(left, right, "inner", ["k"], ["k"], schema), expected)
     order = K.sort_indices([left.column("k")], [False])
     assert np.array_equal(np.asarray(left.column("k"))[order], np.sort(np.asarray(left.column("k")), kind="stable"))
+
+
+def test_local_shared_segments_come_from_the_cache_and_are_never_shared_while_held():
+    """The thread ranks' shared segment is one block of the cache: every rank sees the
+    others' writes, the block goes back once the last view is gone (the next segment
+    reuses it), and a segment still held is never handed out again."""
+    from opgraph.runtime.local_comm import run_ranks
+
+    nbytes = 8 << 20
+
+    def body(comm):
+        seg = comm.shared_segment(nbytes)
+        words = seg.view(np.int64)
+        half = len(words) // comm.size
+        words[comm.rank * half : (comm.rank + 1) * half] = comm.rank + 1
+        comm.barrier()
+        seen = np.unique(words[: comm.size * half]).tolist()
+        comm.barrier()
+        return seg.ctypes.data, seen, seg
+
+    gc.collect()
+    first = run_ranks(2, body)
+    assert first[0][0] == first[1][0]  # one block for both ranks
+    assert first[0][1] == first[1][1] == [1, 2]
+    held = first[0][2]  # a view over the first block, still alive
+    del first
+    second = run_ranks(2, body)
+    assert second[0][0] != held.ctypes.data  # held: not handed out again
+    assert np.unique(held.view(np.int64)[: 2 * (nbytes // 16)]).tolist() == [1, 2]  # untouched
+    idle = K.buffer_cache_stats()[0]
+    del second
+    gc.collect()
+    assert K.buffer_cache_stats()[0] >= idle + nbytes  # dropped: back in the cache
+    idle = K.buffer_cache_stats()[0]
+    third = run_ranks(2, body)
+    assert K.buffer_cache_stats()[0] <= idle - nbytes  # the next segment: a kept block, no new pages
+    assert third[0][1] == [1, 2]
