@@ -973,9 +973,9 @@ def _node_shared_sort(comm: Communicator, table: pa.Table, by: Sequence[str], as
 
 
 def _arrow_copy(values: np.ndarray) -> pa.Buffer:
-    """A copy of ``values`` in Arrow's memory pool, which reuses the pages it freed (a numpy
-    copy of this size is a fresh mapping each time: its page faults made the node-shared
-    sort's gather ~10% slower, measured here)."""
+    """A copy of ``values`` in Arrow's memory pool, which reuses the pages it freed; a numpy
+    copy this big is a fresh mapping each time (the node-shared sort's copy-out stage took
+    0.12-0.14 s with it after other engines' runs, 0.014-0.056 s with this)."""
     buf = pa.allocate_buffer(values.nbytes)
     np.frombuffer(buf, dtype=values.dtype, count=len(values))[:] = values
     return buf
